@@ -1,0 +1,223 @@
+"""eval.py: evaluates train.py's checkpoints, as a daemon or ad hoc.
+
+As a daemon it watches a train_dir, evaluates every new checkpoint once, in step order, and writes the
+validation curves to the `eval` TensorBoard run beside train.py's `train` run:
+
+    python eval.py --train-dir runs/digits [--device cpu|cuda:N] [--poll SECS]
+
+Ad hoc it evaluates one checkpoint and prints the metrics (`--json` for one JSON object):
+
+    python eval.py --train-dir runs/digits --checkpoint latest|best|PATH
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from shared import cli, devices
+from shared import config as cfg
+from shared.checkpoints import Checkpoint, CheckpointError, list_checkpoints
+from shared.errors import UsageError
+from shared.evaluation import Evaluation, Evaluator
+from shared.layout import TrainDir
+from shared.metrics import SCALARS
+from shared.results import EvalRecord, Ledger, update_best
+from shared.signals import StopRequest
+from shared.summaries import confusion_image, confusion_markdown, open_writer
+from shared.tasks import build_task
+from shared.watch import CheckpointWatcher
+
+log = logging.getLogger("eval")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="eval.py", description=__doc__.split("\n\n")[0])
+    cli.add_common_options(parser)
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument(
+        "--poll", type=float, metavar="SECS", help="poll every SECS instead of inotify (NFS, Docker Desktop)"
+    )
+    parser.add_argument("--idle-timeout", type=float, metavar="SECS", help="exit 0 after SECS with no new checkpoint")
+    parser.add_argument("--checkpoint", metavar="PATH|latest|best", help="evaluate this one checkpoint and exit")
+    parser.add_argument("--json", action="store_true", help="ad hoc: print one JSON object instead of a table")
+    parser.add_argument("--write-summary", action="store_true", help="ad hoc: also write to the eval_adhoc run")
+    args = parser.parse_args(argv)
+    if not args.checkpoint and (args.json or args.write_summary):
+        parser.error("--json and --write-summary go with --checkpoint")
+    return args
+
+
+def read_config(args: argparse.Namespace, train_dir: TrainDir) -> cfg.Config:
+    """The train_dir's config.yaml, whose model eval.py rebuilds; --config/--set may change eval.* only."""
+    if not train_dir.config.exists():
+        raise UsageError(f"{train_dir.root} is not a train_dir (no config.yaml); point --train-dir at train.py's")
+    saved = cfg.load(train_dir.config)
+    config = cfg.load(args.config or train_dir.config, args.overrides)
+    cfg.check_same_identity(saved, config, "--config/--set")
+    return config
+
+
+def write_summaries(writer: SummaryWriter, result: Evaluation, class_names: list[str]) -> None:
+    for tag in ("loss", *SCALARS):
+        writer.add_scalar(tag, result.metrics[tag], result.step)
+    writer.add_image("confusion_matrix", confusion_image(result.confusion_matrix), result.step, dataformats="HWC")
+    writer.add_text("confusion_matrix", confusion_markdown(result.confusion_matrix, class_names), result.step)
+    writer.flush()
+
+
+def evaluate_and_record(
+    checkpoint: Checkpoint, evaluator: Evaluator, ledger: Ledger, writer: SummaryWriter, train_dir: TrainDir
+) -> EvalRecord:
+    """Evaluate one checkpoint; flush its TensorBoard points, then append its ledger record.
+
+    That order makes a crash safe: a step with points but no record is evaluated again on restart and
+    its old points are purged (purge_step), so it never ends up with two.
+    """
+    started, wall_time = time.perf_counter(), time.time()
+    relative = str(checkpoint.path.relative_to(train_dir.root))
+    status, reason, result = "ok", "", None
+    try:
+        result = evaluator.evaluate_checkpoint(checkpoint.path)
+        if result.step != checkpoint.step:
+            raise CheckpointError(f"its name says step {checkpoint.step} but it holds step {result.step}")
+    except FileNotFoundError:
+        status, reason = "skipped", "deleted before it could be evaluated"
+        log.warning("%s: skipped, %s", relative, reason)
+    except CheckpointError as err:
+        status, reason = "failed", str(err)
+        log.error("%s: failed, %s", relative, reason)
+    if result is not None and status == "ok":
+        if checkpoint.step < ledger.next_purge_step():
+            log.warning("%s arrived after a later step was logged; recorded, but not plotted", relative)
+        else:
+            write_summaries(writer, result, evaluator.task.class_names)
+        log.info("step %d: %s", checkpoint.step, " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
+    record = EvalRecord(
+        step=checkpoint.step,
+        file=relative,
+        status=status,
+        wall_time=wall_time,
+        seconds=round(time.perf_counter() - started, 4),
+        metrics=result.metrics if status == "ok" else {},
+        per_class_f1=result.per_class_f1 if status == "ok" else [],
+        reason=reason,
+    )
+    ledger.append(record)
+    return record
+
+
+def wait_for(
+    condition: Callable[[], bool], watcher: CheckpointWatcher, stop: StopRequest, timeout: float | None, what: str
+) -> bool:
+    """Wait, on watcher events with a periodic re-check, until condition() holds; False on stop or timeout."""
+    deadline = time.monotonic() + (timeout if timeout is not None else math.inf)
+    if not condition():
+        log.info("waiting for %s", what)
+    while not condition():
+        remaining = deadline - time.monotonic()
+        if stop or remaining <= 0:
+            return False
+        watcher.wait(min(1.0, remaining))
+    return True
+
+
+def run_daemon(args: argparse.Namespace, train_dir: TrainDir, device: torch.device) -> int:
+    ledger = Ledger(train_dir.results)  # its existence tells train.py's retention an evaluator is here
+    with CheckpointWatcher(train_dir, args.poll) as watcher:
+        stop = StopRequest(on_stop=watcher.wake)
+        if not wait_for(train_dir.config.exists, watcher, stop, args.idle_timeout, "train.py to write config.yaml"):
+            return 0
+        config = read_config(args, train_dir)
+        evaluator = Evaluator(build_task(config), device, config.eval.batch_size)
+        log.info("evaluating %s on %s; %d step(s) already recorded", train_dir.root, device, len(ledger.records))
+        idle_since = time.monotonic()
+        with open_writer(train_dir.eval_run, purge_step=ledger.next_purge_step()) as writer:
+            while not stop:
+                finished = train_dir.finished.exists()  # read before the scan: its checkpoints are then listed
+                pending = [c for c in list_checkpoints(train_dir.checkpoints) if c.step not in ledger]
+                for checkpoint in pending:
+                    if stop:
+                        break
+                    record = evaluate_and_record(checkpoint, evaluator, ledger, writer, train_dir)
+                    if record.status == "ok":
+                        update_best(train_dir, ledger, config.eval.best_metric, config.eval.best_mode)
+                if pending:
+                    idle_since = time.monotonic()
+                    continue
+                if finished:
+                    log.info("training finished and every checkpoint is evaluated")
+                    return 0
+                idle = time.monotonic() - idle_since
+                if args.idle_timeout is not None and idle >= args.idle_timeout:
+                    log.info("no new checkpoint for %.0fs (--idle-timeout); exiting", idle)
+                    return 0
+                remaining_idle = math.inf if args.idle_timeout is None else args.idle_timeout - idle
+                watcher.wait(min(config.eval.rescan_secs, remaining_idle))
+    log.info("stopped")
+    return 0
+
+
+def resolve_checkpoint(choice: str, train_dir: TrainDir) -> Path:
+    if choice == "latest":
+        found = list_checkpoints(train_dir.checkpoints)
+        if not found:
+            raise UsageError(f"--checkpoint latest: {train_dir.checkpoints} holds no checkpoint yet")
+        return found[-1].path
+    if choice == "best":
+        if not train_dir.best_checkpoint.exists():
+            raise UsageError(f"--checkpoint best: no {train_dir.best_checkpoint} yet; the eval.py daemon keeps it")
+        return train_dir.best_checkpoint
+    path = Path(choice)
+    if not path.is_file():
+        raise UsageError(f"--checkpoint {choice}: no such file; give a checkpoint file, latest or best")
+    return path
+
+
+def run_adhoc(args: argparse.Namespace, train_dir: TrainDir, device: torch.device) -> int:
+    config = read_config(args, train_dir)
+    path = resolve_checkpoint(args.checkpoint, train_dir)
+    evaluator = Evaluator(build_task(config), device, config.eval.batch_size)
+    try:
+        result = evaluator.evaluate_checkpoint(path)
+    except CheckpointError as err:
+        print(f"eval.py: error: {path}: {err}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(
+            json.dumps(
+                {"step": result.step, "file": str(path), "metrics": result.metrics, "per_class_f1": result.per_class_f1}
+            )
+        )
+    else:
+        print(f"{path} (step {result.step})")
+        for name, value in result.metrics.items():
+            print(f"  {name:<16} {value:.4f}")
+    if args.write_summary:
+        with SummaryWriter(log_dir=str(train_dir.adhoc_run)) as writer:
+            write_summaries(writer, result, evaluator.task.class_names)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    train_dir = TrainDir(Path(args.train_dir))
+    if not train_dir.root.is_dir():
+        raise UsageError(f"--train-dir {train_dir.root} does not exist; start train.py first or fix the path")
+    device = devices.resolve(args.device)
+    if args.checkpoint:
+        return run_adhoc(args, train_dir, device)
+    return run_daemon(args, train_dir, device)
+
+
+if __name__ == "__main__":
+    cli.run("eval.py", main)

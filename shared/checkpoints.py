@@ -1,0 +1,194 @@
+"""Checkpoint files: atomic writes, safe loads, and retention.
+
+A checkpoint exists under its final name `checkpoints/ckpt-<step:09d>.pt` only once it is complete:
+it is written to `.ckpt-<step>.pt.tmp` in the same folder, fsynced, renamed into place and the folder
+fsynced. Loads never unpickle arbitrary objects (`weights_only=True`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from shared.config import CheckpointConfig
+from shared.files import atomic_file, fsync_dir
+from shared.layout import CHECKPOINT_TEMP_RE, TrainDir, checkpoint_step
+from shared.results import last_evaluated_step
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; the message is the reason, for one log line."""
+
+
+@dataclass(frozen=True, order=True)
+class Checkpoint:
+    step: int
+    path: Path
+
+
+def list_checkpoints(folder: Path) -> list[Checkpoint]:
+    """Committed checkpoints in step order; temp files and other names are not checkpoints."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    found = [Checkpoint(step, folder / name) for name in names if (step := checkpoint_step(name)) is not None]
+    return sorted(found)
+
+
+def save(train_dir: TrainDir, step: int, state: dict[str, Any]) -> Path:
+    """Commit `state` as the checkpoint for `step`; readers see all of it or nothing."""
+    path = train_dir.checkpoint(step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path, path.with_name(f".{path.name}.tmp")) as f:
+        # An open file, not a path: torch.save names the archive's inner folder after a path's stem.
+        torch.save({"format_version": FORMAT_VERSION, "step": step, **state}, f)
+    return path
+
+
+def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint's state, or CheckpointError saying why it cannot be used.
+
+    FileNotFoundError passes through: the caller decides what a vanished file means.
+    """
+    if os.path.getsize(path) == 0:
+        raise CheckpointError("empty file (0 bytes)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except pickle.UnpicklingError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling failed"
+        raise CheckpointError(
+            f"refused to load: it holds objects other than tensors and plain values ({reason})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as err:
+        raise CheckpointError(f"not a readable checkpoint (truncated or corrupt?): {_first_line(err)}") from None
+    if not isinstance(state, dict) or "model" not in state or "step" not in state:
+        raise CheckpointError("not a trainval checkpoint: no 'model' and 'step' entries")
+    version = state.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"format version {version!r} is newer than this trainval reads ({FORMAT_VERSION}); upgrade trainval"
+        )
+    return state
+
+
+def restore_model(model: nn.Module, state: dict[str, Any]) -> None:
+    """Load weights strictly, refusing wrong shapes, missing or extra keys, and non-finite values."""
+    weights = state["model"]
+    if not isinstance(weights, dict):
+        raise CheckpointError("its 'model' entry is not a state dict")
+    for name, tensor in weights.items():
+        if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"weight {name!r} holds NaN or Inf values")
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"does not fit this model (different model config?): {_brief(err)}") from None
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete temp files a killed writer left behind, matched by their exact name pattern only."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    removed = []
+    for name in names:
+        if CHECKPOINT_TEMP_RE.match(name):
+            (folder / name).unlink(missing_ok=True)
+            removed.append(folder / name)
+    return removed
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    max_to_keep: int
+    keep_every_n_steps: int = 0
+    max_unevaluated: int = 0
+
+    def to_delete(self, steps: list[int], last_evaluated: int | None) -> tuple[list[int], list[int]]:
+        """(steps to delete, of those the ones the evaluator has not seen yet).
+
+        Keeps the newest `max_to_keep`, every multiple of `keep_every_n_steps`, and, when an evaluator
+        keeps a ledger (`last_evaluated` is not None), up to `max_unevaluated` of the oldest steps it has
+        not reached yet, so a slower evaluator still gets them.
+        """
+        steps = sorted(steps)
+        keep = set(steps[-self.max_to_keep :])
+        if self.keep_every_n_steps:
+            keep |= {s for s in steps if s % self.keep_every_n_steps == 0}
+        unevaluated = [s for s in steps if last_evaluated is not None and s > last_evaluated and s not in keep]
+        keep |= set(unevaluated[: self.max_unevaluated])
+        delete = [s for s in steps if s not in keep]
+        return delete, sorted(set(delete) & set(unevaluated))
+
+
+def apply_retention(folder: Path, policy: RetentionPolicy, last_evaluated: int | None) -> list[int]:
+    """Delete what the policy lets go, after the newest checkpoint is committed; return deleted steps."""
+    checkpoints = list_checkpoints(folder)
+    delete, unevaluated = policy.to_delete([c.step for c in checkpoints], last_evaluated)
+    if unevaluated:
+        log.warning(
+            "checkpoint.max_unevaluated=%d reached: deleting steps %s before the evaluator reached them",
+            policy.max_unevaluated,
+            unevaluated,
+        )
+    for checkpoint in checkpoints:
+        if checkpoint.step in delete:
+            checkpoint.path.unlink(missing_ok=True)
+    if delete:
+        fsync_dir(folder)
+    return delete
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _brief(err: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class PeriodicSaver:
+    """Decides when train.py saves (every N steps and/or every N seconds) and applies retention after."""
+
+    def __init__(self, train_dir: TrainDir, options: CheckpointConfig, last_saved_step: int) -> None:
+        self.train_dir, self.options = train_dir, options
+        self.policy = RetentionPolicy(options.max_to_keep, options.keep_every_n_steps, options.max_unevaluated)
+        self.last_saved_step = last_saved_step
+        self.last_saved_time = time.monotonic()
+
+    def due(self, step: int) -> bool:
+        by_steps = self.options.every_steps and step % self.options.every_steps == 0
+        by_time = self.options.every_secs and time.monotonic() - self.last_saved_time >= self.options.every_secs
+        return bool(by_steps or by_time)
+
+    def save(self, step: int, state: dict[str, Any]) -> Path:
+        started = time.monotonic()
+        path = save(self.train_dir, step, state)
+        self.last_saved_step, self.last_saved_time = step, time.monotonic()
+        deleted = apply_retention(self.train_dir.checkpoints, self.policy, last_evaluated_step(self.train_dir.results))
+        log.info(
+            "saved %s in %.2fs%s",
+            path.name,
+            self.last_saved_time - started,
+            f"; retention deleted steps {deleted}" if deleted else "",
+        )
+        return path

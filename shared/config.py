@@ -1,0 +1,310 @@
+"""Options: YAML files parsed into typed dataclasses, `--set section.key=value` overrides, and the
+copy saved into the train_dir that eval.py rebuilds the model from.
+
+Every bad key, type or value raises `ConfigError` naming the key and what is allowed; the CLIs turn it
+into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from shared.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(UsageError):
+    """A config file or override that cannot be used as it is."""
+
+
+def at_least(low: float, *, strict: bool = False) -> dict[str, Any]:
+    """Field metadata: the value must be >= low (> low when strict)."""
+    check = (lambda v: v > low) if strict else (lambda v: v >= low)
+    return {"check": check, "allowed": f"{'>' if strict else '>='} {low}"}
+
+
+def between(low: float, high: float) -> dict[str, Any]:
+    """Field metadata: low <= value <= high."""
+    return {"check": lambda v: low <= v <= high, "allowed": f"between {low} and {high}"}
+
+
+@dataclass
+class ModelConfig:
+    """The model section of a task that has no model options."""
+
+
+@dataclass
+class DataConfig:
+    """Options every task's data section has; a task subclasses this to add its own."""
+
+    batch_size: int = field(default=64, metadata=at_least(1))
+    num_workers: int = field(default=0, metadata=at_least(0))
+
+
+@dataclass
+class TrainConfig:
+    steps: int = field(default=1000, metadata=at_least(1))
+    optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "adamw"
+    lr: float = field(default=1e-3, metadata=at_least(0, strict=True))
+    weight_decay: float = field(default=0.0, metadata=at_least(0))
+    momentum: float = field(default=0.9, metadata=between(0, 1))
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = field(default=0, metadata=at_least(0))
+    min_lr_ratio: float = field(default=0.0, metadata=between(0, 1))
+    grad_clip_norm: float = field(default=0.0, metadata=at_least(0))  # 0 turns clipping off
+    grad_accum_steps: int = field(default=1, metadata=at_least(1))
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = field(default=100, metadata=at_least(0))  # 0: only by time and at the end
+    every_secs: float = field(default=0.0, metadata=at_least(0))  # 0: only by steps and at the end
+    max_to_keep: int = field(default=5, metadata=at_least(1))
+    keep_every_n_steps: int = field(default=0, metadata=at_least(0))  # 0: keep no extra ones
+    max_unevaluated: int = field(default=20, metadata=at_least(0))  # see docs/protocol.md, retention
+
+
+@dataclass
+class LogConfig:
+    every_steps: int = field(default=10, metadata=at_least(1))
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = field(default=512, metadata=at_least(1))
+    best_metric: Literal["accuracy", "f1_macro", "precision_macro", "recall_macro", "loss"] = "accuracy"
+    best_mode: Literal["max", "min"] = "max"
+    rescan_secs: float = field(default=5.0, metadata=at_least(0, strict=True))
+
+
+@dataclass
+class Config:
+    task: str = "digits"
+    seed: int = 0
+    model: Any = field(default_factory=ModelConfig)
+    data: Any = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Sections that define what a checkpoint contains and means: a train_dir refuses a change to these.
+IDENTITY_KEYS = ("task", "model", "data")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from a file, or ConfigError saying why it is not one."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; pass an existing file to --config") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}".replace("\n", " ")) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got a {type(raw).__name__}")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Lay `section.key=value` strings over a raw config; values are parsed as YAML scalars."""
+    raw = dict(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. --set train.lr=0.01")
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            value = text
+        node = raw
+        *parents, leaf = key.split(".")
+        for i, part in enumerate(parents):
+            child = node.get(part)
+            if child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {'.'.join(parents[: i + 1])} is not a section")
+            node[part] = child = dict(child)
+            node = child
+        node[leaf] = value
+    return raw
+
+
+def resolve(raw: dict[str, Any]) -> Config:
+    """A typed, validated Config from a raw mapping; the task chooses the model and data sections."""
+    from shared.tasks import task_class  # the task decides the shape of its sections
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got a {type(raw).__name__}")
+    _reject_unknown(raw, [f.name for f in dataclasses.fields(Config)], "")
+    task_name = _coerce(raw.get("task", Config.task), str, "task")
+    task = task_class(task_name)
+    sections = {"model": task.ModelConfig, "data": task.DataConfig}
+    hints = typing.get_type_hints(Config)
+    values: dict[str, Any] = {"task": task_name}
+    for f in dataclasses.fields(Config):
+        if f.name == "task" or f.name not in raw:
+            continue
+        values[f.name] = _coerce(raw[f.name], sections.get(f.name, hints[f.name]), f.name)
+    config = Config(**values)
+    for name, cls in sections.items():
+        if not isinstance(getattr(config, name), cls):
+            setattr(config, name, cls())
+    _check_combinations(config)
+    return config
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> Config:
+    return resolve(apply_overrides(read_yaml(path), list(overrides)))
+
+
+def save(config: Config, path: Path) -> None:
+    """Write the resolved config atomically, so eval.py never reads half of it."""
+    from shared.files import write_atomic
+
+    text = yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
+    write_atomic(path, text.encode())
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        items: dict[str, Any] = {}
+        for key, child in value.items():
+            items.update(flatten(child, f"{prefix}{key}."))
+        return items
+    return {prefix.rstrip("."): value}
+
+
+def differences(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:
+    """Every flattened key whose value differs, as key -> (old, new)."""
+    a, b = flatten(old), flatten(new)
+    return {key: (a.get(key), b.get(key)) for key in sorted(a.keys() | b.keys()) if a.get(key) != b.get(key)}
+
+
+def check_same_identity(saved: Config, new: Config, what: str) -> dict[str, tuple[Any, Any]]:
+    """Refuse a config whose task, model or data differ from the train_dir's; return the other changes."""
+    changed = differences(saved, new)
+    identity = {k: v for k, v in changed.items() if k.split(".")[0] in IDENTITY_KEYS}
+    if identity:
+        listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in identity.items()))
+        raise ConfigError(
+            f"{what} differs from the train_dir's config.yaml in the model or data ({listed}); "
+            "use a new --train-dir, or drop these changes"
+        )
+    return changed
+
+
+def _reject_unknown(raw: dict[str, Any], allowed: list[str], prefix: str) -> None:
+    for key in raw:
+        if key not in allowed:
+            name = f"{prefix}{key}"
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            listing = ", ".join(allowed) if allowed else "none"
+            raise ConfigError(f"unknown key {name!r}{hint}; allowed keys here: {listing}")
+
+
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if dataclasses.is_dataclass(tp):
+        return "a section (mapping)"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check value against the annotation tp (int, float, bool, str, Literal, list/tuple, dataclass)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
+        return _build_section(tp, value, key)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        return origin(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {' or '.join(_describe(o) for o in typing.get_args(tp))}, got {value!r}")
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{key}: expected null, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(tp)
+    if ok is None:
+        raise ConfigError(f"{key}: the config cannot hold values of type {tp}")
+    if not ok:
+        raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
+    return float(value) if tp is float else value
+
+
+def _build_section(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    fields = dataclasses.fields(cls)
+    _reject_unknown(raw, [f.name for f in fields], f"{prefix}.")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in fields:
+        if f.name not in raw:
+            continue
+        key = f"{prefix}.{f.name}"
+        value = _coerce(raw[f.name], hints[f.name], key)
+        check = f.metadata.get("check")
+        if check is not None and not check(value):
+            raise ConfigError(f"{key}: must be {f.metadata['allowed']}, got {value!r}")
+        values[f.name] = value
+    return cls(**values)
+
+
+def _check_combinations(config: Config) -> None:
+    loss_goes_down = config.eval.best_metric == "loss"
+    if loss_goes_down != (config.eval.best_mode == "min"):
+        raise ConfigError(
+            f"eval.best_mode: {config.eval.best_metric} improves "
+            f"{'downwards' if loss_goes_down else 'upwards'}; set eval.best_mode={'min' if loss_goes_down else 'max'}"
+        )
+    if config.train.warmup_steps > config.train.steps:
+        raise ConfigError(
+            f"train.warmup_steps: must be <= train.steps ({config.train.steps}), got {config.train.warmup_steps}"
+        )

@@ -1,0 +1,77 @@
+"""Atomic, durable file writes: a reader sees the old file, the whole new one, or nothing; never part."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from shared.errors import UsageError
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in `path` durable (the rename itself is atomic but lives in the folder)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, temp: Path | None = None) -> Iterator[BinaryIO]:
+    """Write to `temp` (same folder), fsync, then os.replace onto `path` and fsync the folder.
+
+    If the body raises, the temp file is removed and `path` is untouched.
+    """
+    temp = temp or path.with_name(f".{path.name}.tmp")
+    try:
+        with open(temp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    with atomic_file(path) as f:
+        f.write(data)
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one whole line with a single write and fsync it (one writer per file; see results.py)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line.rstrip("\n") + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold an advisory lock on `path` for the block, or raise UsageError if another process holds it.
+
+    The kernel releases the lock when the holder dies, so a crash never leaves a stale lock behind.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise UsageError(f"{what} (pid {holder}); stop that process or choose another --train-dir") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)

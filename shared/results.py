@@ -1,0 +1,140 @@
+"""The evaluation ledger `eval/results.jsonl` and the best checkpoint chosen from it.
+
+Only eval.py appends to the ledger, one whole line per checkpoint step, after that step's TensorBoard
+points are flushed. A line cut short by a crash is dropped on the next start; that step is then
+evaluated again and its points replaced (see shared/summaries.py on purge_step).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from shared.files import append_line, write_atomic
+from shared.layout import TrainDir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalRecord:
+    step: int
+    file: str  # relative to the train_dir
+    status: Literal["ok", "failed", "skipped"]
+    wall_time: float
+    seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)  # loss, accuracy, f1_macro, ... when ok
+    per_class_f1: list[float] = field(default_factory=list)
+    reason: str = ""  # why, when failed or skipped
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Every complete record; a last line without its newline is a write cut short and is ignored."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    lines = text.split("\n")[:-1]  # the part after the last newline is incomplete (or empty)
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("%s:%d is not a JSON record; ignoring it", path, number)
+    return records
+
+
+def last_evaluated_step(path: Path) -> int | None:
+    """The newest step the evaluator has recorded, -1 if none yet, None if no evaluator keeps a ledger."""
+    if not path.exists():
+        return None
+    return max((r["step"] for r in read_records(path)), default=-1)
+
+
+class Ledger:
+    """The evaluator's view of results.jsonl: which steps are done, and appending new ones."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._drop_incomplete_line()
+        self.records: dict[int, dict[str, Any]] = {r["step"]: r for r in read_records(path)}
+
+    def __contains__(self, step: int) -> bool:
+        return step in self.records
+
+    def next_purge_step(self) -> int:
+        """Points at or after this step were written without a record; the writer drops them."""
+        return max(self.records, default=-1) + 1
+
+    def append(self, record: EvalRecord) -> None:
+        line = json.dumps(asdict(record), sort_keys=True)
+        append_line(self.path, line)
+        self.records[record.step] = json.loads(line)
+
+    def _drop_incomplete_line(self) -> None:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            self.path.touch()  # an existing ledger tells train.py an evaluator is keeping up
+            return
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            log.warning("dropping an incomplete last line of %s (a write cut short)", self.path)
+            os.truncate(self.path, end)
+
+
+def best_record(records: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
+    """The best successful record by `metric`; the earliest step wins a tie."""
+    scored = [r for r in records if r["status"] == "ok" and metric in r["metrics"]]
+    if not scored:
+        return None
+    sign = 1 if mode == "max" else -1
+    return max(scored, key=lambda r: (sign * r["metrics"][metric], -r["step"]))
+
+
+def read_best(train_dir: TrainDir) -> dict[str, Any] | None:
+    try:
+        return json.loads(train_dir.best_json.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def update_best(train_dir: TrainDir, ledger: Ledger, metric: str, mode: str) -> dict[str, Any] | None:
+    """Point eval/best.pt and eval/best.json at the ledger's best step, if that changed.
+
+    best.pt is a hard link (a copy where links are not possible), so deleting the original under
+    retention leaves it intact. It is replaced before best.json, so best.json never names a step
+    whose weights are not in best.pt.
+    """
+    best = best_record(list(ledger.records.values()), metric, mode)
+    current = read_best(train_dir)
+    if best is None or (current and current["step"] == best["step"] and train_dir.best_checkpoint.exists()):
+        return current
+    source = train_dir.root / best["file"]
+    temp = train_dir.best_checkpoint.with_name(".best.pt.tmp")
+    temp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(source, temp)
+        except OSError:
+            write_atomic(temp, source.read_bytes())
+    except FileNotFoundError:
+        log.warning("best checkpoint %s was deleted before it could be kept; best.pt stays as it was", source)
+        return current
+    os.replace(temp, train_dir.best_checkpoint)
+    summary = {
+        "step": best["step"],
+        "metric": metric,
+        "mode": mode,
+        "value": best["metrics"][metric],
+        "file": best["file"],
+        "metrics": best["metrics"],
+    }
+    write_atomic(train_dir.best_json, (json.dumps(summary, indent=2) + "\n").encode())
+    log.info("new best checkpoint: step %d, %s=%.4f", best["step"], metric, best["metrics"][metric])
+    return summary

@@ -1,0 +1,75 @@
+"""The built-in demo: scikit-learn's bundled 8x8 digits (no download) and a small CNN."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import torch
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from shared import config
+from shared.tasks import Task
+
+
+@dataclass
+class DigitsModel:
+    channels: int = field(default=32, metadata=config.at_least(1))
+    hidden: int = field(default=128, metadata=config.at_least(1))
+    dropout: float = field(default=0.2, metadata=config.between(0, 1))
+
+
+@dataclass
+class DigitsData(config.DataConfig):
+    val_fraction: float = field(default=0.2, metadata=config.between(0.05, 0.5))
+    split_seed: int = 0
+
+
+@functools.cache
+def _split(val_fraction: float, split_seed: int) -> tuple[torch.Tensor, ...]:
+    """The fixed stratified train/validation split, as float images in [0, 1] and integer labels."""
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.tensor(digits.target, dtype=torch.long)
+    x_train, x_val, y_train, y_val = train_test_split(
+        images, labels, test_size=val_fraction, stratify=labels, random_state=split_seed
+    )
+    return x_train, x_val, y_train, y_val
+
+
+class DigitsTask(Task):
+    ModelConfig = DigitsModel
+    DataConfig = DigitsData
+
+    @property
+    def class_names(self) -> list[str]:
+        return [str(i) for i in range(10)]
+
+    def build_model(self) -> nn.Module:
+        c, m = self.model_config.channels, self.model_config
+        return nn.Sequential(
+            nn.Conv2d(1, c, 3, padding=1),
+            nn.BatchNorm2d(c),
+            nn.ReLU(),
+            nn.Conv2d(c, 2 * c, 3, padding=1),
+            nn.BatchNorm2d(2 * c),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Dropout(m.dropout),
+            nn.Linear(2 * c * 4 * 4, m.hidden),
+            nn.ReLU(),
+            nn.Dropout(m.dropout),
+            nn.Linear(m.hidden, 10),
+        )
+
+    def train_data(self) -> TensorDataset:
+        x_train, _, y_train, _ = _split(self.data_config.val_fraction, self.data_config.split_seed)
+        return TensorDataset(x_train, y_train)
+
+    def eval_data(self) -> TensorDataset:
+        _, x_val, _, y_val = _split(self.data_config.val_fraction, self.data_config.split_seed)
+        return TensorDataset(x_val, y_val)

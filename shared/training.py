@@ -1,0 +1,85 @@
+"""The parts train.py assembles: optimizer by name, warmup + cosine/constant schedule, parameter counts,
+and the resumable state a checkpoint holds."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from shared import seeding
+from shared.config import TrainConfig
+from shared.data import DataPosition
+
+
+def build_optimizer(model: nn.Module, options: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    common = {"lr": options.lr, "weight_decay": options.weight_decay}
+    if options.optimizer == "sgd":
+        return torch.optim.SGD(params, momentum=options.momentum, **common)
+    if options.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, momentum=options.momentum, **common)
+    if options.optimizer == "adam":
+        return torch.optim.Adam(params, **common)
+    return torch.optim.AdamW(params, **common)
+
+
+def lr_multiplier(options: TrainConfig) -> Callable[[int], float]:
+    """The factor on the base LR after `step` optimizer steps: linear warmup, then cosine or constant."""
+    warmup, total, floor = options.warmup_steps, options.steps, options.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if options.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, options: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(options))
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(all parameters, trainable parameters)."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue exactly where a checkpoint left off."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    position: DataPosition
+    step: int = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "data": self.position.state_dict(),
+            "rng": seeding.rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"]:  # empty when saved with fp16 off; a fresh scaler is right then
+            self.scaler.load_state_dict(state["scaler"])
+        self.position.epoch, self.position.batch = state["data"]["epoch"], state["data"]["batch"]
+        seeding.set_rng_state(state["rng"])
+        self.step = state["step"]
