@@ -1,0 +1,90 @@
+"""Helpers for tests that start the real train.py and eval.py processes and read what they wrote."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A few seconds of digits training with checkpoints often enough to give the evaluator work.
+SHORT_RUN = [
+    "--config", "configs/digits.yaml",
+    "--set", "train.steps=200",
+    "--set", "train.warmup_steps=10",
+    "--set", "checkpoint.every_steps=40",
+    "--set", "log.every_steps=10",
+]  # fmt: skip
+
+
+@dataclass
+class Proc:
+    """A train.py or eval.py process whose combined output goes to a log file."""
+
+    popen: subprocess.Popen
+    log: Path
+
+    def wait(self, timeout: float = 180) -> int:
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            pytest.fail(f"{self.popen.args} did not exit within {timeout}s; output:\n{self.output()}")
+
+    def signal(self, signum: int) -> None:
+        self.popen.send_signal(signum)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """start("train.py", *args) -> Proc; every process still running at the end of the test is killed."""
+    procs: list[Proc] = []
+
+    def _start(script: str, *args: str, env: dict[str, str] | None = None) -> Proc:
+        log = tmp_path / f"{Path(script).stem}-{len(procs)}.log"
+        with open(log, "wb") as out:
+            popen = subprocess.Popen(
+                [sys.executable, script, *args],
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            )
+        procs.append(Proc(popen, log))
+        return procs[-1]
+
+    yield _start
+    for proc in procs:
+        if proc.popen.poll() is None:
+            proc.popen.send_signal(signal.SIGKILL)
+            proc.popen.wait()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+    """Poll `condition` until it holds, failing the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def scalar_points(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of every point TensorBoard's own loader keeps for `tag` (purges applied)."""
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    accumulator.Reload()
+    if tag not in accumulator.Tags()["scalars"]:
+        return []
+    return [(event.step, event.value) for event in accumulator.Scalars(tag)]

@@ -1,0 +1,50 @@
+"""A user's own task, chosen with `task: tests.custom_task:BlobsTask`: the README's example, tested."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from shared.config import DataConfig, at_least
+from shared.tasks import Task
+
+
+@dataclass
+class BlobsModel:
+    hidden: int = field(default=32, metadata=at_least(1))
+
+
+@dataclass
+class BlobsData(DataConfig):
+    examples: int = field(default=600, metadata=at_least(30))
+
+
+class BlobsTask(Task):
+    """Three Gaussian blobs in 2-D, told apart by a small MLP."""
+
+    ModelConfig = BlobsModel
+    DataConfig = BlobsData
+
+    @property
+    def class_names(self) -> list[str]:
+        return ["a", "b", "c"]
+
+    def build_model(self) -> nn.Module:
+        hidden = self.model_config.hidden
+        return nn.Sequential(nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, 3))
+
+    def _blobs(self, split: int) -> TensorDataset:
+        generator = torch.Generator().manual_seed(self.seed * 10 + split)
+        labels = torch.arange(self.data_config.examples) % 3
+        centres = torch.tensor([[0.0, 3.0], [3.0, -2.0], [-3.0, -2.0]])
+        points = centres[labels] + torch.randn(len(labels), 2, generator=generator)
+        return TensorDataset(points, labels)
+
+    def train_data(self) -> TensorDataset:
+        return self._blobs(split=0)
+
+    def eval_data(self) -> TensorDataset:
+        return self._blobs(split=1)

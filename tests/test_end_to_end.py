@@ -1,0 +1,172 @@
+"""train.py and eval.py as two real processes on one train_dir, read back with TensorBoard's own loader."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from shared.checkpoints import list_checkpoints
+from shared.layout import TrainDir
+from shared.results import read_records
+from tests.conftest import SHORT_RUN, scalar_points, wait_until
+
+pytestmark = pytest.mark.slow
+
+EVAL_TAGS = ("loss", "accuracy", "f1_macro", "precision_macro", "recall_macro")
+
+
+def json_line(output: str) -> dict:
+    """The one JSON object `eval.py --json` printed, among any log lines."""
+    (line,) = [line for line in output.splitlines() if line.startswith("{")]
+    return json.loads(line)
+
+
+def assert_one_point_per_evaluated_step(train_dir: TrainDir) -> list[dict]:
+    """Every checkpoint step has one ledger record, and each ok record exactly one point per eval tag."""
+    records = read_records(train_dir.results)
+    steps = [r["step"] for r in records]
+    assert len(steps) == len(set(steps)), f"duplicate ledger records: {Counter(steps)}"
+    ok = {r["step"]: r for r in records if r["status"] == "ok"}
+    assert ok, "no checkpoint was evaluated"
+    for tag in EVAL_TAGS:
+        points = scalar_points(train_dir.eval_run, tag)
+        assert [step for step, _ in points] == sorted(ok), f"eval/{tag} steps differ from the ledger's"
+        for step, value in points:
+            assert value == pytest.approx(ok[step]["metrics"][tag], rel=1e-6)
+    return records
+
+
+def test_train_and_eval_daemon_end_to_end(tmp_path: Path, start) -> None:
+    train_dir = TrainDir(tmp_path / "run")
+    train_dir.root.mkdir()
+    evaluator = start("eval.py", "--train-dir", str(train_dir.root), "--idle-timeout", "120")
+    wait_until(train_dir.results.exists, 60, "eval.py to open its ledger")
+    trainer = start("train.py", "--train-dir", str(train_dir.root), *SHORT_RUN)
+    assert trainer.wait() == 0, trainer.output()
+    assert evaluator.wait() == 0, evaluator.output()
+
+    finished = json.loads(train_dir.finished.read_text())
+    assert finished["step"] == 200
+    saved = [c.step for c in list_checkpoints(train_dir.checkpoints)]
+    records = assert_one_point_per_evaluated_step(train_dir)
+    assert [r["step"] for r in records] == [40, 80, 120, 160, 200]
+    assert all(r["status"] == "ok" for r in records), records
+    assert set(saved) <= {r["step"] for r in records}
+
+    train_loss = scalar_points(train_dir.train_run, "loss")
+    assert [step for step, _ in train_loss] == list(range(10, 201, 10))
+    for tag in ("learning_rate", "grad_norm", "examples_per_sec"):
+        assert [step for step, _ in scalar_points(train_dir.train_run, tag)] == list(range(10, 201, 10)), tag
+
+    best = json.loads(train_dir.best_json.read_text())
+    assert best["value"] == max(r["metrics"]["accuracy"] for r in records)
+    assert torch.load(train_dir.best_checkpoint, weights_only=True)["step"] == best["step"]
+
+    # Ad hoc evaluation of a checkpoint gives exactly the numbers the daemon recorded for its step.
+    adhoc = start(
+        "eval.py", "--train-dir", str(train_dir.root), "--checkpoint", str(train_dir.checkpoint(200)), "--json"
+    )
+    assert adhoc.wait() == 0, adhoc.output()
+    printed = json_line(adhoc.output())
+    assert printed["metrics"] == records[-1]["metrics"]
+    assert printed["per_class_f1"] == records[-1]["per_class_f1"]
+    assert not train_dir.adhoc_run.exists(), "ad hoc evaluation wrote summaries without --write-summary"
+
+
+def test_eval_killed_and_restarted_gives_one_point_per_step(tmp_path: Path, start) -> None:
+    train_dir = TrainDir(tmp_path / "run")
+    train_dir.root.mkdir()
+    run = [*SHORT_RUN, "--set", "train.steps=600", "--set", "checkpoint.every_steps=20"]
+    evaluator = start("eval.py", "--train-dir", str(train_dir.root), "--idle-timeout", "120")
+    wait_until(train_dir.results.exists, 60, "eval.py to open its ledger")
+    trainer = start("train.py", "--train-dir", str(train_dir.root), *run)
+    wait_until(lambda: len(read_records(train_dir.results)) >= 3, 120, "three evaluations")
+    evaluator.signal(signal.SIGKILL)
+    evaluator.wait()
+    restarted = start("eval.py", "--train-dir", str(train_dir.root), "--idle-timeout", "120")
+    assert trainer.wait() == 0, trainer.output()
+    assert restarted.wait() == 0, restarted.output()
+    records = assert_one_point_per_evaluated_step(train_dir)
+    assert records[-1]["step"] == 600
+    assert "step(s) already recorded" in restarted.output()
+
+
+def test_train_resumes_after_sigterm_and_continues_the_step_count(tmp_path: Path, start) -> None:
+    train_dir = TrainDir(tmp_path / "run")
+    run = [*SHORT_RUN, "--set", "train.steps=100000", "--set", "checkpoint.every_steps=50"]
+    trainer = start("train.py", "--train-dir", str(train_dir.root), *run)
+    wait_until(lambda: len(list_checkpoints(train_dir.checkpoints)) >= 2, 120, "two checkpoints")
+    trainer.signal(signal.SIGTERM)
+    assert trainer.wait() == 0, trainer.output()
+    stopped_at = list_checkpoints(train_dir.checkpoints)[-1].step
+    assert stopped_at >= 100
+    assert not train_dir.finished.exists(), "an interrupted run must not say it finished"
+
+    target = stopped_at + 60
+    resumed = start("train.py", "--train-dir", str(train_dir.root), "--set", f"train.steps={target}")
+    assert resumed.wait() == 0, resumed.output()
+    assert f"resumed from ckpt-{stopped_at:09d}.pt" in resumed.output()
+    assert "train.steps changed: 100000 -> " in resumed.output()
+    assert json.loads(train_dir.finished.read_text())["step"] == target
+    steps = [step for step, _ in scalar_points(train_dir.train_run, "loss")]
+    assert steps == sorted(set(steps)), "train/loss has repeated or backward steps after the resume"
+    assert steps[-1] == target - target % 10  # logged every 10 steps, through the resumed part
+
+
+def test_resume_refuses_a_different_model_and_names_the_keys(tmp_path: Path, start) -> None:
+    train_dir = tmp_path / "run"
+    first = start("train.py", "--train-dir", str(train_dir), *SHORT_RUN, "--set", "train.steps=20")
+    assert first.wait() == 0, first.output()
+    changed = start(
+        "train.py", "--train-dir", str(train_dir), *SHORT_RUN, "--set", "model.channels=8", "--set", "data.split_seed=3"
+    )
+    assert changed.wait() == 2
+    message = changed.output()
+    assert "model.channels: 32 -> 8" in message and "data.split_seed: 0 -> 3" in message
+    assert "Traceback" not in message
+
+
+def test_a_second_trainer_on_the_same_train_dir_is_refused(tmp_path: Path, start) -> None:
+    train_dir = TrainDir(tmp_path / "run")
+    first = start("train.py", "--train-dir", str(train_dir.root), *SHORT_RUN, "--set", "train.steps=100000")
+    wait_until(lambda: bool(list_checkpoints(train_dir.checkpoints)), 120, "the first trainer's checkpoint")
+    second = start("train.py", "--train-dir", str(train_dir.root), *SHORT_RUN)
+    assert second.wait() == 2
+    assert "another train.py is already training" in second.output()
+    first.signal(signal.SIGTERM)
+    assert first.wait() == 0
+
+
+def test_a_users_own_task_by_dotted_path(tmp_path: Path, start) -> None:
+    train_dir = TrainDir(tmp_path / "run")
+    config = tmp_path / "blobs.yaml"
+    config.write_text(
+        "task: tests.custom_task:BlobsTask\n"
+        "model: {hidden: 16}\n"
+        "data: {batch_size: 32, examples: 300}\n"
+        "train: {steps: 60, lr: 0.01, warmup_steps: 5}\n"
+        "checkpoint: {every_steps: 30}\n"
+    )
+    trainer = start("train.py", "--train-dir", str(train_dir.root), "--config", str(config))
+    assert trainer.wait() == 0, trainer.output()
+    evaluator = start("eval.py", "--train-dir", str(train_dir.root))
+    assert evaluator.wait() == 0, evaluator.output()
+    records = read_records(train_dir.results)
+    assert [r["step"] for r in records] == [30, 60]
+    assert records[-1]["metrics"]["accuracy"] > 0.9
+    assert len(records[-1]["per_class_f1"]) == 3
+
+
+def test_default_digits_config_reaches_the_accuracy_target(tmp_path: Path, start) -> None:
+    """The demo's promise: validation accuracy >= 0.98 with configs/digits.yaml as it is."""
+    train_dir = TrainDir(tmp_path / "run")
+    trainer = start("train.py", "--train-dir", str(train_dir.root), "--config", "configs/digits.yaml")
+    assert trainer.wait() == 0, trainer.output()
+    adhoc = start("eval.py", "--train-dir", str(train_dir.root), "--checkpoint", "latest", "--json")
+    assert adhoc.wait() == 0, adhoc.output()
+    assert json_line(adhoc.output())["metrics"]["accuracy"] >= 0.98
