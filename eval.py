@@ -211,11 +211,14 @@ def run_adhoc(args: argparse.Namespace, train_dir: TrainDir, device: torch.devic
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     train_dir = TrainDir(Path(args.train_dir))
-    if not train_dir.root.is_dir():
-        raise UsageError(f"--train-dir {train_dir.root} does not exist; start train.py first or fix the path")
     device = devices.resolve(args.device)
     if args.checkpoint:
+        if not train_dir.root.is_dir():
+            raise UsageError(f"--train-dir {train_dir.root} does not exist; check the path")
         return run_adhoc(args, train_dir, device)
+    if not train_dir.root.parent.is_dir():
+        raise UsageError(f"--train-dir {train_dir.root}: its parent folder does not exist; check the path")
+    train_dir.root.mkdir(exist_ok=True)  # a daemon may start before train.py; it waits for config.yaml
     return run_daemon(args, train_dir, device)
 
 
