@@ -8,6 +8,7 @@ checkpoints. inotify sees nothing on NFS/CIFS or across Docker Desktop bind moun
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
@@ -48,8 +49,15 @@ class CheckpointWatcher:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._observer.stop()
-        self._observer.join()
+        # watchdog's inotify emitter logs a spurious ERROR when an event races its shutdown.
+        emitter_log = logging.getLogger("watchdog.observers.inotify")
+        level = emitter_log.level
+        emitter_log.setLevel(logging.CRITICAL)
+        try:
+            self._observer.stop()
+            self._observer.join()
+        finally:
+            emitter_log.setLevel(level)
 
     def wait(self, timeout: float) -> bool:
         """Block until something arrived, `wake()` was called, or `timeout` passed; True if woken."""
