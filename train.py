@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +65,9 @@ class StepResult:
     examples: int
 
 
-def train_step(state: TrainState, batches, task: Task, device: torch.device, options: cfg.TrainConfig) -> StepResult:
+def train_step(
+    state: TrainState, batches: Iterator, task: Task, device: torch.device, options: cfg.TrainConfig
+) -> StepResult:
     """One optimizer step over `grad_accum_steps` micro-batches, with mixed precision and clipping."""
     state.optimizer.zero_grad(set_to_none=True)
     loss_sum, examples = torch.zeros((), device=device), 0

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from shared.errors import UsageError
+from shared.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +183,6 @@ def load(path: str | Path, overrides: list[str] = ()) -> Config:
 
 def save(config: Config, path: Path) -> None:
     """Write the resolved config atomically, so eval.py never reads half of it."""
-    from shared.files import write_atomic
-
     text = yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
     write_atomic(path, text.encode())
 
