@@ -11,7 +11,6 @@ import logging
 import os
 import pickle
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,12 +74,16 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
         raise CheckpointError(
             f"refused to load: it holds objects other than tensors and plain values ({reason})"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as err:
-        raise CheckpointError(f"not a readable checkpoint (truncated or corrupt?): {_first_line(err)}") from None
+    except Exception as err:  # corrupt bytes surface as many exception types (KeyError, struct.error, ...)
+        raise CheckpointError(
+            f"not a readable checkpoint (truncated or corrupt?): {type(err).__name__}: {_first_line(err)}"
+        ) from None
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise CheckpointError("not a trainval checkpoint: no 'model' and 'step' entries")
     version = state.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int):
+        raise CheckpointError("not a trainval checkpoint: no integer 'format_version'")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
             f"format version {version!r} is newer than this trainval reads ({FORMAT_VERSION}); upgrade trainval"
         )
@@ -92,13 +95,24 @@ def restore_model(model: nn.Module, state: dict[str, Any]) -> None:
     weights = state["model"]
     if not isinstance(weights, dict):
         raise CheckpointError("its 'model' entry is not a state dict")
+    expected = model.state_dict()
+    missing, unexpected = sorted(expected.keys() - weights.keys()), sorted(weights.keys() - expected.keys())
+    misfits = [
+        f"{name}: {tuple(weights[name].shape)} in the file, {tuple(tensor.shape)} in the model"
+        for name, tensor in expected.items()
+        if name in weights and (not torch.is_tensor(weights[name]) or weights[name].shape != tensor.shape)
+    ]
+    problems = misfits[:3]
+    if unexpected:
+        problems.insert(0, f"unexpected keys {_brief(unexpected)}")
+    if missing:
+        problems.insert(0, f"missing keys {_brief(missing)}")
+    if problems:
+        raise CheckpointError("does not fit this model (another model config?): " + "; ".join(problems))
     for name, tensor in weights.items():
-        if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"weight {name!r} holds NaN or Inf values")
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"does not fit this model (different model config?): {_brief(err)}") from None
+    model.load_state_dict(weights, strict=True)
 
 
 def remove_stale_temps(folder: Path) -> list[Path]:
@@ -161,8 +175,8 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _brief(err: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(err).split())
+def _brief(value: object, limit: int = 200) -> str:
+    text = " ".join(str(value).split())
     return text if len(text) <= limit else text[:limit] + "..."
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import logging
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,11 +21,25 @@ import yaml
 from shared.errors import UsageError
 from shared.files import write_atomic
 
-log = logging.getLogger(__name__)
-
 
 class ConfigError(UsageError):
     """A config file or override that cannot be used as it is."""
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that reads `1e-3` as a number, as YAML 1.2 does (PyYAML's 1.1 rules give a string)."""
+
+
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """Plain data from YAML text: the safe loader, so no tag can build an object."""
+    return yaml.load(text, Loader=_SafeLoader)  # a SafeLoader subclass: plain data only
 
 
 def at_least(low: float, *, strict: bool = False) -> dict[str, Any]:
@@ -104,8 +118,10 @@ class Config:
         return dataclasses.asdict(self)
 
 
-# Sections that define what a checkpoint contains and means: a train_dir refuses a change to these.
+# Sections that define what a checkpoint contains and means: a train_dir refuses a change to these,
+# except to keys that only say how to load the data.
 IDENTITY_KEYS = ("task", "model", "data")
+RUNTIME_KEYS = ("data.num_workers",)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -118,7 +134,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as err:
         raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = parse_yaml(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}".replace("\n", " ")) from None
     if raw is None:
@@ -136,7 +152,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. --set train.lr=0.01")
         try:
-            value = yaml.safe_load(text) if text else ""
+            value = parse_yaml(text) if text else ""
         except yaml.YAMLError:
             value = text
         node = raw
@@ -207,7 +223,7 @@ def differences(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:
 def check_same_identity(saved: Config, new: Config, what: str) -> dict[str, tuple[Any, Any]]:
     """Refuse a config whose task, model or data differ from the train_dir's; return the other changes."""
     changed = differences(saved, new)
-    identity = {k: v for k, v in changed.items() if k.split(".")[0] in IDENTITY_KEYS}
+    identity = {k: v for k, v in changed.items() if k.split(".")[0] in IDENTITY_KEYS and k not in RUNTIME_KEYS}
     if identity:
         listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in identity.items()))
         raise ConfigError(

@@ -1,9 +1,10 @@
 """Waking the evaluator when something it waits for appears in the train_dir.
 
 Events are hints, never the truth: a wake-up (or the periodic timeout) only makes the caller rescan
-the checkpoints folder. Checkpoints arrive by rename, so the moved event is the one that means
-"complete"; a created event can fire before the writer is done (watchdog #586) and is ignored for
-checkpoints. inotify sees nothing on NFS/CIFS or across Docker Desktop bind mounts: use polling there.
+the checkpoints folder. Temp files never wake it. A created event can fire before its writer is done
+(watchdog #586), but train.py only ever renames complete files onto `ckpt-*.pt` names, so any event
+for such a name means a complete checkpoint. inotify sees nothing on NFS/CIFS or across Docker Desktop
+bind mounts: use polling there.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ class _WakeOnArrival(FileSystemEventHandler):
         if event.is_directory:
             return
         path = Path(event.dest_path if event.event_type == "moved" else event.src_path)
-        arrived = event.event_type in ("moved", "closed") or (event.event_type == "created" and path in self.markers)
+        # A final checkpoint name only ever appears by rename, so even a created event for it (what a
+        # polling observer reports for a write + rename between two polls) means it is complete.
         is_checkpoint = path.parent == self.train_dir.checkpoints and checkpoint_step(path) is not None
-        if arrived and (is_checkpoint or path in self.markers):
+        if event.event_type in ("created", "moved", "closed") and (is_checkpoint or path in self.markers):
             self.wake.set()
 
 

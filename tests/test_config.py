@@ -1,0 +1,249 @@
+"""shared.config: loading, --set overrides, every kind of bad input, identity checks, and the CLIs' exit 2."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shared import config as cfg
+from shared.config import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+DIGITS = REPO / "configs" / "digits.yaml"
+
+
+def test_digits_yaml_loads_with_its_values() -> None:
+    """The shipped config resolves to typed sections holding the file's values."""
+    config = cfg.load(DIGITS)
+    assert config.task == "digits"
+    assert config.train.steps == 1500
+    assert config.train.lr == pytest.approx(0.003)
+    assert config.model.channels == 32
+    assert config.data.val_fraction == pytest.approx(0.2)
+    assert config.checkpoint.max_to_keep == 5
+    assert (config.eval.best_metric, config.eval.best_mode) == ("accuracy", "max")
+    # Keys the file leaves out take the dataclass defaults.
+    assert config.train.momentum == cfg.TrainConfig().momentum
+
+
+@pytest.mark.parametrize(
+    ("item", "key", "expected"),
+    [
+        ("train.steps=200", "steps", 200),
+        ("train.lr=0.5", "lr", 0.5),
+        ("train.flag=true", "flag", True),
+        ("train.flag=off", "flag", False),
+        ("train.optimizer=sgd", "optimizer", "sgd"),
+        ("train.name='123'", "name", "123"),
+        ("train.name=", "name", ""),
+    ],
+)
+def test_override_values_are_parsed_as_yaml(item: str, key: str, expected: object) -> None:
+    """--set values become YAML scalars of the right Python type, not strings."""
+    raw = cfg.apply_overrides({}, [item])
+    value = raw["train"][key]
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+def test_overrides_replace_nested_values_without_touching_the_input() -> None:
+    """Overrides lay over the raw mapping (later ones win) and leave the caller's dict unchanged."""
+    raw = {"train": {"steps": 10, "lr": 0.1}, "seed": 1}
+    out = cfg.apply_overrides(raw, ["train.steps=20", "train.steps=30", "eval.batch_size=8", "seed=4"])
+    assert out == {"train": {"steps": 30, "lr": 0.1}, "seed": 4, "eval": {"batch_size": 8}}
+    assert raw == {"train": {"steps": 10, "lr": 0.1}, "seed": 1}
+
+
+def test_overrides_resolve_to_typed_config() -> None:
+    """Overrides reach the typed Config; an integer given for a float field becomes a float."""
+    config = cfg.load(DIGITS, ["train.steps=200", "train.lr=1", "train.optimizer=sgd", "model.channels=8"])
+    assert config.train.steps == 200
+    assert config.train.lr == 1.0
+    assert isinstance(config.train.lr, float)
+    assert config.train.optimizer == "sgd"
+    assert config.model.channels == 8
+
+
+def test_override_accepts_scientific_notation() -> None:
+    """The usual way to write a learning rate is accepted as a float."""
+    assert cfg.load(DIGITS, ["train.lr=1e-3"]).train.lr == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        pytest.param(["trian.lr=0.1"], ["'trian'", "did you mean train", "allowed keys"], id="unknown-top-level"),
+        pytest.param(["train.lrr=0.1"], ["'train.lrr'", "did you mean train.lr?", "momentum"], id="unknown-nested"),
+        pytest.param(["train.steps=abc"], ["train.steps", "an integer", "'abc'"], id="str-for-int"),
+        pytest.param(["train.steps=true"], ["train.steps", "an integer", "True"], id="bool-for-int"),
+        pytest.param(["train.steps=1.5"], ["train.steps", "an integer", "1.5"], id="float-for-int"),
+        pytest.param(["train.lr=fast"], ["train.lr", "a number", "'fast'"], id="str-for-float"),
+        pytest.param(["train.lr=true"], ["train.lr", "a number", "True"], id="bool-for-float"),
+        pytest.param(["train=5"], ["train", "a section"], id="scalar-for-section"),
+        pytest.param(["train.lr=-0.1"], ["train.lr", "must be > 0", "-0.1"], id="negative-lr"),
+        pytest.param(["train.lr=0"], ["train.lr", "must be > 0"], id="zero-lr"),
+        pytest.param(["train.momentum=1.5"], ["train.momentum", "between 0 and 1", "1.5"], id="momentum-above-1"),
+        pytest.param(["train.steps=0"], ["train.steps", ">= 1"], id="zero-steps"),
+        pytest.param(["model.dropout=2"], ["model.dropout", "between 0 and 1"], id="task-section-range"),
+        pytest.param(
+            ["train.optimizer=foo"], ["train.optimizer", "'sgd'", "'adamw'", "'foo'"], id="literal-not-a-choice"
+        ),
+        pytest.param(["eval.best_metric=loss"], ["eval.best_mode", "set eval.best_mode=min"], id="loss-with-max"),
+        pytest.param(
+            ["eval.best_metric=accuracy", "eval.best_mode=min"], ["eval.best_mode", "best_mode=max"], id="acc-with-min"
+        ),
+        pytest.param(
+            ["train.warmup_steps=2000"], ["train.warmup_steps", "<= train.steps (1500)", "2000"], id="warmup-gt-steps"
+        ),
+        pytest.param(["train.lr"], ["'train.lr'", "expected section.key=value"], id="set-without-equals"),
+        pytest.param(["=3"], ["'=3'", "expected section.key=value"], id="set-without-key"),
+        pytest.param(["task.name=x"], ["task is not a section"], id="set-into-non-section"),
+        pytest.param(["task=nosuch"], ["task", "'nosuch'", "built-in task", "digits"], id="unknown-task-name"),
+        pytest.param(
+            ["task=no_such_pkg_zz.tasks:MyTask"],
+            ["task", "cannot import module 'no_such_pkg_zz.tasks'", "PYTHONPATH"],
+            id="task-missing-module",
+        ),
+        pytest.param(["task=shared.config:Config"], ["task", "not a subclass"], id="task-not-a-task"),
+    ],
+)
+def test_bad_overrides_raise_config_error_naming_key(overrides: list[str], fragments: list[str]) -> None:
+    """Each bad override raises ConfigError whose message names the key and what is allowed."""
+    with pytest.raises(ConfigError) as info:
+        cfg.load(DIGITS, overrides)
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message
+    assert "\n" not in message  # the CLIs print it as one line
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        pytest.param("train: {lr: 0.1\n", ["is not valid YAML"], id="unclosed-flow-mapping"),
+        pytest.param("train:\n\tlr: 0.1\n", ["is not valid YAML"], id="tab-indent"),
+        pytest.param("- train\n- eval\n", ["must hold a mapping of sections", "list"], id="list"),
+        pytest.param("just words\n", ["must hold a mapping of sections", "str"], id="scalar"),
+    ],
+)
+def test_bad_yaml_files_raise_config_error(tmp_path: Path, text: str, fragments: list[str]) -> None:
+    """A config file that is not a YAML mapping is refused with the file's name and the reason on one line."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        cfg.load(path)
+    message = str(info.value)
+    assert str(path) in message
+    for fragment in fragments:
+        assert fragment in message
+    assert "\n" not in message
+
+
+def test_missing_config_file_raises_config_error(tmp_path: Path) -> None:
+    """A missing --config file is a ConfigError that names the path and the option."""
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match="does not exist") as info:
+        cfg.load(path)
+    assert str(path) in str(info.value)
+    assert "--config" in str(info.value)
+
+
+def test_empty_yaml_file_gives_defaults(tmp_path: Path) -> None:
+    """An empty file is an empty mapping: every section takes its defaults."""
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert cfg.load(path) == cfg.resolve({})
+
+
+def test_saved_config_loads_back_equal(tmp_path: Path) -> None:
+    """config.yaml written by save() resolves to the same Config (eval.py rebuilds the model from it)."""
+    config = cfg.load(DIGITS, ["train.steps=420", "model.hidden=16"])
+    cfg.save(config, tmp_path / "config.yaml")
+    assert cfg.load(tmp_path / "config.yaml") == config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "listed"),
+    [
+        pytest.param(["model.channels=16"], ["model.channels: 32 -> 16"], id="model"),
+        pytest.param(["data.batch_size=32"], ["data.batch_size: 64 -> 32"], id="data"),
+        pytest.param(
+            ["model.hidden=64", "data.split_seed=3", "train.steps=3000"],
+            ["model.hidden: 128 -> 64", "data.split_seed: 0 -> 3"],
+            id="several",
+        ),
+    ],
+)
+def test_identity_change_is_refused_listing_keys(overrides: list[str], listed: list[str]) -> None:
+    """A changed model or data section is refused, and the message lists every differing identity key."""
+    saved = cfg.load(DIGITS)
+    with pytest.raises(ConfigError) as info:
+        cfg.check_same_identity(saved, cfg.load(DIGITS, overrides), "the config")
+    message = str(info.value)
+    for fragment in listed:
+        assert fragment in message
+    assert "train.steps" not in message  # only the identity keys are listed
+
+
+def test_task_change_is_refused() -> None:
+    """A different task is an identity change too."""
+    saved = cfg.load(DIGITS)
+    changed = dataclasses.replace(saved, task="mypkg.tasks:Other")
+    with pytest.raises(ConfigError, match=r"task: 'digits' -> 'mypkg.tasks:Other'"):
+        cfg.check_same_identity(saved, changed, "the config")
+
+
+def test_non_identity_changes_are_returned_not_refused() -> None:
+    """More steps (or other train/eval changes) are allowed on resume and reported back as key -> (old, new)."""
+    saved = cfg.load(DIGITS)
+    new = cfg.load(DIGITS, ["train.steps=3000", "eval.batch_size=128", "data.num_workers=2"])
+    changed = cfg.check_same_identity(saved, new, "the config")
+    assert changed == {"train.steps": (1500, 3000), "eval.batch_size": (512, 128), "data.num_workers": (0, 2)}
+    assert cfg.check_same_identity(saved, cfg.load(DIGITS), "the config") == {}
+
+
+def _run_cli(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, script, *args], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_train_cli_bad_set_exits_2_with_one_line(tmp_path: Path) -> None:
+    """train.py turns a bad --set into exit code 2 and one `train.py: error:` line naming the key, no traceback."""
+    result = _run_cli(
+        "train.py", "--config", str(DIGITS), "--train-dir", str(tmp_path / "run"), "--set", "train.lrr=0.1"
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("train.py: error: ")
+    assert "train.lrr" in lines[0]
+    assert "did you mean train.lr?" in lines[0]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("mode", "fragment"),
+    [
+        pytest.param(["--checkpoint", "latest"], "does not exist", id="adhoc-missing-dir"),
+        pytest.param(["--idle-timeout", "1"], "its parent folder does not exist", id="daemon-missing-parent"),
+    ],
+)
+def test_eval_cli_missing_train_dir_exits_2_with_one_line(tmp_path: Path, mode: list[str], fragment: str) -> None:
+    """eval.py refuses a --train-dir it cannot use (ad hoc: missing; daemon: missing parent, since the daemon
+    may create the folder and wait for train.py) with exit code 2 and one line naming it, no traceback."""
+    missing = tmp_path / "no-such-parent" / "run"
+    result = _run_cli("eval.py", "--train-dir", str(missing), "--device", "cpu", *mode)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("eval.py: error: --train-dir ")
+    assert str(missing) in lines[0]
+    assert fragment in lines[0]
+    assert not missing.parent.exists()
