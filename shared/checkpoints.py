@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from shared.config import CheckpointConfig
+from shared.errors import RunAborted
 from shared.files import atomic_file, fsync_dir
 from shared.layout import CHECKPOINT_TEMP_RE, TrainDir, checkpoint_step
 from shared.results import last_evaluated_step
@@ -80,6 +81,8 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
         ) from None
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise CheckpointError("not a trainval checkpoint: no 'model' and 'step' entries")
+    if not isinstance(state["step"], int) or isinstance(state["step"], bool) or state["step"] < 0:
+        raise CheckpointError(f"its step {state['step']!r} is not a non-negative integer")
     version = state.get("format_version")
     if not isinstance(version, int):
         raise CheckpointError("not a trainval checkpoint: no integer 'format_version'")
@@ -162,12 +165,17 @@ def apply_retention(folder: Path, policy: RetentionPolicy, last_evaluated: int |
             policy.max_unevaluated,
             unevaluated,
         )
+    deleted = []
     for checkpoint in checkpoints:
         if checkpoint.step in delete:
-            checkpoint.path.unlink(missing_ok=True)
-    if delete:
+            try:
+                checkpoint.path.unlink(missing_ok=True)
+                deleted.append(checkpoint.step)
+            except OSError as err:  # a retention failure never costs a checkpoint; the next save tries again
+                log.warning("could not delete %s: %s", checkpoint.path.name, err.strerror)
+    if deleted:
         fsync_dir(folder)
-    return delete
+    return deleted
 
 
 def _first_line(err: BaseException) -> str:
@@ -188,15 +196,41 @@ class PeriodicSaver:
         self.policy = RetentionPolicy(options.max_to_keep, options.keep_every_n_steps, options.max_unevaluated)
         self.last_saved_step = last_saved_step
         self.last_saved_time = time.monotonic()
+        self.failures = 0  # failed saves in a row
 
     def due(self, step: int) -> bool:
         by_steps = self.options.every_steps and step % self.options.every_steps == 0
         by_time = self.options.every_secs and time.monotonic() - self.last_saved_time >= self.options.every_secs
         return bool(by_steps or by_time)
 
-    def save(self, step: int, state: dict[str, Any]) -> Path:
+    def save(self, step: int, state: dict[str, Any], *, final: bool = False) -> Path | None:
+        """Commit a checkpoint, or warn and return None if the write fails (disk full, permissions).
+
+        The previous checkpoint stays intact and the temp file is removed either way. Failures abort the
+        run (RunAborted) after `max_save_failures` in a row, or at once for the final save.
+        """
         started = time.monotonic()
-        path = save(self.train_dir, step, state)
+        try:
+            path = save(self.train_dir, step, state)
+        except OSError as err:
+            self.failures += 1
+            newest = f"ckpt-{self.last_saved_step:09d}.pt" if self.last_saved_step else "none yet"
+            what = f"could not save the checkpoint for step {step}: {err.strerror or err} ({err.filename or ''})"
+            if final or self.failures >= self.options.max_save_failures:
+                raise RunAborted(
+                    f"{what}; {self.failures} failed save(s) in a row. The newest complete checkpoint is {newest}. "
+                    "Free disk space or fix the folder's permissions, then run the same command to resume"
+                ) from None
+            log.warning(
+                "%s; the newest complete checkpoint is still %s; retrying at the next interval (%d/%d failures)",
+                what,
+                newest,
+                self.failures,
+                self.options.max_save_failures,
+            )
+            self.last_saved_time = time.monotonic()
+            return None
+        self.failures = 0
         self.last_saved_step, self.last_saved_time = step, time.monotonic()
         deleted = apply_retention(self.train_dir.checkpoints, self.policy, last_evaluated_step(self.train_dir.results))
         log.info(

@@ -79,6 +79,7 @@ class TrainConfig:
     grad_clip_norm: float = field(default=0.0, metadata=at_least(0))  # 0 turns clipping off
     grad_accum_steps: int = field(default=1, metadata=at_least(1))
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    nan_policy: Literal["stop", "skip_step"] = "stop"  # on a NaN/Inf loss or gradient norm
 
 
 @dataclass
@@ -88,6 +89,7 @@ class CheckpointConfig:
     max_to_keep: int = field(default=5, metadata=at_least(1))
     keep_every_n_steps: int = field(default=0, metadata=at_least(0))  # 0: keep no extra ones
     max_unevaluated: int = field(default=20, metadata=at_least(0))  # see docs/protocol.md, retention
+    max_save_failures: int = field(default=3, metadata=at_least(1))  # in a row, then exit; 1 = at the first
 
 
 @dataclass
@@ -101,6 +103,7 @@ class EvalConfig:
     best_metric: Literal["accuracy", "f1_macro", "precision_macro", "recall_macro", "loss"] = "accuracy"
     best_mode: Literal["max", "min"] = "max"
     rescan_secs: float = field(default=5.0, metadata=at_least(0, strict=True))
+    policy: Literal["all", "latest"] = "all"  # latest: when behind, skip to the newest (recorded as skipped)
 
 
 @dataclass

@@ -41,16 +41,22 @@ class ResumableBatches:
         self.position = position
         self.loader_options: dict[str, Any] = {"num_workers": num_workers, "pin_memory": pin_memory}
 
+    def epoch_generator(self, epoch: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+
     def epoch_batches(self, epoch: int) -> list[list[int]]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(self.size, generator=generator).tolist()
+        order = torch.randperm(self.size, generator=self.epoch_generator(epoch)).tolist()
         full = self.size - self.size % self.batch_size
         return [order[i : i + self.batch_size] for i in range(0, full, self.batch_size)]
 
     def __iter__(self) -> Iterator[Any]:
         while True:
             remaining = self.epoch_batches(self.position.epoch)[self.position.batch :]
-            for batch in DataLoader(self.dataset, batch_sampler=remaining, **self.loader_options):
+            # Its own generator: a DataLoader draws its workers' base seed from the global RNG otherwise,
+            # and the extra loader a resume creates mid-epoch would shift dropout masks after it.
+            generator = self.epoch_generator(self.position.epoch)
+            loader = DataLoader(self.dataset, batch_sampler=remaining, generator=generator, **self.loader_options)
+            for batch in loader:
                 self.position.batch += 1
                 yield batch
             self.position.epoch, self.position.batch = self.position.epoch + 1, 0

@@ -83,3 +83,25 @@ class TrainState:
         self.position.epoch, self.position.batch = state["data"]["epoch"], state["data"]["batch"]
         seeding.set_rng_state(state["rng"])
         self.step = state["step"]
+
+
+class NonFiniteGuard:
+    """Remembers the first step whose loss (or, without a gradient scaler, gradient norm) was NaN/Inf.
+
+    The check stays on the device, so steps need no host sync; `first_bad_step()` syncs, and train.py
+    calls it only at log steps and before saving, so no checkpoint ever holds weights broken by it.
+    """
+
+    def __init__(self, device: torch.device, check_grad_norm: bool) -> None:
+        self.check_grad_norm = check_grad_norm
+        self.first = torch.full((), -1, dtype=torch.long, device=device)
+
+    def observe(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        finite = torch.isfinite(loss)
+        if self.check_grad_norm:
+            finite &= torch.isfinite(grad_norm)
+        self.first = torch.where((self.first < 0) & ~finite, step, self.first)
+
+    def first_bad_step(self) -> int | None:
+        step = int(self.first)
+        return step if step >= 0 else None
