@@ -136,10 +136,12 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
 
             if saver.due(state.step):
                 stop_if_not_finite(guard, saver)
+                writer.flush()  # points up to a checkpoint are on disk before it: a resume never loses them
                 saver.save(state.step, state.state_dict())
 
         stop_if_not_finite(guard, saver)
         if state.step > saver.last_saved_step:
+            writer.flush()
             saver.save(state.step, state.state_dict(), final=True)
     progress.close()
     if state.step >= options.steps:
