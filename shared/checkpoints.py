@@ -71,10 +71,7 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     except FileNotFoundError:
         raise
     except pickle.UnpicklingError as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling failed"
-        raise CheckpointError(
-            f"refused to load: it holds objects other than tensors and plain values ({reason})"
-        ) from None
+        raise CheckpointError(_unpickling_reason(err)) from None
     except Exception as err:  # corrupt bytes surface as many exception types (KeyError, struct.error, ...)
         raise CheckpointError(
             f"not a readable checkpoint (truncated or corrupt?): {type(err).__name__}: {_first_line(err)}"
@@ -176,6 +173,16 @@ def apply_retention(folder: Path, policy: RetentionPolicy, last_evaluated: int |
     if deleted:
         fsync_dir(folder)
     return deleted
+
+
+def _unpickling_reason(err: pickle.UnpicklingError) -> str:
+    """The substance of torch's weights-only refusal, without its advice to load with weights_only=False."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    detail = " ".join(line for line in lines if not line.startswith(boilerplate)) or "unpickling failed"
+    if "GLOBAL" in detail:  # the file asks to import something: the way pickles run code
+        return f"refused to load: it holds objects other than tensors and plain values ({detail})"
+    return f"not a readable checkpoint (truncated or corrupt?): {detail}"
 
 
 def _first_line(err: BaseException) -> str:
