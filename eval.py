@@ -179,7 +179,10 @@ def resolve_checkpoint(choice: str, train_dir: TrainDir) -> Path:
         return found[-1].path
     if choice == "best":
         if not train_dir.best_checkpoint.exists():
-            raise UsageError(f"--checkpoint best: no {train_dir.best_checkpoint} yet; the eval.py daemon keeps it")
+            raise UsageError(
+                f"--checkpoint best: no best checkpoint yet (the eval.py daemon keeps {train_dir.best_checkpoint}); "
+                "run the daemon first, or use --checkpoint latest"
+            )
         return train_dir.best_checkpoint
     path = Path(choice)
     if not path.is_file():
