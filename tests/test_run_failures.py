@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -37,15 +35,6 @@ class FailingWrites:
         REAL_SAVE(obj, f, *args, **kwargs)
 
 
-@pytest.fixture
-def in_process() -> Iterator[None]:
-    """train.main installs SIGTERM/SIGINT handlers; give pytest its own back afterwards."""
-    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
-    yield
-    for signum, handler in saved.items():
-        signal.signal(signum, handler)
-
-
 def run_train(*argv: str) -> int:
     with pytest.raises(SystemExit) as exited:
         cli.run("train.py", train.main, list(argv))
@@ -64,7 +53,7 @@ def assert_intact(train_dir: TrainDir) -> list[int]:
 RUN = [*SHORT_RUN, "--set", "train.steps=100", "--set", "checkpoint.every_steps=10", "--device", "cpu"]
 
 
-def test_a_full_disk_twice_in_a_row_is_survived(tmp_path: Path, monkeypatch, caplog, in_process) -> None:
+def test_a_full_disk_twice_in_a_row_is_survived(tmp_path: Path, monkeypatch, caplog, own_signal_handlers) -> None:
     train_dir = TrainDir(tmp_path / "run")
     monkeypatch.setattr(torch, "save", FailingWrites({3, 4}, errno.ENOSPC))
     assert run_train("--train-dir", str(train_dir.root), *RUN, "--set", "checkpoint.max_to_keep=20") == 0
@@ -78,7 +67,7 @@ def test_a_full_disk_twice_in_a_row_is_survived(tmp_path: Path, monkeypatch, cap
 
 @pytest.mark.parametrize(("error", "allowed", "saved"), [(errno.EACCES, 3, [10, 20]), (errno.ENOSPC, 1, [10, 20])])
 def test_failures_in_a_row_stop_the_run_with_exit_1(
-    tmp_path: Path, monkeypatch, capsys, in_process, error: int, allowed: int, saved: list[int]
+    tmp_path: Path, monkeypatch, capsys, own_signal_handlers, error: int, allowed: int, saved: list[int]
 ) -> None:
     train_dir = TrainDir(tmp_path / "run")
     monkeypatch.setattr(torch, "save", FailingWrites(range(3, 1000), error))
