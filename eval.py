@@ -67,6 +67,11 @@ def read_config(args: argparse.Namespace, train_dir: TrainDir) -> cfg.Config:
     return config
 
 
+def build_evaluator(config: cfg.Config, device: torch.device) -> Evaluator:
+    precision = devices.precision_for(device, config.eval.precision)
+    return Evaluator(build_task(config), device, config.eval.batch_size, precision, config.data.on_device)
+
+
 def write_summaries(writer: SummaryWriter, result: Evaluation, class_names: list[str]) -> None:
     for tag in ("loss", *SCALARS):
         writer.add_scalar(tag, result.metrics[tag], result.step)
@@ -138,7 +143,7 @@ def run_daemon(args: argparse.Namespace, train_dir: TrainDir, device: torch.devi
         if not wait_for(train_dir.config.exists, watcher, stop, args.idle_timeout, "train.py to write config.yaml"):
             return 0
         config = read_config(args, train_dir)
-        evaluator = Evaluator(build_task(config), device, config.eval.batch_size)
+        evaluator = build_evaluator(config, device)
         log.info("evaluating %s on %s; %d step(s) already recorded", train_dir.root, device, len(ledger.records))
         idle_since = time.monotonic()
         with open_writer(train_dir.eval_run, purge_step=ledger.next_purge_step()) as writer:
@@ -198,7 +203,7 @@ def resolve_checkpoint(choice: str, train_dir: TrainDir) -> Path:
 def run_adhoc(args: argparse.Namespace, train_dir: TrainDir, device: torch.device) -> int:
     config = read_config(args, train_dir)
     path = resolve_checkpoint(args.checkpoint, train_dir)
-    evaluator = Evaluator(build_task(config), device, config.eval.batch_size)
+    evaluator = build_evaluator(config, device)
     try:
         result = evaluator.evaluate_checkpoint(path)
     except CheckpointError as err:

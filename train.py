@@ -21,7 +21,7 @@ import torch
 
 from shared import checkpoints, cli, devices, seeding
 from shared import config as cfg
-from shared.data import DataPosition, ResumableBatches
+from shared.data import DataPosition, ResumableBatches, place
 from shared.errors import RunAborted, UsageError
 from shared.files import exclusive_lock, write_atomic
 from shared.layout import TrainDir
@@ -72,9 +72,11 @@ def train_step(
     state.optimizer.zero_grad(set_to_none=True)
     loss_sum, examples = torch.zeros((), device=device), 0
     for _ in range(options.grad_accum_steps):
-        inputs, targets = (t.to(device, non_blocking=True) for t in next(batches))
+        inputs, targets = next(batches)
+        inputs = devices.to_device(inputs, device, task.channels_last)
+        targets = targets.to(device, non_blocking=True)
         with devices.autocast(device, options.precision):
-            loss = task.loss(state.model(inputs), targets)
+            loss = task.loss(state.forward(inputs), targets)
         state.scaler.scale(loss / options.grad_accum_steps).backward()
         loss_sum += loss.detach().float()
         examples += len(targets)
@@ -95,7 +97,7 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
     options = config.train
     batches = iter(
         ResumableBatches(
-            task.train_data(),
+            place(task.train_data(), device, config.data.on_device),
             config.data.batch_size,
             config.seed,
             state.position,
@@ -140,9 +142,10 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
                 saver.save(state.step, state.state_dict())
 
         stop_if_not_finite(guard, saver)
-        if state.step > saver.last_saved_step:
+        if state.step > saver.last_requested_step:
             writer.flush()
             saver.save(state.step, state.state_dict(), final=True)
+        saver.close()
     progress.close()
     if state.step >= options.steps:
         record = {"step": state.step, "reason": "completed", "wall_time": time.time()}
@@ -192,12 +195,18 @@ def main(argv: list[str]) -> int:
         seeding.seed_everything(config.seed)
         task = build_task(config)
 
+        devices.use_fast_math(device)
         model = task.build_model().to(device)
+        if task.channels_last and device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
         total, trainable = parameter_counts(model)
         log.info("model: %s parameters (%s trainable), training on %s", f"{total:,}", f"{trainable:,}", device)
-        optimizer = build_optimizer(model, config.train)
-        scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
+        optimizer = build_optimizer(model, config.train, fused=device.type == "cuda")
+        precision = devices.precision_for(device, config.train.precision)
+        scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         state = TrainState(model, optimizer, build_schedule(optimizer, config.train), scaler, DataPosition())
+        if config.train.compile:
+            state.forward = torch.compile(model)
         resume(state, train_dir, device)
 
         train_dir.finished.unlink(missing_ok=True)

@@ -11,6 +11,8 @@ import logging
 import os
 import pickle
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from shared.errors import RunAborted
 from shared.files import atomic_file, fsync_dir
 from shared.layout import CHECKPOINT_TEMP_RE, TrainDir, checkpoint_step
 from shared.results import last_evaluated_step
+from shared.snapshots import HostSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -195,55 +198,110 @@ def _brief(value: object, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+@dataclass
+class _Save:
+    step: int
+    future: Future  # of (path, deleted steps, seconds writing)
+    final: bool  # a failure of this one ends the run
+    blocked: float  # seconds the training loop spent on it
+
+
 class PeriodicSaver:
-    """Decides when train.py saves (every N steps and/or every N seconds) and applies retention after."""
+    """When train.py saves (every N steps and/or seconds), the writing (in a background thread when
+    `checkpoint.async_save`), retention after each commit, and what a failed save means.
+
+    At most one save is in flight; the next one first waits for it. Outcomes are settled in the training
+    thread, so a failure can stop the run there.
+    """
 
     def __init__(self, train_dir: TrainDir, options: CheckpointConfig, last_saved_step: int) -> None:
         self.train_dir, self.options = train_dir, options
         self.policy = RetentionPolicy(options.max_to_keep, options.keep_every_n_steps, options.max_unevaluated)
-        self.last_saved_step = last_saved_step
+        self.last_saved_step = self.last_requested_step = last_saved_step
         self.last_saved_time = time.monotonic()
         self.failures = 0  # failed saves in a row
+        self.snapshot = HostSnapshot()
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="checkpoint") if options.async_save else None
+        self.in_flight: _Save | None = None
 
     def due(self, step: int) -> bool:
         by_steps = self.options.every_steps and step % self.options.every_steps == 0
         by_time = self.options.every_secs and time.monotonic() - self.last_saved_time >= self.options.every_secs
         return bool(by_steps or by_time)
 
-    def save(self, step: int, state: dict[str, Any], *, final: bool = False) -> Path | None:
-        """Commit a checkpoint, or warn and return None if the write fails (disk full, permissions).
-
-        The previous checkpoint stays intact and the temp file is removed either way. Failures abort the
-        run (RunAborted) after `max_save_failures` in a row, or at once for the final save.
-        """
+    def save(self, step: int, state: dict[str, Any], *, final: bool = False) -> None:
+        """Write `state` as the checkpoint for `step`. Asynchronously, the loop blocks only for the
+        snapshot (and for the previous save, if it is still writing); a final save is waited for."""
+        self.wait()
         started = time.monotonic()
+        self.last_requested_step, self.last_saved_time = step, started
+        if self.writer is None:
+            future: Future = Future()
+            try:
+                future.set_result(self._write(step, state, None))
+            except OSError as err:
+                future.set_exception(err)
+        else:
+            tree, ready = self.snapshot.take(state)
+            future = self.writer.submit(self._write, step, tree, ready)
+        self.in_flight = _Save(step, future, final, time.monotonic() - started)
+        if final or self.writer is None:
+            self.wait()
+
+    def wait(self) -> None:
+        """Let the save in flight finish and settle its outcome."""
+        if self.in_flight is None:
+            return
+        pending, self.in_flight = self.in_flight, None
+        if not pending.future.done():
+            started = time.monotonic()
+            wait_for_futures([pending.future])
+            log.info("waited %.2fs for the save of step %d to finish", time.monotonic() - started, pending.step)
         try:
-            path = save(self.train_dir, step, state)
+            path, deleted, seconds = pending.future.result()
         except OSError as err:
-            self.failures += 1
-            newest = f"ckpt-{self.last_saved_step:09d}.pt" if self.last_saved_step else "none yet"
-            what = f"could not save the checkpoint for step {step}: {err.strerror or err} ({err.filename or ''})"
-            if final or self.failures >= self.options.max_save_failures:
-                raise RunAborted(
-                    f"{what}; {self.failures} failed save(s) in a row. The newest complete checkpoint is {newest}. "
-                    "Free disk space or fix the folder's permissions, then run the same command to resume"
-                ) from None
-            log.warning(
-                "%s; the newest complete checkpoint is still %s; retrying at the next interval (%d/%d failures)",
-                what,
-                newest,
-                self.failures,
-                self.options.max_save_failures,
-            )
-            self.last_saved_time = time.monotonic()
-            return None
+            self._failed(pending.step, err, pending.final)
+            return
         self.failures = 0
-        self.last_saved_step, self.last_saved_time = step, time.monotonic()
-        deleted = apply_retention(self.train_dir.checkpoints, self.policy, last_evaluated_step(self.train_dir.results))
+        self.last_saved_step = pending.step
         log.info(
-            "saved %s in %.2fs%s",
+            "saved %s (the loop blocked %.3fs, writing took %.2fs)%s",
             path.name,
-            self.last_saved_time - started,
+            pending.blocked,
+            seconds,
             f"; retention deleted steps {deleted}" if deleted else "",
         )
-        return path
+
+    def close(self) -> None:
+        """At the end of training: the save in flight must commit, or the run fails."""
+        if self.in_flight is not None:
+            self.in_flight.final = True
+        self.wait()
+        if self.writer is not None:
+            self.writer.shutdown()
+
+    def _write(self, step: int, state: dict[str, Any], ready: torch.cuda.Event | None) -> tuple[Path, list[int], float]:
+        started = time.monotonic()
+        if ready is not None:
+            ready.synchronize()  # the snapshot's device-to-host copies are done
+        path = save(self.train_dir, step, state)
+        deleted = apply_retention(self.train_dir.checkpoints, self.policy, last_evaluated_step(self.train_dir.results))
+        return path, deleted, time.monotonic() - started
+
+    def _failed(self, step: int, err: OSError, final: bool) -> None:
+        """The temp file is gone and older checkpoints are intact: warn and retry, or stop the run."""
+        self.failures += 1
+        newest = f"ckpt-{self.last_saved_step:09d}.pt" if self.last_saved_step else "none yet"
+        what = f"could not save the checkpoint for step {step}: {err.strerror or err} ({err.filename or ''})"
+        if final or self.failures >= self.options.max_save_failures:
+            raise RunAborted(
+                f"{what}; {self.failures} failed save(s) in a row. The newest complete checkpoint is {newest}. "
+                "Free disk space or fix the folder's permissions, then run the same command to resume"
+            ) from None
+        log.warning(
+            "%s; the newest complete checkpoint is still %s; retrying at the next interval (%d/%d failures)",
+            what,
+            newest,
+            self.failures,
+            self.options.max_save_failures,
+        )
