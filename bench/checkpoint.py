@@ -95,7 +95,7 @@ def measure(model_config: SyntheticModel, device: torch.device, folder: Path, re
     shutil.rmtree(folder / "async")
     steady_sync, steady_blocked = min(sync_secs[1:] or sync_secs), min(blocked[1:] or blocked)
     return [
-        f"{params / 1e6:,.0f}M",
+        f"{params / 1e6:,.1f}M",
         f"{size / 1e9:.2f}",
         f"{steady_sync:.3f}",
         f"{blocked[0]:.3f}",

@@ -39,7 +39,7 @@ class SyntheticData(config.DataConfig):
     classes: int = field(default=10, metadata=config.at_least(2))
     train_examples: int = field(default=50_000, metadata=config.at_least(1))
     eval_examples: int = field(default=10_000, metadata=config.at_least(1))
-    noise: float = field(default=2.0, metadata=config.at_least(0))
+    noise: float = field(default=6.0, metadata=config.at_least(0))
     data_seed: int = 0
 
 
