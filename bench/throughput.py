@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -308,29 +309,34 @@ def main() -> None:
     steps, warmup, every = (20, 5, 10) if args.smoke else (args.steps, args.warmup, args.every)
     device = devices.resolve("auto")
     setup = Setup(args.config, cfg.load(args.config, overrides), overrides, device, steps, warmup, every)
-    variants = [v for v in args.variants if not (v == "d" and device.type != "cuda")]
+    variants = [v for v in args.variants if v in VARIANTS and not (v == "d" and device.type != "cuda")]
 
-    results = {}
+    results: list[tuple[str, Result]] = []
     for v in variants:
         try:
-            results[v] = VARIANTS[v][1](setup)
+            result = VARIANTS[v][1](setup)
         except Exception as err:  # one broken variant must not cost the others' figures
-            results[v] = Result(float("nan"), float("nan"), f"failed: {type(err).__name__}: {err}"[:200])
-        print(f"({v}) {VARIANTS[v][0]}: {results[v]}", flush=True)
-    base = results.get("a")
+            result = Result(float("nan"), float("nan"), f"failed: {type(err).__name__}: {err}"[:200])
+        results.append((v, result))
+        print(f"({v}) {VARIANTS[v][0]}: {result}", flush=True)
+    # A variant named twice (e.g. --variants abcdefa) runs twice: the GPU's clocks drift as it warms up.
+    bare = [r.steps_per_sec for v, r in results if v == "a"]
+    base = statistics.median(bare) if bare else None
     rows = []
-    for v, result in results.items():
-        ratio = f"{result.steps_per_sec / base.steps_per_sec:.3f}" if base else ""
+    for v, result in results:
+        ratio = f"{result.steps_per_sec / base:.3f}" if base else ""
         rows.append(
             [f"({v}) {VARIANTS[v][0]}", f"{result.steps_per_sec:.1f}", ratio, f"{result.wall_secs:.1f}", result.note]
         )
     notes = [f"{steps} steps, batch {setup.config.data.batch_size}, checkpoints/validation every {every} steps."]
     if device.type == "cuda" and base:
         flops, rate = flops_per_step(setup), matmul_rate(device)
-        for v in ("a", "b"):
-            if v in results:
-                mfu = flops * results[v].steps_per_sec / rate
+        for v, result in results:
+            if v in "ab":
+                mfu = flops * result.steps_per_sec / rate
                 notes.append(f"MFU ({v}): {mfu:.1%} of the measured bf16 matmul rate {rate / 1e12:.0f} TFLOP/s")
+    if len(bare) > 1:
+        notes.append(f"(a) ran {len(bare)} times; ratios are to the median of its runs.")
     notes.append("Targets: (b) >= 0.97 x (a); (c) >= 0.95 x (a); (c) done sooner than (e) and (f).")
     header = ["variant", "steps/s (steady)", "x (a)", "wall to all steps (s)", "note"]
     report("Training throughput", header, rows, device, args.results, "\n".join(f"- {n}" for n in notes))
