@@ -34,7 +34,6 @@ from shared.metrics import SCALARS
 from shared.results import EvalRecord, Ledger, update_best
 from shared.signals import StopRequest
 from shared.summaries import confusion_image, confusion_markdown, open_writer
-from shared.tasks import build_task
 from shared.watch import CheckpointWatcher
 
 log = logging.getLogger("eval")
@@ -65,11 +64,6 @@ def read_config(args: argparse.Namespace, train_dir: TrainDir) -> cfg.Config:
     config = cfg.load(args.config or train_dir.config, args.overrides)
     cfg.check_same_identity(saved, config, "--config/--set")
     return config
-
-
-def build_evaluator(config: cfg.Config, device: torch.device) -> Evaluator:
-    precision = devices.precision_for(device, config.eval.precision)
-    return Evaluator(build_task(config), device, config.eval.batch_size, precision, config.data.on_device)
 
 
 def write_summaries(writer: SummaryWriter, result: Evaluation, class_names: list[str]) -> None:
@@ -143,7 +137,7 @@ def run_daemon(args: argparse.Namespace, train_dir: TrainDir, device: torch.devi
         if not wait_for(train_dir.config.exists, watcher, stop, args.idle_timeout, "train.py to write config.yaml"):
             return 0
         config = read_config(args, train_dir)
-        evaluator = build_evaluator(config, device)
+        evaluator = Evaluator.from_config(config, device)
         log.info("evaluating %s on %s; %d step(s) already recorded", train_dir.root, device, len(ledger.records))
         idle_since = time.monotonic()
         with open_writer(train_dir.eval_run, purge_step=ledger.next_purge_step()) as writer:
@@ -203,7 +197,7 @@ def resolve_checkpoint(choice: str, train_dir: TrainDir) -> Path:
 def run_adhoc(args: argparse.Namespace, train_dir: TrainDir, device: torch.device) -> int:
     config = read_config(args, train_dir)
     path = resolve_checkpoint(args.checkpoint, train_dir)
-    evaluator = build_evaluator(config, device)
+    evaluator = Evaluator.from_config(config, device)
     try:
         result = evaluator.evaluate_checkpoint(path)
     except CheckpointError as err:

@@ -35,7 +35,7 @@ from shared.tasks import build_task
 from shared.training import build_optimizer
 
 SMOKE = ["model.width=8", "model.blocks_per_stage=[1, 1]", "data.eval_examples=512", "eval.batch_size=128"]
-BATCH_SIZES = {"cuda": [256, 512, 1024, 2048, 4096, 8192], "cpu": [64, 256, 1024]}
+BATCH_SIZES = {"cuda": [256, 512, 1024, 2048, 4096, 8192], "cpu": [16, 64, 256, 1024]}
 
 
 def write_checkpoint(config: cfg.Config, root: Path) -> Path:
@@ -79,8 +79,7 @@ def measure(
     config: cfg.Config, device: torch.device, path: Path, batch_sizes: list[int], repeats: int
 ) -> tuple[list[list[object]], str]:
     """Table rows for one device, and the plain loop's whole batch-size sweep for the notes."""
-    precision = devices.precision_for(device, config.eval.precision)  # as eval.py's build_evaluator
-    evaluator = Evaluator(build_task(config), device, config.eval.batch_size, precision, config.data.on_device)
+    evaluator = Evaluator.from_config(config, device)
     if not isinstance(evaluator.data, TensorDataset):
         raise SystemExit("bench.eval_speed: the plain loop needs a task whose eval data is an in-memory TensorDataset")
     examples = len(evaluator.data)
@@ -89,19 +88,18 @@ def measure(
     inputs = devices.to_device(evaluator.data.tensors[0], device, evaluator.task.channels_last)
     sweep = {}
     for size in sorted({min(size, examples) for size in batch_sizes}):
-        run = functools.partial(plain_pass, evaluator.model, inputs, size, device, precision)
+        run = functools.partial(plain_pass, evaluator.model, inputs, size, device, evaluator.precision)
         sweep[size] = examples / median_seconds(run, device, repeats)
     best = max(sweep, key=sweep.__getitem__)
-    rows = [
-        [
-            device.type,
-            f"eval.py per checkpoint, incl. load (batch {config.eval.batch_size})",
-            examples / per_checkpoint,
-        ],
-        [device.type, f"eval.py evaluate only (batch {config.eval.batch_size})", examples / evaluate_only],
-        [device.type, f"plain loop, best batch {best}", sweep[best]],
+    batch = f"batch {config.eval.batch_size}"
+    rates = {
+        f"eval.py per checkpoint, incl. load ({batch})": examples / per_checkpoint,
+        f"eval.py evaluate only ({batch})": examples / evaluate_only,
+        f"plain loop, best batch {best}": sweep[best],
+    }
+    rows: list[list[object]] = [
+        [device.type, what, f"{rate:,.0f}", f"{rate / sweep[best]:.2f}"] for what, rate in rates.items()
     ]
-    rows = [[kind, what, f"{rate:,.0f}", f"{rate / sweep[best]:.2f}"] for kind, what, rate in rows]
     return rows, f"{device.type} plain loop sweep: " + ", ".join(f"{s}: {r:,.0f}/s" for s, r in sweep.items())
 
 
@@ -112,7 +110,7 @@ def main() -> None:
     parser.add_argument("--devices", default="cuda,cpu", help="comma-separated; cuda is skipped where there is none")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure, after one warm-up")
     parser.add_argument(
-        "--batch-sizes", help="plain loop sweep, comma-separated (default: 256..8192 GPU, 64..1024 CPU)"
+        "--batch-sizes", help="plain loop sweep, comma-separated (default: 256..8192 GPU, 16..1024 CPU)"
     )
     parser.add_argument("--smoke", action="store_true", help="a tiny model, 512 examples, 1 repeat: seconds on a CPU")
     add_results_option(parser)
@@ -143,7 +141,7 @@ def main() -> None:
     notes += [
         "Target: eval.py on the GPU >= 0.9 x the plain loop.",
         f"CPU rows: {device_name(torch.device('cpu'))}, {torch.get_num_threads()} threads (torch's default).",
-        f"{args.config} {' '.join(overrides)}; median of {repeats} run(s) after a warm-up.",
+        f"{' '.join([args.config, *overrides])}; median of {repeats} run(s) after a warm-up.",
     ]
     title = "Evaluation speed" + (" (smoke)" if args.smoke else "")
     header = ["device", "what", "examples/s", "ratio to plain"]

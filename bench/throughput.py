@@ -126,10 +126,9 @@ def bare_loop(setup: Setup) -> Result:
 def classic_loop(setup: Setup) -> Result:
     """Train, stop every `every` steps to run the whole validation set in this process, carry on."""
     started = time.perf_counter()
-    task, model, _, step, _ = training_parts(setup)
-    precision = devices.precision_for(setup.device, setup.config.eval.precision)
-    evaluator = Evaluator(task, setup.device, setup.config.eval.batch_size, precision, setup.config.data.on_device)
-    evaluator.model = model
+    _, model, _, step, _ = training_parts(setup)
+    evaluator = Evaluator.from_config(setup.config, setup.device)
+    evaluator.model = model  # validate the model being trained
     validation_secs = []
 
     def validate(i: int) -> None:

@@ -12,9 +12,10 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from shared import checkpoints, devices
+from shared.config import Config
 from shared.data import place
 from shared.metrics import classification_metrics
-from shared.tasks import Task
+from shared.tasks import Task, build_task
 
 
 @dataclass
@@ -40,6 +41,16 @@ class Evaluator:
         if task.channels_last and device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.data = place(task.eval_data(), device, on_device)
+        if on_device and isinstance(self.data, TensorDataset):  # NHWC once, not per batch
+            inputs, *rest = self.data.tensors
+            self.data = TensorDataset(devices.to_device(inputs, device, task.channels_last), *rest)
+
+    @classmethod
+    def from_config(cls, config: Config, device: torch.device) -> Evaluator:
+        """The evaluator eval.py uses: the config's task, batch size, precision and data placement."""
+        devices.use_fast_math(device)
+        precision = devices.precision_for(device, config.eval.precision)
+        return cls(build_task(config), device, config.eval.batch_size, precision, config.data.on_device)
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if isinstance(self.data, TensorDataset):
@@ -47,8 +58,12 @@ class Evaluator:
         return iter(DataLoader(self.data, batch_size=self.batch_size, pin_memory=self.device.type == "cuda"))
 
     def evaluate_checkpoint(self, path: Path) -> Evaluation:
-        """Raises CheckpointError for a file that cannot be used, FileNotFoundError if it vanished."""
-        state = checkpoints.load(path, map_location=self.device)
+        """Raises CheckpointError for a file that cannot be used, FileNotFoundError if it vanished.
+
+        The file is read on the CPU: only the weights go to the device, not the optimizer state, and the
+        checks on them cost no device round trips.
+        """
+        state = checkpoints.load(path, map_location="cpu")
         checkpoints.restore_model(self.model, state)
         return self.evaluate(state["step"])
 
@@ -63,9 +78,9 @@ class Evaluator:
                 outputs = self.model(inputs)
                 loss = self.task.loss(outputs, target)
             loss_sum += loss.double() * len(target)
-            predictions.append(self.task.predict(outputs).cpu())
-            targets.append(target.cpu())
-        y_true, y_pred = torch.cat(targets).numpy(), torch.cat(predictions).numpy()
+            predictions.append(self.task.predict(outputs))
+            targets.append(target)
+        y_true, y_pred = torch.cat(targets).cpu().numpy(), torch.cat(predictions).cpu().numpy()
         scores: dict[str, Any] = classification_metrics(y_true, y_pred, len(self.task.class_names))
         metrics = {"loss": float(loss_sum) / len(y_true)} | {
             k: v for k, v in scores.items() if k not in ("per_class_f1", "confusion_matrix")
