@@ -41,3 +41,19 @@ def test_eval_speed_smoke(tmp_path: Path) -> None:
     assert "| device | what | examples/s | ratio to plain |" in text
     for what in ("eval.py per checkpoint, incl. load", "eval.py evaluate only", "plain loop, best batch"):
         assert f"| cpu | {what}" in text
+
+
+@pytest.mark.slow
+def test_throughput_smoke(tmp_path: Path) -> None:
+    text = run_smoke("bench.throughput", tmp_path / "results.md")
+    assert "## Training throughput" in text
+    for variant in ("(a) bare loop", "(b) train.py, checkpoints", "(c) train.py + eval.py on the CPU", "(e) classic"):
+        row = next(line for line in text.splitlines() if line.startswith(f"| {variant}"))
+        assert "nan" not in row and "failed" not in row, row
+
+
+def test_checkpoint_smoke(tmp_path: Path) -> None:
+    text = run_smoke("bench.checkpoint", tmp_path / "results.md")
+    assert "## Checkpoint cost" in text
+    assert "| tiny |" in text
+    assert "Disk write bandwidth with fsync" in text
