@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -21,6 +22,8 @@ class Evaluation:
     metrics: dict[str, float]  # loss and the scalars in shared.metrics.SCALARS
     per_class_f1: list[float]
     confusion_matrix: list[list[int]]
+    targets: np.ndarray | None = None  # the true class of each example, for the PR curves
+    probabilities: np.ndarray | None = None  # softmax of the outputs, one row per example
 
 
 class Evaluator:
@@ -40,17 +43,20 @@ class Evaluator:
     @torch.inference_mode()
     def evaluate(self, step: int) -> Evaluation:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        predictions, targets = [], []
+        predictions, targets, probabilities = [], [], []
         for inputs, target in self.loader:
             inputs = inputs.to(self.device, non_blocking=True)
             target = target.to(self.device, non_blocking=True)
             outputs = self.model(inputs)
             loss_sum += self.task.loss(outputs, target).double() * len(target)
             predictions.append(self.task.predict(outputs).cpu())
+            probabilities.append(torch.softmax(outputs.float(), dim=-1).cpu())
             targets.append(target.cpu())
         y_true, y_pred = torch.cat(targets).numpy(), torch.cat(predictions).numpy()
         scores: dict[str, Any] = classification_metrics(y_true, y_pred, len(self.task.class_names))
         metrics = {"loss": float(loss_sum) / len(y_true)} | {
             k: v for k, v in scores.items() if k not in ("per_class_f1", "confusion_matrix")
         }
-        return Evaluation(step, metrics, scores["per_class_f1"], scores["confusion_matrix"])
+        return Evaluation(
+            step, metrics, scores["per_class_f1"], scores["confusion_matrix"], y_true, torch.cat(probabilities).numpy()
+        )
