@@ -3,7 +3,7 @@ exactly the same numbers for the same checkpoint."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,10 @@ class Evaluation:
     metrics: dict[str, float]  # loss and the scalars in shared.metrics.SCALARS
     per_class_f1: list[float]
     confusion_matrix: list[list[int]]
-    targets: np.ndarray | None = None  # the true class of each example, for the PR curves
-    probabilities: np.ndarray | None = None  # softmax of the outputs, one row per example
+    # For the PR curves: the true class and the softmax of the outputs, per example. Left out of ==
+    # (arrays do not compare to one bool); the fields above already say whether two results agree.
+    targets: np.ndarray | None = field(default=None, compare=False, repr=False)
+    probabilities: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 class Evaluator:
