@@ -34,7 +34,6 @@ from shared.metrics import SCALARS
 from shared.results import EvalRecord, Ledger, update_best
 from shared.signals import StopRequest
 from shared.summaries import confusion_image, confusion_markdown, open_writer
-from shared.tasks import build_task
 from shared.watch import CheckpointWatcher
 
 log = logging.getLogger("eval")
@@ -86,33 +85,33 @@ def evaluate_and_record(
     """
     started, wall_time = time.perf_counter(), time.time()
     relative = str(checkpoint.path.relative_to(train_dir.root))
-    status, reason, result = "ok", "", None
     try:
         result = evaluator.evaluate_checkpoint(checkpoint.path)
         if result.step != checkpoint.step:
             raise CheckpointError(f"its name says step {checkpoint.step} but it holds step {result.step}")
     except FileNotFoundError:
-        status, reason = "skipped", "deleted before it could be evaluated"
-        log.warning("%s: skipped, %s", relative, reason)
+        return record_skipped(checkpoint, ledger, train_dir, "deleted before it could be evaluated")
     except CheckpointError as err:
-        status, reason = "failed", str(err)
-        log.error("%s: failed, %s", relative, reason)
-    if result is not None and status == "ok":
+        log.error("%s: failed, %s", relative, err)
+        seconds = round(time.perf_counter() - started, 4)
+        record = EvalRecord(checkpoint.step, relative, "failed", wall_time, seconds, reason=str(err))
+    else:
         if checkpoint.step < ledger.next_purge_step():
             log.warning("%s arrived after a later step was logged; recorded, but not plotted", relative)
         else:
             write_summaries(writer, result, evaluator.task.class_names)
         log.info("step %d: %s", checkpoint.step, " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
-    record = EvalRecord(
-        step=checkpoint.step,
-        file=relative,
-        status=status,
-        wall_time=wall_time,
-        seconds=round(time.perf_counter() - started, 4),
-        metrics=result.metrics if status == "ok" else {},
-        per_class_f1=result.per_class_f1 if status == "ok" else [],
-        reason=reason,
-    )
+        seconds = round(time.perf_counter() - started, 4)
+        record = EvalRecord(checkpoint.step, relative, "ok", wall_time, seconds, result.metrics, result.per_class_f1)
+    ledger.append(record)
+    return record
+
+
+def record_skipped(checkpoint: Checkpoint, ledger: Ledger, train_dir: TrainDir, reason: str) -> EvalRecord:
+    """Record a checkpoint deliberately not evaluated, so it is accounted for rather than silently missing."""
+    relative = str(checkpoint.path.relative_to(train_dir.root))
+    log.warning("%s: skipped, %s", relative, reason)
+    record = EvalRecord(checkpoint.step, relative, "skipped", time.time(), 0.0, reason=reason)
     ledger.append(record)
     return record
 
@@ -139,7 +138,7 @@ def run_daemon(args: argparse.Namespace, train_dir: TrainDir, device: torch.devi
         if not wait_for(train_dir.config.exists, watcher, stop, args.idle_timeout, "train.py to write config.yaml"):
             return 0
         config = read_config(args, train_dir)
-        evaluator = Evaluator(build_task(config), device, config.eval.batch_size)
+        evaluator = Evaluator.from_config(config, device)
         log.info("evaluating %s on %s; %d step(s) already recorded", train_dir.root, device, len(ledger.records))
         idle_since = time.monotonic()
         with open_writer(train_dir.eval_run, purge_step=ledger.next_purge_step()) as writer:
@@ -148,6 +147,10 @@ def run_daemon(args: argparse.Namespace, train_dir: TrainDir, device: torch.devi
             while not stop:
                 finished = train_dir.finished.exists()  # read before the scan: its checkpoints are then listed
                 pending = [c for c in list_checkpoints(train_dir.checkpoints) if c.step not in ledger]
+                if config.eval.policy == "latest" and len(pending) > 1:
+                    for checkpoint in pending[:-1]:
+                        record_skipped(checkpoint, ledger, train_dir, "eval.policy=latest: a newer checkpoint waited")
+                    pending = pending[-1:]
                 for checkpoint in pending:
                     if stop:
                         break
@@ -178,18 +181,26 @@ def resolve_checkpoint(choice: str, train_dir: TrainDir) -> Path:
         return found[-1].path
     if choice == "best":
         if not train_dir.best_checkpoint.exists():
-            raise UsageError(f"--checkpoint best: no {train_dir.best_checkpoint} yet; the eval.py daemon keeps it")
+            raise UsageError(
+                f"--checkpoint best: no best checkpoint yet (the eval.py daemon keeps {train_dir.best_checkpoint}); "
+                "run the daemon first, or use --checkpoint latest"
+            )
         return train_dir.best_checkpoint
     path = Path(choice)
     if not path.is_file():
         raise UsageError(f"--checkpoint {choice}: no such file; give a checkpoint file, latest or best")
+    if not path.resolve().is_relative_to(train_dir.root.resolve()):
+        raise UsageError(
+            f"--checkpoint {choice} is outside --train-dir {train_dir.root}; copy it into "
+            f"{train_dir.checkpoints} (under a temporary name, then rename) to evaluate it there"
+        )
     return path
 
 
 def run_adhoc(args: argparse.Namespace, train_dir: TrainDir, device: torch.device) -> int:
     config = read_config(args, train_dir)
     path = resolve_checkpoint(args.checkpoint, train_dir)
-    evaluator = Evaluator(build_task(config), device, config.eval.batch_size)
+    evaluator = Evaluator.from_config(config, device)
     try:
         result = evaluator.evaluate_checkpoint(path)
     except CheckpointError as err:

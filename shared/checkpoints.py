@@ -11,6 +11,8 @@ import logging
 import os
 import pickle
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,11 @@ import torch
 from torch import nn
 
 from shared.config import CheckpointConfig
+from shared.errors import RunAborted
 from shared.files import atomic_file, fsync_dir
 from shared.layout import CHECKPOINT_TEMP_RE, TrainDir, checkpoint_step
 from shared.results import last_evaluated_step
+from shared.snapshots import HostSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +74,15 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     except FileNotFoundError:
         raise
     except pickle.UnpicklingError as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling failed"
-        raise CheckpointError(
-            f"refused to load: it holds objects other than tensors and plain values ({reason})"
-        ) from None
+        raise CheckpointError(_unpickling_reason(err)) from None
     except Exception as err:  # corrupt bytes surface as many exception types (KeyError, struct.error, ...)
         raise CheckpointError(
             f"not a readable checkpoint (truncated or corrupt?): {type(err).__name__}: {_first_line(err)}"
         ) from None
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise CheckpointError("not a trainval checkpoint: no 'model' and 'step' entries")
+    if not isinstance(state["step"], int) or isinstance(state["step"], bool) or state["step"] < 0:
+        raise CheckpointError(f"its step {state['step']!r} is not a non-negative integer")
     version = state.get("format_version")
     if not isinstance(version, int):
         raise CheckpointError("not a trainval checkpoint: no integer 'format_version'")
@@ -162,12 +165,27 @@ def apply_retention(folder: Path, policy: RetentionPolicy, last_evaluated: int |
             policy.max_unevaluated,
             unevaluated,
         )
+    deleted = []
     for checkpoint in checkpoints:
         if checkpoint.step in delete:
-            checkpoint.path.unlink(missing_ok=True)
-    if delete:
+            try:
+                checkpoint.path.unlink(missing_ok=True)
+                deleted.append(checkpoint.step)
+            except OSError as err:  # a retention failure never costs a checkpoint; the next save tries again
+                log.warning("could not delete %s: %s", checkpoint.path.name, err.strerror)
+    if deleted:
         fsync_dir(folder)
-    return delete
+    return deleted
+
+
+def _unpickling_reason(err: pickle.UnpicklingError) -> str:
+    """The substance of torch's weights-only refusal, without its advice to load with weights_only=False."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    detail = " ".join(line for line in lines if not line.startswith(boilerplate)) or "unpickling failed"
+    if "GLOBAL" in detail:  # the file asks to import something: the way pickles run code
+        return f"refused to load: it holds objects other than tensors and plain values ({detail})"
+    return f"not a readable checkpoint (truncated or corrupt?): {detail}"
 
 
 def _first_line(err: BaseException) -> str:
@@ -180,29 +198,110 @@ def _brief(value: object, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+@dataclass
+class _Save:
+    step: int
+    future: Future  # of (path, deleted steps, seconds writing)
+    final: bool  # a failure of this one ends the run
+    blocked: float  # seconds the training loop spent on it
+
+
 class PeriodicSaver:
-    """Decides when train.py saves (every N steps and/or every N seconds) and applies retention after."""
+    """When train.py saves (every N steps and/or seconds), the writing (in a background thread when
+    `checkpoint.async_save`), retention after each commit, and what a failed save means.
+
+    At most one save is in flight; the next one first waits for it. Outcomes are settled in the training
+    thread, so a failure can stop the run there.
+    """
 
     def __init__(self, train_dir: TrainDir, options: CheckpointConfig, last_saved_step: int) -> None:
         self.train_dir, self.options = train_dir, options
         self.policy = RetentionPolicy(options.max_to_keep, options.keep_every_n_steps, options.max_unevaluated)
-        self.last_saved_step = last_saved_step
+        self.last_saved_step = self.last_requested_step = last_saved_step
         self.last_saved_time = time.monotonic()
+        self.failures = 0  # failed saves in a row
+        self.snapshot = HostSnapshot()
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="checkpoint") if options.async_save else None
+        self.in_flight: _Save | None = None
 
     def due(self, step: int) -> bool:
         by_steps = self.options.every_steps and step % self.options.every_steps == 0
         by_time = self.options.every_secs and time.monotonic() - self.last_saved_time >= self.options.every_secs
         return bool(by_steps or by_time)
 
-    def save(self, step: int, state: dict[str, Any]) -> Path:
+    def save(self, step: int, state: dict[str, Any], *, final: bool = False) -> None:
+        """Write `state` as the checkpoint for `step`. Asynchronously, the loop blocks only for the
+        snapshot (and for the previous save, if it is still writing); a final save is waited for."""
+        self.wait()
         started = time.monotonic()
-        path = save(self.train_dir, step, state)
-        self.last_saved_step, self.last_saved_time = step, time.monotonic()
-        deleted = apply_retention(self.train_dir.checkpoints, self.policy, last_evaluated_step(self.train_dir.results))
+        self.last_requested_step, self.last_saved_time = step, started
+        if self.writer is None:
+            future: Future = Future()
+            try:
+                future.set_result(self._write(step, state, None))
+            except OSError as err:
+                future.set_exception(err)
+        else:
+            tree, ready = self.snapshot.take(state)
+            future = self.writer.submit(self._write, step, tree, ready)
+        self.in_flight = _Save(step, future, final, time.monotonic() - started)
+        if final or self.writer is None:
+            self.wait()
+
+    def wait(self) -> None:
+        """Let the save in flight finish and settle its outcome."""
+        if self.in_flight is None:
+            return
+        pending, self.in_flight = self.in_flight, None
+        if not pending.future.done():
+            started = time.monotonic()
+            wait_for_futures([pending.future])
+            log.info("waited %.2fs for the save of step %d to finish", time.monotonic() - started, pending.step)
+        try:
+            path, deleted, seconds = pending.future.result()
+        except OSError as err:
+            self._failed(pending.step, err, pending.final)
+            return
+        self.failures = 0
+        self.last_saved_step = pending.step
         log.info(
-            "saved %s in %.2fs%s",
+            "saved %s (the loop blocked %.3fs, writing took %.2fs)%s",
             path.name,
-            self.last_saved_time - started,
+            pending.blocked,
+            seconds,
             f"; retention deleted steps {deleted}" if deleted else "",
         )
-        return path
+
+    def close(self) -> None:
+        """At the end of training: the save in flight must commit, or the run fails."""
+        if self.in_flight is not None:
+            self.in_flight.final = True
+        self.wait()
+        if self.writer is not None:
+            self.writer.shutdown()
+
+    def _write(self, step: int, state: dict[str, Any], ready: torch.cuda.Event | None) -> tuple[Path, list[int], float]:
+        started = time.monotonic()
+        if ready is not None:
+            ready.synchronize()  # the snapshot's device-to-host copies are done
+        path = save(self.train_dir, step, state)
+        deleted = apply_retention(self.train_dir.checkpoints, self.policy, last_evaluated_step(self.train_dir.results))
+        return path, deleted, time.monotonic() - started
+
+    def _failed(self, step: int, err: OSError, final: bool) -> None:
+        """The temp file is gone and older checkpoints are intact: warn and retry, or stop the run."""
+        self.failures += 1
+        newest = f"ckpt-{self.last_saved_step:09d}.pt" if self.last_saved_step else "none yet"
+        what = f"could not save the checkpoint for step {step}: {err.strerror or err} ({err.filename or ''})"
+        if final or self.failures >= self.options.max_save_failures:
+            raise RunAborted(
+                f"{what}; {self.failures} failed save(s) in a row. The newest complete checkpoint is {newest}. "
+                "Free disk space or fix the folder's permissions, then run the same command to resume"
+            ) from None
+        log.warning(
+            "%s; the newest complete checkpoint is still %s; retrying at the next interval (%d/%d failures)",
+            what,
+            newest,
+            self.failures,
+            self.options.max_save_failures,
+        )

@@ -8,8 +8,9 @@ import logging
 import sys
 from collections.abc import Callable
 
-from shared.errors import UsageError
+from shared.errors import RunAborted, UsageError
 
+EXIT_ABORTED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -27,8 +28,11 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(prog: str, main: Callable[[list[str]], int]) -> None:
-    """Run `main(argv)` and exit with its code; UsageError becomes `prog: error: ...` and exit 2."""
+def run(prog: str, main: Callable[[list[str]], int], argv: list[str] | None = None) -> None:
+    """Run `main(argv)` and exit with its code.
+
+    UsageError becomes one line `prog: error: ...` and exit 2; RunAborted the same line and exit 1.
+    """
     logging.basicConfig(
         level=logging.INFO,
         format=f"%(asctime)s {prog} %(levelname)s %(message)s",
@@ -36,10 +40,10 @@ def run(prog: str, main: Callable[[list[str]], int]) -> None:
         stream=sys.stderr,
     )
     try:
-        code = main(sys.argv[1:])
-    except UsageError as err:
+        code = main(sys.argv[1:] if argv is None else argv)
+    except (UsageError, RunAborted) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
-        code = EXIT_USAGE
+        code = EXIT_USAGE if isinstance(err, UsageError) else EXIT_ABORTED
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         code = EXIT_INTERRUPTED

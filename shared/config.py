@@ -63,7 +63,8 @@ class DataConfig:
     """Options every task's data section has; a task subclasses this to add its own."""
 
     batch_size: int = field(default=64, metadata=at_least(1))
-    num_workers: int = field(default=0, metadata=at_least(0))
+    num_workers: int = field(default=0, metadata=at_least(0))  # DataLoader workers, for file-backed data
+    on_device: bool = False  # keep an in-memory (TensorDataset) training set on the training device
 
 
 @dataclass
@@ -78,7 +79,9 @@ class TrainConfig:
     min_lr_ratio: float = field(default=0.0, metadata=between(0, 1))
     grad_clip_norm: float = field(default=0.0, metadata=at_least(0))  # 0 turns clipping off
     grad_accum_steps: int = field(default=1, metadata=at_least(1))
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 elsewhere
+    compile: bool = False  # torch.compile the model for training
+    nan_policy: Literal["stop", "skip_step"] = "stop"  # on a NaN/Inf loss or gradient norm
 
 
 @dataclass
@@ -88,6 +91,8 @@ class CheckpointConfig:
     max_to_keep: int = field(default=5, metadata=at_least(1))
     keep_every_n_steps: int = field(default=0, metadata=at_least(0))  # 0: keep no extra ones
     max_unevaluated: int = field(default=20, metadata=at_least(0))  # see docs/protocol.md, retention
+    max_save_failures: int = field(default=3, metadata=at_least(1))  # in a row, then exit; 1 = at the first
+    async_save: bool = True  # the loop only snapshots; a background thread writes (see docs/protocol.md)
 
 
 @dataclass
@@ -98,9 +103,11 @@ class LogConfig:
 @dataclass
 class EvalConfig:
     batch_size: int = field(default=512, metadata=at_least(1))
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 elsewhere
     best_metric: Literal["accuracy", "f1_macro", "precision_macro", "recall_macro", "loss"] = "accuracy"
     best_mode: Literal["max", "min"] = "max"
     rescan_secs: float = field(default=5.0, metadata=at_least(0, strict=True))
+    policy: Literal["all", "latest"] = "all"  # latest: when behind, skip to the newest (recorded as skipped)
 
 
 @dataclass
@@ -121,7 +128,7 @@ class Config:
 # Sections that define what a checkpoint contains and means: a train_dir refuses a change to these,
 # except to keys that only say how to load the data.
 IDENTITY_KEYS = ("task", "model", "data")
-RUNTIME_KEYS = ("data.num_workers",)
+RUNTIME_KEYS = ("data.num_workers", "data.on_device")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

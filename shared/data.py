@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from shared.config import ConfigError
 
@@ -41,16 +41,49 @@ class ResumableBatches:
         self.position = position
         self.loader_options: dict[str, Any] = {"num_workers": num_workers, "pin_memory": pin_memory}
 
+    def epoch_generator(self, epoch: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The epoch's shuffled indices, cut to whole batches."""
+        order = torch.randperm(self.size, generator=self.epoch_generator(epoch))
+        return order[: self.size - self.size % self.batch_size]
+
     def epoch_batches(self, epoch: int) -> list[list[int]]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(self.size, generator=generator).tolist()
-        full = self.size - self.size % self.batch_size
-        return [order[i : i + self.batch_size] for i in range(0, full, self.batch_size)]
+        return self.epoch_order(epoch).view(-1, self.batch_size).tolist()
 
     def __iter__(self) -> Iterator[Any]:
         while True:
-            remaining = self.epoch_batches(self.position.epoch)[self.position.batch :]
-            for batch in DataLoader(self.dataset, batch_sampler=remaining, **self.loader_options):
-                self.position.batch += 1
-                yield batch
+            if isinstance(self.dataset, TensorDataset):
+                yield from self._tensor_batches()
+            else:
+                yield from self._loader_batches()
             self.position.epoch, self.position.batch = self.position.epoch + 1, 0
+
+    def _tensor_batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        """In-memory data: whole batches by one index each, on the data's own device (no host sync there)."""
+        tensors = self.dataset.tensors
+        order = self.epoch_order(self.position.epoch).to(tensors[0].device)
+        pin = self.loader_options["pin_memory"] and tensors[0].device.type == "cpu"
+        for start in range(self.position.batch * self.batch_size, len(order), self.batch_size):
+            index = order[start : start + self.batch_size]
+            self.position.batch += 1
+            yield tuple(t[index].pin_memory() if pin else t[index] for t in tensors)
+
+    def _loader_batches(self) -> Iterator[Any]:
+        remaining = self.epoch_batches(self.position.epoch)[self.position.batch :]
+        # Its own generator: a DataLoader draws its workers' base seed from the global RNG otherwise,
+        # and the extra loader a resume creates mid-epoch would shift dropout masks after it.
+        generator = self.epoch_generator(self.position.epoch)
+        for batch in DataLoader(self.dataset, batch_sampler=remaining, generator=generator, **self.loader_options):
+            self.position.batch += 1
+            yield batch
+
+
+def place(dataset: Dataset, device: torch.device, on_device: bool) -> Dataset:
+    """The dataset, moved once to the training device when `data.on_device` asks for it."""
+    if not on_device:
+        return dataset
+    if not isinstance(dataset, TensorDataset):
+        raise ConfigError(f"data.on_device: needs an in-memory TensorDataset, got a {type(dataset).__name__}")
+    return TensorDataset(*(t.to(device) for t in dataset.tensors))

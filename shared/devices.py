@@ -30,8 +30,31 @@ def resolve(name: str) -> torch.device:
     return device
 
 
+def precision_for(device: torch.device, precision: str) -> str:
+    """`auto` is bf16 on CUDA (its matrix units' fast path) and fp32 elsewhere."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def use_fast_math(device: torch.device) -> None:
+    """TF32 for the float32 matrix products and convolutions that autocast leaves in float32."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+
+def to_device(inputs: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """Inputs on the device, in NHWC layout for convolutional models on CUDA."""
+    if channels_last and device.type == "cuda" and inputs.dim() == 4:
+        return inputs.to(device, memory_format=torch.channels_last, non_blocking=True)
+    return inputs.to(device, non_blocking=True)
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """Mixed precision for the forward pass; fp32 runs without autocast."""
+    precision = precision_for(device, precision)
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=PRECISIONS[precision])

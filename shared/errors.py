@@ -3,3 +3,7 @@
 
 class UsageError(Exception):
     """Bad input from the user (config, path, device, checkpoint): the message names it and the fix."""
+
+
+class RunAborted(Exception):
+    """A run that cannot go on (disk full, NaN loss): the message says what happened and what to do."""

@@ -115,7 +115,7 @@ def update_best(train_dir: TrainDir, ledger: Ledger, metric: str, mode: str) -> 
     current = read_best(train_dir)
     if best is None or (current and current["step"] == best["step"] and train_dir.best_checkpoint.exists()):
         return current
-    source = train_dir.root / best["file"]
+    source = train_dir.checkpoint(best["step"])  # from the step, so no path in a file can point elsewhere
     temp = train_dir.best_checkpoint.with_name(".best.pt.tmp")
     temp.unlink(missing_ok=True)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -16,13 +16,16 @@ from shared.config import TrainConfig
 from shared.data import DataPosition
 
 
-def build_optimizer(model: nn.Module, options: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, options: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """The optimizer `train.optimizer` names; `fused` (CUDA) takes torch's single-kernel update where it has one."""
     params = [p for p in model.parameters() if p.requires_grad]
-    common = {"lr": options.lr, "weight_decay": options.weight_decay}
-    if options.optimizer == "sgd":
-        return torch.optim.SGD(params, momentum=options.momentum, **common)
+    common: dict[str, Any] = {"lr": options.lr, "weight_decay": options.weight_decay}
     if options.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, momentum=options.momentum, **common)
+    if fused:
+        common["fused"] = True
+    if options.optimizer == "sgd":
+        return torch.optim.SGD(params, momentum=options.momentum, **common)
     if options.optimizer == "adam":
         return torch.optim.Adam(params, **common)
     return torch.optim.AdamW(params, **common)
@@ -63,6 +66,10 @@ class TrainState:
     scaler: torch.amp.GradScaler
     position: DataPosition
     step: int = 0
+    forward: nn.Module = field(init=False)  # the model, or its torch.compile'd wrapper
+
+    def __post_init__(self) -> None:
+        self.forward = self.model
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -83,3 +90,25 @@ class TrainState:
         self.position.epoch, self.position.batch = state["data"]["epoch"], state["data"]["batch"]
         seeding.set_rng_state(state["rng"])
         self.step = state["step"]
+
+
+class NonFiniteGuard:
+    """Remembers the first step whose loss (or, without a gradient scaler, gradient norm) was NaN/Inf.
+
+    The check stays on the device, so steps need no host sync; `first_bad_step()` syncs, and train.py
+    calls it only at log steps and before saving, so no checkpoint ever holds weights broken by it.
+    """
+
+    def __init__(self, device: torch.device, check_grad_norm: bool) -> None:
+        self.check_grad_norm = check_grad_norm
+        self.first = torch.full((), -1, dtype=torch.long, device=device)
+
+    def observe(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        finite = torch.isfinite(loss)
+        if self.check_grad_norm:
+            finite &= torch.isfinite(grad_norm)
+        self.first = torch.where((self.first < 0) & ~finite, step, self.first)
+
+    def first_bad_step(self) -> int | None:
+        step = int(self.first)
+        return step if step >= 0 else None

@@ -79,6 +79,15 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
             proc.popen.wait()
 
 
+@pytest.fixture
+def own_signal_handlers() -> Iterator[None]:
+    """For code that installs SIGTERM/SIGINT handlers in the test process: pytest gets its own back after."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
 def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
     """Poll `condition` until it holds, failing the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout

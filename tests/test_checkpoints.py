@@ -385,14 +385,16 @@ def test_periodic_saver_due_by_time(tmp_path: Path) -> None:
     assert saver.due(7)
 
 
-def test_periodic_saver_keeps_what_the_evaluator_has_not_reached(tmp_path: Path) -> None:
+@pytest.mark.parametrize("async_save", [True, False])
+def test_periodic_saver_keeps_what_the_evaluator_has_not_reached(tmp_path: Path, async_save: bool) -> None:
     """PeriodicSaver.save reads the evaluator's ledger and protects the oldest unevaluated steps."""
     train_dir = TrainDir(tmp_path)
     ledger = Ledger(train_dir.results)
     ledger.append(EvalRecord(step=100, file="checkpoints/ckpt-000000100.pt", status="ok", wall_time=0, seconds=0))
-    options = CheckpointConfig(every_steps=100, max_to_keep=1, max_unevaluated=1)
+    options = CheckpointConfig(every_steps=100, max_to_keep=1, max_unevaluated=1, async_save=async_save)
     saver = PeriodicSaver(train_dir, options, last_saved_step=0)
     for step in (100, 200, 300, 400):
         saver.save(step, {"model": {"w": torch.zeros(1)}})
+    saver.close()
     assert saver.last_saved_step == 400
     assert [c.step for c in list_checkpoints(train_dir.checkpoints)] == [200, 400]

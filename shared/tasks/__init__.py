@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from shared.config import ConfigError, DataConfig, ModelConfig
 
-BUILTIN_TASKS = {"digits": "shared.tasks.digits:DigitsTask"}
+BUILTIN_TASKS = {"digits": "shared.tasks.digits:DigitsTask", "synthetic": "shared.tasks.synthetic:SyntheticTask"}
 
 
 class Task(ABC):
@@ -50,6 +50,11 @@ class Task(ABC):
 
     @abstractmethod
     def eval_data(self) -> Dataset: ...
+
+    @property
+    def channels_last(self) -> bool:
+        """True for convolutional models, which run faster on CUDA with NHWC memory layout."""
+        return False
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean loss over the batch."""

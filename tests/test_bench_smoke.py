@@ -1,0 +1,43 @@
+"""Every benchmark script runs end to end in its smoke mode and appends its table, so none rots between
+the GPU runs that produce real figures. No test asserts a timing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def run_smoke(module: str, results: Path) -> str:
+    """`python -m <module> --smoke --results <results>` from the repo root; the file's text once it exits 0."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--smoke", "--results", str(results)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, f"{module} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    return results.read_text()
+
+
+@pytest.mark.slow
+def test_latency_smoke(tmp_path: Path) -> None:
+    text = run_smoke("bench.latency", tmp_path / "results.md")
+    assert "## Checkpoint-to-eval latency (smoke)" in text
+    assert "| mode | N | p50 ms | p95 ms | max ms |" in text
+    assert "| native (" in text
+    assert "| polling every 0.25 s | 3 |" in text
+
+
+@pytest.mark.slow
+def test_eval_speed_smoke(tmp_path: Path) -> None:
+    text = run_smoke("bench.eval_speed", tmp_path / "results.md")
+    assert "## Evaluation speed (smoke)" in text
+    assert "| device | what | examples/s | ratio to plain |" in text
+    for what in ("eval.py per checkpoint, incl. load", "eval.py evaluate only", "plain loop, best batch"):
+        assert f"| cpu | {what}" in text

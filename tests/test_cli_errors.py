@@ -1,0 +1,55 @@
+"""Every bad input at either command line: one line naming the problem and the fix, exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared import config as cfg
+from shared.layout import TrainDir
+
+pytestmark = pytest.mark.slow
+
+# (script, arguments with {tmp} for the test's folder, words the one error line must contain); the cases run
+# at once, so each train.py gets a train_dir of its own (a second trainer on one is refused).
+CASES = [
+    ("eval.py", "--train-dir {tmp}/missing --checkpoint latest", "does not exist"),
+    ("eval.py", "--train-dir {tmp}/no/such/parent", "parent folder does not exist"),
+    ("eval.py", "--train-dir {tmp}/empty --checkpoint latest", "is not a train_dir (no config.yaml)"),
+    ("train.py", "--train-dir {tmp}/empty", "has no config.yaml to resume from; pass --config"),
+    ("train.py", "--train-dir {tmp}/a-file --config configs/digits.yaml", "is a file, not a folder"),
+    ("train.py", "--train-dir {tmp}/t1 --config configs/digits.yaml --device cuda:3", "--device cuda:3"),
+    ("eval.py", "--train-dir {tmp}/run --checkpoint latest --device cuda:3", "--device cuda:3"),
+    ("train.py", "--train-dir {tmp}/t2 --config configs/digits.yaml --device mps", "only cpu and cuda"),
+    ("eval.py", "--train-dir {tmp}/run --checkpoint latest --device gpu0", "is not a device"),
+    ("train.py", "--train-dir {tmp}/t3 --config {tmp}/not-yaml.yaml", "is not valid YAML"),
+    ("train.py", "--train-dir {tmp}/t4 --config {tmp}/missing.yaml", "does not exist"),
+    ("train.py", "--train-dir {tmp}/t5 --config configs/digits.yaml --set task=nope.mod:Task", "cannot import module"),
+    ("train.py", "--train-dir {tmp}/t6 --config configs/digits.yaml --set train.lrr=1", "unknown key 'train.lrr'"),
+    ("eval.py", "--train-dir {tmp}/run --checkpoint {tmp}/outside.pt", "is outside --train-dir"),
+    ("eval.py", "--train-dir {tmp}/run --checkpoint best", "no best checkpoint yet"),
+    ("eval.py", "--train-dir {tmp}/run --checkpoint latest --set model.channels=8", "model.channels: 32 -> 8"),
+]
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a-file").write_text("not a folder\n")
+    (tmp_path / "not-yaml.yaml").write_text("train: [steps: 10\n")
+    (tmp_path / "outside.pt").write_bytes(b"anything")
+    run = TrainDir(tmp_path / "run")
+    run.checkpoints.mkdir(parents=True)
+    cfg.save(cfg.load("configs/digits.yaml"), run.config)
+    return tmp_path
+
+
+def test_bad_input_is_one_line_and_exit_code_2(folder: Path, start) -> None:
+    procs = [start(script, *args.format(tmp=folder).split()) for script, args, _ in CASES]  # all at once: faster
+    for proc, (script, args, expected) in zip(procs, CASES, strict=True):
+        code = proc.wait()
+        lines = [line for line in proc.output().splitlines() if line.strip()]
+        assert code == 2, (script, args, proc.output())
+        assert len(lines) == 1, (script, args, lines)
+        assert lines[0].startswith(f"{script}: error: ") and expected in lines[0], (script, args, lines[0])

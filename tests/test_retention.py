@@ -1,0 +1,97 @@
+"""Retention never takes a checkpoint from an evaluator that still needs it, within checkpoint.max_unevaluated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import eval as eval_script
+from shared.checkpoints import Checkpoint, list_checkpoints
+from shared.evaluation import Evaluator
+from shared.layout import TrainDir
+from shared.results import Ledger, read_records
+from shared.summaries import open_writer
+from shared.tasks.digits import DigitsData, DigitsModel, DigitsTask
+from tests.conftest import SHORT_RUN, scalar_points, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_slow_evaluator_gets_every_checkpoint(tmp_path: Path, start) -> None:
+    """max_to_keep=2, a checkpoint every 2 steps and an evaluator slowed by batch size 1: it falls far behind,
+    yet evaluates every checkpoint."""
+    train_dir = TrainDir(tmp_path / "run")
+    train_dir.root.mkdir()
+    evaluator = start("eval.py", "--train-dir", str(train_dir.root), "--set", "eval.batch_size=1")
+    wait_until(train_dir.results.exists, 60, "eval.py to open its ledger")
+    run = [
+        *SHORT_RUN,
+        "--set", "train.steps=60",
+        "--set", "checkpoint.every_steps=2",
+        "--set", "checkpoint.max_to_keep=2",
+        "--set", "checkpoint.max_unevaluated=1000",
+    ]  # fmt: skip
+    trainer = start("train.py", "--train-dir", str(train_dir.root), *run)
+    assert trainer.wait() == 0, trainer.output()
+    behind = len(list_checkpoints(train_dir.checkpoints))
+    assert evaluator.wait() == 0, evaluator.output()
+    assert behind > 2, "the evaluator was never behind: this test proves nothing"
+    records = read_records(train_dir.results)
+    assert [r["step"] for r in records] == list(range(2, 61, 2))
+    assert all(r["status"] == "ok" for r in records), [r for r in records if r["status"] != "ok"][:3]
+
+
+def test_the_cap_deletes_unevaluated_checkpoints_and_says_so(tmp_path: Path, start) -> None:
+    """With a ledger but no progress in it, train.py keeps the 3 oldest unevaluated plus the newest 2."""
+    train_dir = TrainDir(tmp_path / "run")
+    train_dir.eval_run.mkdir(parents=True)
+    train_dir.results.touch()  # an evaluator has started but recorded nothing yet
+    run = [
+        *SHORT_RUN,
+        "--set", "train.steps=100",
+        "--set", "checkpoint.every_steps=10",
+        "--set", "checkpoint.max_to_keep=2",
+        "--set", "checkpoint.max_unevaluated=3",
+    ]  # fmt: skip
+    trainer = start("train.py", "--train-dir", str(train_dir.root), *run)
+    assert trainer.wait() == 0, trainer.output()
+    assert [c.step for c in list_checkpoints(train_dir.checkpoints)] == [10, 20, 30, 90, 100]
+    assert "checkpoint.max_unevaluated=3 reached: deleting steps [40]" in trainer.output()
+
+    evaluator = start("eval.py", "--train-dir", str(train_dir.root))
+    assert evaluator.wait() == 0, evaluator.output()
+    assert [r["step"] for r in read_records(train_dir.results)] == [10, 20, 30, 90, 100]
+
+
+def test_policy_latest_jumps_to_the_newest_and_records_the_rest_as_skipped(tmp_path: Path, start) -> None:
+    train_dir = TrainDir(tmp_path / "run")
+    run = [
+        *SHORT_RUN,
+        "--set",
+        "train.steps=60",
+        "--set",
+        "checkpoint.every_steps=10",
+        "--set",
+        "checkpoint.max_to_keep=9",
+    ]
+    assert start("train.py", "--train-dir", str(train_dir.root), *run).wait() == 0
+    evaluator = start("eval.py", "--train-dir", str(train_dir.root), "--set", "eval.policy=latest")
+    assert evaluator.wait() == 0, evaluator.output()
+    records = read_records(train_dir.results)
+    assert [(r["step"], r["status"]) for r in records] == [(s, "skipped") for s in range(10, 60, 10)] + [(60, "ok")]
+    assert all("eval.policy=latest" in r["reason"] for r in records if r["status"] == "skipped")
+    assert [step for step, _ in scalar_points(train_dir.eval_run, "accuracy")] == [60]
+
+
+def test_a_checkpoint_deleted_between_detection_and_load_is_recorded_as_skipped(tmp_path: Path) -> None:
+    train_dir = TrainDir(tmp_path / "run")
+    train_dir.checkpoints.mkdir(parents=True)
+    ledger = Ledger(train_dir.results)
+    evaluator = Evaluator(DigitsTask(DigitsModel(), DigitsData(), 0), torch.device("cpu"), 512)
+    vanished = Checkpoint(100, train_dir.checkpoint(100))  # listed, then deleted before the load
+    with open_writer(train_dir.eval_run, purge_step=0) as writer:
+        record = eval_script.evaluate_and_record(vanished, evaluator, ledger, writer, train_dir)
+    assert record.status == "skipped" and "deleted" in record.reason
+    assert read_records(train_dir.results)[0]["status"] == "skipped"

@@ -1,0 +1,125 @@
+"""A full disk, a read-only folder and NaN losses: train.py keeps what it had, says what happened, and
+either carries on or stops with exit code 1."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+import train
+from shared import checkpoints, cli
+from shared.data import DataPosition, ResumableBatches
+from shared.layout import CHECKPOINT_TEMP_RE, TrainDir
+from tests.conftest import SHORT_RUN
+
+REAL_SAVE = torch.save
+
+
+class FailingWrites:
+    """torch.save that, on the chosen calls, writes part of the file and then fails as the disk would."""
+
+    def __init__(self, failing_calls: set[int] | range, error: int) -> None:
+        self.failing_calls, self.error, self.calls = failing_calls, error, 0
+
+    def __call__(self, obj: Any, f: BinaryIO, *args: Any, **kwargs: Any) -> None:
+        self.calls += 1
+        if self.calls in self.failing_calls:
+            f.write(b"the first bytes of a checkpoint")
+            raise OSError(self.error, os.strerror(self.error), f.name)
+        REAL_SAVE(obj, f, *args, **kwargs)
+
+
+def run_train(*argv: str) -> int:
+    with pytest.raises(SystemExit) as exited:
+        cli.run("train.py", train.main, list(argv))
+    return exited.value.code
+
+
+def assert_intact(train_dir: TrainDir) -> list[int]:
+    """Every committed checkpoint loads and no temp file is left; returns the steps on disk."""
+    assert not [n for n in os.listdir(train_dir.checkpoints) if CHECKPOINT_TEMP_RE.match(n)]
+    found = checkpoints.list_checkpoints(train_dir.checkpoints)
+    for checkpoint in found:
+        checkpoints.load(checkpoint.path)
+    return [c.step for c in found]
+
+
+RUN = [*SHORT_RUN, "--set", "train.steps=100", "--set", "checkpoint.every_steps=10", "--device", "cpu"]
+
+
+def test_a_full_disk_twice_in_a_row_is_survived(tmp_path: Path, monkeypatch, caplog, own_signal_handlers) -> None:
+    train_dir = TrainDir(tmp_path / "run")
+    monkeypatch.setattr(torch, "save", FailingWrites({3, 4}, errno.ENOSPC))
+    assert run_train("--train-dir", str(train_dir.root), *RUN, "--set", "checkpoint.max_to_keep=20") == 0
+    assert assert_intact(train_dir) == [10, 20, 50, 60, 70, 80, 90, 100]
+    warnings = [r.getMessage() for r in caplog.records if "could not save" in r.getMessage()]
+    assert len(warnings) == 2
+    assert "step 30: No space left on device" in warnings[0] and "ckpt-000000020.pt" in warnings[0]
+    assert "(2/3 failures)" in warnings[1]
+    assert train_dir.finished.exists()
+
+
+@pytest.mark.parametrize(("error", "allowed", "saved"), [(errno.EACCES, 3, [10, 20]), (errno.ENOSPC, 1, [10, 20])])
+def test_failures_in_a_row_stop_the_run_with_exit_1(
+    tmp_path: Path, monkeypatch, capsys, own_signal_handlers, error: int, allowed: int, saved: list[int]
+) -> None:
+    train_dir = TrainDir(tmp_path / "run")
+    monkeypatch.setattr(torch, "save", FailingWrites(range(3, 1000), error))
+    code = run_train("--train-dir", str(train_dir.root), *RUN, "--set", f"checkpoint.max_save_failures={allowed}")
+    assert code == 1
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("train.py: error: could not save the checkpoint for step")
+    assert os.strerror(error) in message and f"{allowed} failed save(s) in a row" in message
+    assert "newest complete checkpoint is ckpt-000000020.pt" in message
+    assert assert_intact(train_dir) == saved
+    assert not train_dir.finished.exists()
+
+
+@pytest.mark.slow
+def test_a_nan_loss_stops_before_any_broken_checkpoint(tmp_path: Path, start) -> None:
+    train_dir = TrainDir(tmp_path / "run")
+    config = tmp_path / "poisoned.yaml"
+    config.write_text(
+        "task: tests.poisoned_task:PoisonedBlobsTask\n"
+        "data: {batch_size: 32, examples: 300}\n"
+        "train: {steps: 50, lr: 0.01}\n"
+        "checkpoint: {every_steps: 1, max_to_keep: 100}\n"
+    )
+    trainer = start("train.py", "--train-dir", str(train_dir.root), "--config", str(config))
+    assert trainer.wait() == 1
+    (message,) = [line for line in trainer.output().splitlines() if "error:" in line]
+    bad_step = int(message.split("NaN/Inf at step ")[1].split(";")[0])
+    saved = assert_intact(train_dir)
+    assert saved == list(range(1, bad_step)), "a checkpoint at or after the bad step was written"
+    for step in saved:
+        weights = checkpoints.load(train_dir.checkpoint(step))["model"]
+        assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+
+
+@pytest.mark.slow
+def test_nan_policy_skip_step_skips_the_bad_updates_and_finishes(tmp_path: Path, start) -> None:
+    train_dir = TrainDir(tmp_path / "run")
+    config = tmp_path / "poisoned.yaml"
+    config.write_text(
+        "task: tests.poisoned_task:PoisonedBlobsTask\n"
+        "data: {batch_size: 32, examples: 300}\n"
+        "train: {steps: 50, lr: 0.01, nan_policy: skip_step}\n"
+        "checkpoint: {every_steps: 25}\n"
+    )
+    trainer = start("train.py", "--train-dir", str(train_dir.root), "--config", str(config))
+    assert trainer.wait() == 0, trainer.output()
+    skipped = [
+        int(line.split("step ")[1].split(":")[0]) for line in trainer.output().splitlines() if "skipped its" in line
+    ]
+    batches = ResumableBatches(TensorDataset(torch.zeros(300)), 32, seed=0, position=DataPosition())
+    per_epoch = len(batches.epoch_batches(0))
+    poisoned = [s for s in range(1, 51) if 0 in batches.epoch_batches((s - 1) // per_epoch)[(s - 1) % per_epoch]]
+    assert skipped == poisoned and poisoned, "skipped steps must be exactly those whose batch holds the NaN input"
+    weights = checkpoints.load(train_dir.checkpoint(50))["model"]
+    assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
