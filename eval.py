@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from shared import cli, devices
+from shared import cli, dashboards, devices
 from shared import config as cfg
 from shared.checkpoints import Checkpoint, CheckpointError, list_checkpoints
 from shared.errors import UsageError
@@ -44,7 +44,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     cli.add_common_options(parser)
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument(
-        "--poll", type=float, metavar="SECS", help="poll every SECS instead of inotify (NFS, Docker Desktop)"
+        "--poll", type=float, metavar="SECS", help="poll every SECS, not inotify (NFS, Docker Desktop); 0: inotify"
     )
     parser.add_argument("--idle-timeout", type=float, metavar="SECS", help="exit 0 after SECS with no new checkpoint")
     parser.add_argument("--checkpoint", metavar="PATH|latest|best", help="evaluate this one checkpoint and exit")
@@ -71,6 +71,7 @@ def write_summaries(writer: SummaryWriter, result: Evaluation, class_names: list
         writer.add_scalar(tag, result.metrics[tag], result.step)
     writer.add_image("confusion_matrix", confusion_image(result.confusion_matrix), result.step, dataformats="HWC")
     writer.add_text("confusion_matrix", confusion_markdown(result.confusion_matrix, class_names), result.step)
+    dashboards.write_pr_curves(writer, result.targets, result.probabilities, class_names, result.step)
     writer.flush()
 
 
@@ -141,6 +142,8 @@ def run_daemon(args: argparse.Namespace, train_dir: TrainDir, device: torch.devi
         log.info("evaluating %s on %s; %d step(s) already recorded", train_dir.root, device, len(ledger.records))
         idle_since = time.monotonic()
         with open_writer(train_dir.eval_run, purge_step=ledger.next_purge_step()) as writer:
+            if not ledger.records:  # a fresh eval run: it becomes the HParams session, once
+                dashboards.write_hparams(writer, config)
             while not stop:
                 finished = train_dir.finished.exists()  # read before the scan: its checkpoints are then listed
                 pending = [c for c in list_checkpoints(train_dir.checkpoints) if c.step not in ledger]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from shared import checkpoints, cli, devices, seeding
+from shared import checkpoints, cli, dashboards, devices, health, seeding
 from shared import config as cfg
 from shared.data import DataPosition, ResumableBatches, place
 from shared.errors import RunAborted, UsageError
@@ -112,6 +112,9 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
     interval_loss, interval_examples, interval_start = torch.zeros((), device=device), 0, time.perf_counter()
 
     with open_writer(train_dir.train_run, purge_step=state.step + 1) as writer:
+        dashboards.write_train_header(writer, config, state.step)
+        eval_lag = dashboards.EvalLag(train_dir.results)
+        health.write_heartbeat(train_dir.heartbeat, state.step)
         while state.step < options.steps and not stop:
             result = train_step(state, batches, task, device, options)
             state.step += 1
@@ -133,6 +136,8 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
                 for tag, value in scalars.items():
                     writer.add_scalar(tag, value, state.step)
                 progress.report(state.step, scalars)
+                eval_lag.log(writer, state.step)
+                health.write_heartbeat(train_dir.heartbeat, state.step)
                 interval_loss.zero_()
                 interval_examples, interval_start = 0, time.perf_counter()
 

@@ -4,10 +4,11 @@ exactly the same numbers for the same checkpoint."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -24,6 +25,10 @@ class Evaluation:
     metrics: dict[str, float]  # loss and the scalars in shared.metrics.SCALARS
     per_class_f1: list[float]
     confusion_matrix: list[list[int]]
+    # For the PR curves: the true class and the softmax of the outputs, per example. Left out of ==
+    # (arrays do not compare to one bool); the fields above already say whether two results agree.
+    targets: np.ndarray | None = field(default=None, compare=False, repr=False)
+    probabilities: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 class Evaluator:
@@ -70,7 +75,7 @@ class Evaluator:
     @torch.inference_mode()
     def evaluate(self, step: int) -> Evaluation:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        predictions, targets = [], []
+        predictions, targets, probabilities = [], [], []
         for inputs, target in self.batches():
             inputs = devices.to_device(inputs, self.device, self.task.channels_last)
             target = target.to(self.device, non_blocking=True)
@@ -79,10 +84,18 @@ class Evaluator:
                 loss = self.task.loss(outputs, target)
             loss_sum += loss.double() * len(target)
             predictions.append(self.task.predict(outputs))
+            probabilities.append(torch.softmax(outputs.float(), dim=-1))
             targets.append(target)
         y_true, y_pred = torch.cat(targets).cpu().numpy(), torch.cat(predictions).cpu().numpy()
         scores: dict[str, Any] = classification_metrics(y_true, y_pred, len(self.task.class_names))
         metrics = {"loss": float(loss_sum) / len(y_true)} | {
             k: v for k, v in scores.items() if k not in ("per_class_f1", "confusion_matrix")
         }
-        return Evaluation(step, metrics, scores["per_class_f1"], scores["confusion_matrix"])
+        return Evaluation(
+            step,
+            metrics,
+            scores["per_class_f1"],
+            scores["confusion_matrix"],
+            y_true,
+            torch.cat(probabilities).cpu().numpy(),
+        )

@@ -71,6 +71,11 @@ class TrainDir:
         return self.root / "finished.json"
 
     @property
+    def heartbeat(self) -> Path:
+        """Rewritten by train.py at every log step; the compose health check reads its age."""
+        return self.root / "heartbeat.json"
+
+    @property
     def lock(self) -> Path:
         return self.root / ".train.lock"
 

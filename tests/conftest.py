@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,11 +12,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.request import Request, urlopen
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
+# Files a test keeps for people to look at (screenshots); listed at the end of the pytest run.
+ARTIFACTS = ROOT / "test-artifacts"
+_kept: list[Path] = []
 
 # A few seconds of digits training with checkpoints often enough to give the evaluator work.
 SHORT_RUN = [
@@ -97,3 +104,36 @@ def scalar_points(run_dir: Path, tag: str) -> list[tuple[int, float]]:
     if tag not in accumulator.Tags()["scalars"]:
         return []
     return [(event.step, event.value) for event in accumulator.Scalars(tag)]
+
+
+def tensorboard_url(log: Path, timeout: float = 60) -> str:
+    """The address a starting TensorBoard prints ("TensorBoard 2.x at http://host:port/ ..."), from its log."""
+    found: list[str] = []
+
+    def printed() -> bool:
+        match = re.search(r"TensorBoard \S+ at (http://\S+?)/? ", log.read_text())
+        found.extend(match.groups() if match else ())
+        return bool(found)
+
+    wait_until(printed, timeout, f"TensorBoard to print its address in {log}", interval=0.2)
+    return found[0]
+
+
+def fetch_json(url: str, body: dict[str, Any] | None = None) -> Any:
+    """GET (or, with a body, POST) a TensorBoard HTTP API endpoint and decode its JSON."""
+    data = None if body is None else json.dumps(body).encode()
+    with urlopen(Request(url, data=data, headers={"Content-Type": "application/json"}), timeout=30) as response:
+        return json.loads(response.read())
+
+
+def keep_artifact(name: str) -> Path:
+    """A stable path under test-artifacts/ for a file to keep after the run; pytest lists it at the end."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    _kept.append(ARTIFACTS / name)
+    return _kept[-1]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for path in _kept:
+        if path.exists():
+            terminalreporter.write_line(f"test artifact: {path}")

@@ -1,0 +1,178 @@
+"""launch.py: train.py, eval.py and TensorBoard as three processes, the way `docker compose up` runs them.
+
+    python launch.py --config configs/digits.yaml --train-dir runs/demo [--set train.steps=3000] [--port 6006]
+
+The three get the arguments and environment of the compose services (compose.cpu.yml), apart from paths
+and TensorBoard's address. Their output is streamed line by line, each line prefixed with the process's
+name. Ctrl-C or SIGTERM is passed on to all three as SIGTERM (train.py saves a checkpoint first); a second
+Ctrl-C is passed on as SIGINT, which stops train.py at once. When one process fails, the others are
+stopped and launch.py exits with its code; after a clean stop it exits 0. TensorBoard keeps serving after
+training and evaluation are done, until you stop it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+from shared.layout import TrainDir
+from shared.results import read_best
+
+HERE = Path(__file__).resolve().parent
+CPU_ONLY = {"CUDA_VISIBLE_DEVICES": "", "NVIDIA_VISIBLE_DEVICES": "void"}  # as compose.cpu.yml's eval
+
+
+@dataclass(frozen=True)
+class Service:
+    """One process of the stack: what compose calls a service."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="launch.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train-dir", required=True, type=Path, help="the run folder the three share")
+    parser.add_argument("--config", help="train.py's YAML config (leave out to resume from the train_dir's own)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--train-gpu", metavar="N", help="the GPU train.py uses (default: cuda:0 if any)")
+    parser.add_argument("--eval-gpu", metavar="N", help="evaluate on this GPU instead of the CPU")
+    parser.add_argument("--poll", type=float, default=0, metavar="SECS", help="eval.py --poll (0: inotify)")
+    parser.add_argument("--host", default="localhost", help="TensorBoard's address (default: localhost)")
+    parser.add_argument("--port", type=int, default=6006, help="TensorBoard's port (0: a free one)")
+    parser.add_argument(
+        "--stop-timeout", type=float, default=120, metavar="SECS", help="then SIGKILL, as compose's stop_grace_period"
+    )
+    return parser.parse_args(argv)
+
+
+def services(args: argparse.Namespace) -> list[Service]:
+    """The compose services' commands, with this machine's python and paths."""
+    python, train_dir = sys.executable, str(args.train_dir)
+    config = ["--config", args.config] if args.config else []
+    sets = [arg for override in args.overrides for arg in ("--set", override)]
+    return [
+        Service(
+            "train",
+            [python, str(HERE / "train.py"), *config, "--train-dir", train_dir, "--device", "auto", *sets],
+            {"CUDA_VISIBLE_DEVICES": args.train_gpu} if args.train_gpu is not None else {},
+        ),
+        Service(
+            "eval",
+            [python, str(HERE / "eval.py"), "--train-dir", train_dir, "--device", "auto", "--poll", f"{args.poll:g}"],
+            {"CUDA_VISIBLE_DEVICES": args.eval_gpu} if args.eval_gpu is not None else CPU_ONLY,
+        ),
+        Service(
+            "tensorboard",
+            [python, "-m", "tensorboard.main", "--logdir", train_dir, "--host", args.host, "--port", str(args.port)],
+        ),
+    ]
+
+
+class Launcher:
+    """Starts the services, prefixes their output, passes signals on, and decides the exit code."""
+
+    def __init__(
+        self, stack: list[Service], train_dir: TrainDir, stop_timeout: float, out: IO[str] = sys.stdout
+    ) -> None:
+        self.stack, self.train_dir, self.stop_timeout, self.out = stack, train_dir, stop_timeout, out
+        self.width = max(len(s.name) for s in stack)
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.exits: queue.Queue[tuple[str, int]] = queue.Queue()
+        self.lock = threading.Lock()
+        self.signals = 0
+        self.deadline: float | None = None
+
+    def say(self, name: str, line: str) -> None:
+        with self.lock:
+            self.out.write(f"{name:<{self.width}} | {line.rstrip()}\n")
+            self.out.flush()
+
+    def start(self) -> None:
+        for service in self.stack:
+            proc = subprocess.Popen(
+                service.argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **service.env},
+                start_new_session=True,  # a terminal's Ctrl-C reaches launch.py only; it passes it on once
+            )
+            self.procs[service.name] = proc
+            threading.Thread(target=self._pump, args=(service.name, proc), daemon=True).start()
+            self.say("launch", f"started {service.name} (pid {proc.pid}): {' '.join(service.argv)}")
+
+    def _pump(self, name: str, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            self.say(name, raw.decode(errors="replace"))
+        self.exits.put((name, proc.wait()))
+
+    def _send(self, signum: int) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    def stop(self, why: str) -> None:
+        """Ask every running process to stop (SIGTERM), once; SIGKILL whatever is left after stop_timeout."""
+        if self.deadline is None:
+            self.say("launch", f"{why}: stopping all (SIGTERM)")
+            self.deadline = time.monotonic() + self.stop_timeout
+            self._send(signal.SIGTERM)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.signals += 1
+        if self.signals > 1 and signum == signal.SIGINT:
+            self.say("launch", "second Ctrl-C: stopping at once (SIGINT)")
+            self._send(signal.SIGINT)
+        self.stop(signal.Signals(signum).name)
+
+    def run(self) -> int:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._on_signal)
+        self.start()
+        if self.deadline is not None:  # a signal came while starting: pass it on to the late ones too
+            self._send(signal.SIGTERM)
+        codes: dict[str, int] = {}
+        failure = 0
+        while len(codes) < len(self.procs):
+            timeout = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+            try:
+                name, code = self.exits.get(timeout=timeout)
+            except queue.Empty:
+                self.say("launch", f"still running after {self.stop_timeout:g}s: SIGKILL")
+                self._send(signal.SIGKILL)
+                self.deadline = None
+                continue
+            codes[name] = code = code if code >= 0 else 128 - code  # killed by signal N: 128 + N, as shells say
+            self.say("launch", f"{name} exited with code {code}")
+            if code != 0:
+                failure = failure or code
+                self.stop(f"{name} failed")
+            elif {"train", "eval"} <= codes.keys() and self.deadline is None:
+                self.say("launch", self.summary())
+        return failure
+
+    def summary(self) -> str:
+        best = read_best(self.train_dir)
+        found = f"best checkpoint: step {best['step']}, {best['metric']}={best['value']:.4f}; " if best else ""
+        return f"training finished and every checkpoint is evaluated; {found}TensorBoard keeps serving: Ctrl-C to stop"
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    return Launcher(services(args), TrainDir(args.train_dir), args.stop_timeout).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

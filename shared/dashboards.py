@@ -1,0 +1,115 @@
+"""What TensorBoard shows beyond the per-step scalars, written into the two existing runs only.
+
+`train/` (train.py) gets the custom-scalars overview layout, the resolved config as text and `eval_lag`;
+`eval/` (the eval.py daemon) gets the HParams session and the PR curves. Nothing here opens a writer of
+its own: a new writer would mean a new run folder (a "stray run") or two writers in one (lost points).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+from shared import config as cfg
+from shared.results import last_evaluated_step
+
+# The Custom Scalars tab: "is it learning, and is it overfitting?" first (train and eval loss on one chart,
+# accuracy beside it), then how training runs. Tags are regexes, so each chart shows every run with the tag.
+OVERVIEW_LAYOUT = {
+    "is it learning? (train vs eval)": {
+        "loss: train and eval": ["Multiline", [r"^loss$"]],
+        "accuracy: eval": ["Multiline", [r"^accuracy$"]],
+    },
+    "training": {
+        "learning_rate": ["Multiline", [r"^learning_rate$"]],
+        "grad_norm (before clipping)": ["Multiline", [r"^grad_norm$"]],
+        "examples_per_sec": ["Multiline", [r"^examples_per_sec$"]],
+        "eval_lag: train step minus newest evaluated step": ["Multiline", [r"^eval_lag$"]],
+    },
+}
+
+# Sections that are hyper-parameters; checkpoint, log and eval options say how a run is observed, not trained.
+HPARAM_SECTIONS = ("task", "seed", "model", "data", "train")
+
+# One PR curve per class; past this many classes the PR Curves tab is no longer readable.
+PR_CURVE_MAX_CLASSES = 20
+
+
+def write_train_header(writer: SummaryWriter, config: cfg.Config, step: int) -> None:
+    """At each train.py start: the overview layout (fresh runs only, so once per run) and the config.
+
+    The config is logged at the step training (re)starts from, so a resume with changed options shows
+    both versions. Flushed at once: a crash right after must not lose the layout.
+    """
+    if step == 0:
+        writer.add_custom_scalars(OVERVIEW_LAYOUT)
+    text = yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
+    writer.add_text("config", f"```yaml\n{text}```", step)
+    writer.flush()
+
+
+def hparam_values(config: cfg.Config) -> dict[str, Any]:
+    """The config's hyper-parameters as the flat name -> number/string/bool map the HParams plugin takes."""
+    flat = cfg.flatten(config)
+    picked = {k: v for k, v in flat.items() if k.split(".")[0] in HPARAM_SECTIONS}
+    return {k: v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else str(v) for k, v in picked.items()}
+
+
+def write_hparams(writer: SummaryWriter, config: cfg.Config) -> None:
+    """Make the writer's run an HParams session with the config's hyper-parameters.
+
+    Only the session-start record is written, into the existing run (SummaryWriter.add_hparams would make
+    a new run folder). The plugin then finds the metrics itself: the last value of each scalar tag in
+    this run, i.e. the newest checkpoint's loss, accuracy, ...
+    """
+    _, session_start, _ = hparams(hparam_values(config), metric_dict={})
+    writer.file_writer.add_summary(session_start)
+    writer.flush()
+
+
+def write_pr_curves(
+    writer: SummaryWriter, targets: np.ndarray, probabilities: np.ndarray, class_names: list[str], step: int
+) -> None:
+    """One-vs-rest precision/recall curve per class, from the evaluation's class probabilities."""
+    if len(class_names) > PR_CURVE_MAX_CLASSES:
+        return
+    for index, name in enumerate(class_names):
+        writer.add_pr_curve(f"pr_curve/{name}", targets == index, probabilities[:, index], step)
+
+
+@dataclass
+class EvalLag:
+    """train.py's view of how far the evaluator is behind: current step minus the ledger's newest step.
+
+    train.py writes it (not eval.py) because it must keep moving when the evaluator stalls or dies,
+    which is exactly when it matters. The ledger is re-read only when its size or mtime changed.
+    """
+
+    ledger: Path
+    _stamp: tuple[int, int] | None = field(default=None, init=False)
+    _newest: int | None = field(default=None, init=False)
+
+    def at(self, step: int) -> int | None:
+        """The lag at `step`, or None while no evaluator keeps a ledger (nothing to measure)."""
+        try:
+            stat = os.stat(self.ledger)
+        except FileNotFoundError:
+            return None
+        stamp = (stat.st_size, stat.st_mtime_ns)
+        if stamp != self._stamp:
+            self._stamp, self._newest = stamp, last_evaluated_step(self.ledger)
+        if self._newest is None:
+            return None
+        return step - max(self._newest, 0)
+
+    def log(self, writer: SummaryWriter, step: int) -> None:
+        lag = self.at(step)
+        if lag is not None:
+            writer.add_scalar("eval_lag", lag, step)

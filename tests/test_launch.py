@@ -1,0 +1,91 @@
+"""launch.py as users run it: three real processes, prefixed logs, signals passed on, exit codes."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from shared.checkpoints import list_checkpoints
+from shared.layout import TrainDir
+from tests.conftest import SHORT_RUN, Proc, fetch_json, tensorboard_url, wait_until
+
+pytestmark = pytest.mark.slow
+
+NAMES = ("launch", "train", "eval", "tensorboard")
+
+
+def launch(start: Callable[..., Proc], train_dir: TrainDir, *overrides: str) -> Proc:
+    sets = SHORT_RUN[SHORT_RUN.index("--set") :]  # the short run's --set options
+    return start(
+        "launch.py",
+        "--config",
+        "configs/digits.yaml",
+        "--train-dir",
+        str(train_dir.root),
+        *sets,
+        *overrides,
+        "--port",
+        "0",
+    )
+
+
+def child_pids(output: str) -> dict[str, int]:
+    return {name: int(pid) for name, pid in re.findall(r"started (\w+) \(pid (\d+)\)", output)}
+
+
+def assert_gone(pids: dict[str, int]) -> None:
+    for name, pid in pids.items():
+        try:
+            os.kill(pid, 0)  # launch.py waited for each child, so none is even a zombie
+        except ProcessLookupError:
+            continue
+        pytest.fail(f"{name} (pid {pid}) outlived launch.py")
+
+
+def test_launcher_runs_all_three_and_stops_them_cleanly_on_ctrl_c(tmp_path: Path, start) -> None:
+    train_dir = TrainDir(tmp_path / "run")
+    launcher = launch(start, train_dir)
+    url = tensorboard_url(launcher.log)
+    wait_until(lambda: "every checkpoint is evaluated; best checkpoint" in launcher.output(), 180, "train and eval")
+    assert sorted(fetch_json(f"{url}/data/runs")) == ["eval", "train"]  # TensorBoard is still serving
+
+    launcher.signal(signal.SIGINT)
+    assert launcher.wait() == 0, launcher.output()
+    output = launcher.output()
+    assert set(child_pids(output)) == {"train", "eval", "tensorboard"}
+    assert_gone(child_pids(output))
+    for name in ("train", "eval", "tensorboard"):
+        assert f"{name} exited with code 0" in output
+    prefixes = {line.split(" | ", 1)[0].strip() for line in output.splitlines()}
+    assert prefixes == set(NAMES), f"every line carries its process's name: {prefixes}"
+    assert re.search(r"^train\s+\| .*training finished at step 200$", output, flags=re.MULTILINE)
+    assert re.search(r"^eval\s+\| .*every checkpoint is evaluated$", output, flags=re.MULTILINE)
+
+
+def test_sigterm_mid_training_saves_a_checkpoint_and_stops_all(tmp_path: Path, start) -> None:
+    train_dir = TrainDir(tmp_path / "run")
+    launcher = launch(start, train_dir, "--set", "train.steps=100000")
+    wait_until(lambda: bool(list_checkpoints(train_dir.checkpoints)), 120, "a first checkpoint")
+    launcher.signal(signal.SIGTERM)
+    assert launcher.wait() == 0, launcher.output()
+    output = launcher.output()
+    stopped = re.search(r"stopped at step (\d+); run the same command to resume", output)
+    assert stopped, output
+    assert list_checkpoints(train_dir.checkpoints)[-1].step == int(stopped.group(1))
+    assert not train_dir.finished.exists()
+    assert_gone(child_pids(output))
+
+
+def test_a_failing_process_stops_the_others_and_sets_the_exit_code(tmp_path: Path, start) -> None:
+    train_dir = TrainDir(tmp_path / "run")
+    launcher = launch(start, train_dir, "--set", "train.no_such_key=1")
+    assert launcher.wait() == 2, launcher.output()  # train.py's usage error, passed on
+    output = launcher.output()
+    assert "train exited with code 2" in output and "train failed: stopping all" in output
+    assert "train.py: error: unknown key 'train.no_such_key'" in output
+    assert_gone(child_pids(output))
