@@ -64,6 +64,7 @@ class Setup:
     steps: int
     warmup: int
     every: int  # checkpoint / validation cadence, in steps
+    eval_threads: int  # CPU threads for eval.py beside the trainer
 
 
 def training_parts(setup: Setup) -> tuple[Task, torch.nn.Module, torch.optim.Optimizer, Callable, Iterator]:
@@ -234,7 +235,7 @@ def run_train_py(setup: Setup, eval_device: str | None) -> Result:
         logs = Path(folder)
         evaluator = None
         if eval_device:
-            env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // 2))}
+            env = {**os.environ, "OMP_NUM_THREADS": str(setup.eval_threads)}
             evaluator = spawn(["eval.py", "--train-dir", str(train_dir), "--device", eval_device, *args], logs, env)
         started = time.perf_counter()
         trainer = spawn(["train.py", "--train-dir", str(train_dir), "--device", str(setup.device), *args], logs)
@@ -301,13 +302,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=100, help="steps before the steady rate is measured")
     parser.add_argument("--every", type=int, default=500, help="checkpoint and validation cadence, in steps")
     parser.add_argument("--variants", default="abcdef")
+    parser.add_argument("--eval-threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     parser.add_argument("--smoke", action="store_true", help="a tiny model and few steps: seconds on a CPU")
     add_results_option(parser)
     args = parser.parse_args()
     overrides = [*(SMOKE if args.smoke else []), *args.overrides]
     steps, warmup, every = (20, 5, 10) if args.smoke else (args.steps, args.warmup, args.every)
     device = devices.resolve("auto")
-    setup = Setup(args.config, cfg.load(args.config, overrides), overrides, device, steps, warmup, every)
+    config = cfg.load(args.config, overrides)
+    setup = Setup(args.config, config, overrides, device, steps, warmup, every, args.eval_threads)
     variants = [v for v in args.variants if v in VARIANTS and not (v == "d" and device.type != "cuda")]
 
     results: list[tuple[str, Result]] = []
@@ -327,7 +330,10 @@ def main() -> None:
         rows.append(
             [f"({v}) {VARIANTS[v][0]}", f"{result.steps_per_sec:.1f}", ratio, f"{result.wall_secs:.1f}", result.note]
         )
-    notes = [f"{steps} steps, batch {setup.config.data.batch_size}, checkpoints/validation every {every} steps."]
+    notes = [
+        f"{steps} steps, batch {config.data.batch_size}, checkpoints/validation every {every} steps; "
+        f"eval.py beside the trainer with {args.eval_threads} CPU threads."
+    ]
     if device.type == "cuda" and base:
         flops, rate = flops_per_step(setup), matmul_rate(device)
         for v, result in results:
