@@ -29,6 +29,7 @@ from shared import config as cfg
 from shared.checkpoints import Checkpoint, CheckpointError, list_checkpoints
 from shared.errors import UsageError
 from shared.evaluation import Evaluation, Evaluator
+from shared.files import exclusive_lock
 from shared.layout import TrainDir
 from shared.metrics import SCALARS
 from shared.results import EvalRecord, Ledger, update_best
@@ -132,6 +133,13 @@ def wait_for(
 
 
 def run_daemon(args: argparse.Namespace, train_dir: TrainDir, device: torch.device) -> int:
+    """One daemon per train_dir: a second would append to the same ledger and TensorBoard run."""
+    train_dir.eval_run.mkdir(exist_ok=True)
+    with exclusive_lock(train_dir.eval_lock, f"another eval.py daemon is already evaluating {train_dir.root}"):
+        return follow_checkpoints(args, train_dir, device)
+
+
+def follow_checkpoints(args: argparse.Namespace, train_dir: TrainDir, device: torch.device) -> int:
     ledger = Ledger(train_dir.results)  # its existence tells train.py's retention an evaluator is here
     with CheckpointWatcher(train_dir, args.poll) as watcher:
         stop = StopRequest(on_stop=watcher.wake)

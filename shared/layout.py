@@ -79,5 +79,10 @@ class TrainDir:
     def lock(self) -> Path:
         return self.root / ".train.lock"
 
+    @property
+    def eval_lock(self) -> Path:
+        """Held by the eval.py daemon: one daemon writes the eval run and the ledger."""
+        return self.eval_run / ".eval.lock"
+
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / checkpoint_name(step)
