@@ -71,7 +71,9 @@ def test_compose_commands_train_evaluate_serve_and_report_health(tmp_path: Path,
     assert stale.returncode == 1 and "unhealthy" in stale.stderr
 
     wait_until(lambda: health("tensorboard").returncode == 0, 60, "TensorBoard's health check to pass", interval=0.5)
-    assert sorted(fetch_json(f"http://127.0.0.1:{port}/data/runs")) == ["digits/eval", "digits/train"]
+    runs_served = lambda: sorted(fetch_json(f"http://127.0.0.1:{port}/data/runs"))  # noqa: E731
+    # Healthy means serving; TensorBoard loads the runs in the background, so wait for them (bounded).
+    wait_until(lambda: runs_served() == ["digits/eval", "digits/train"], 60, "TensorBoard to load both runs", 0.5)
     tensorboard.signal(signal.SIGTERM)
     assert tensorboard.wait() == 0, tensorboard.output()
     assert health("tensorboard").returncode == 1
