@@ -19,9 +19,16 @@ $(VENV)/.installed: pyproject.toml
 
 demo: $(VENV)/.installed
 	rm -rf $(DEMO_DIR)
-	@# train.py, eval.py and TensorBoard as three processes, as `docker compose up` runs them. When training
-	@# and evaluation are done TensorBoard keeps serving on http://localhost:$(PORT): Ctrl-C stops everything.
-	$(PY) launch.py --config configs/digits.yaml --train-dir $(DEMO_DIR) --port $(PORT)
+	@# train.py, eval.py and TensorBoard as three processes, as `docker compose up` runs them; TensorBoard
+	@# serves on http://localhost:$(PORT) while they run, and all three stop once evaluation is done.
+	$(PY) launch.py --config configs/digits.yaml --train-dir $(DEMO_DIR) --port $(PORT) --exit-when-done
+	@echo
+	@echo "Evaluated $$(wc -l < $(DEMO_DIR)/eval/results.jsonl) checkpoints; the best one:"
+	@$(PY) eval.py --train-dir $(DEMO_DIR) --checkpoint best
+	@echo
+	@echo "Look at the curves: $(VENV)/bin/tensorboard --logdir $(DEMO_DIR), then open http://localhost:$(PORT)"
+	@echo "(or run '$(PY) launch.py --train-dir $(DEMO_DIR)', which keeps TensorBoard serving until Ctrl-C)."
+	@echo "Start on the 'Custom Scalars' tab: train and eval loss on one chart, accuracy beside it."
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -7,7 +7,7 @@ and TensorBoard's address. Their output is streamed line by line, each line pref
 name. Ctrl-C or SIGTERM is passed on to all three as SIGTERM (train.py saves a checkpoint first); a second
 Ctrl-C is passed on as SIGINT, which stops train.py at once. When one process fails, the others are
 stopped and launch.py exits with its code; after a clean stop it exits 0. TensorBoard keeps serving after
-training and evaluation are done, until you stop it.
+training and evaluation are done, until you stop it, or, with --exit-when-done (the demo), stops then too.
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--host", default="localhost", help="TensorBoard's address (default: localhost)")
     parser.add_argument("--port", type=int, default=6006, help="TensorBoard's port (0: a free one)")
     parser.add_argument(
+        "--exit-when-done", action="store_true", help="stop TensorBoard too once training and evaluation are done"
+    )
+    parser.add_argument(
         "--stop-timeout", type=float, default=120, metavar="SECS", help="then SIGKILL, as compose's stop_grace_period"
     )
     return parser.parse_args(argv)
@@ -84,9 +87,15 @@ class Launcher:
     """Starts the services, prefixes their output, passes signals on, and decides the exit code."""
 
     def __init__(
-        self, stack: list[Service], train_dir: TrainDir, stop_timeout: float, out: IO[str] = sys.stdout
+        self,
+        stack: list[Service],
+        train_dir: TrainDir,
+        stop_timeout: float,
+        exit_when_done: bool = False,
+        out: IO[str] = sys.stdout,
     ) -> None:
         self.stack, self.train_dir, self.stop_timeout, self.out = stack, train_dir, stop_timeout, out
+        self.exit_when_done = exit_when_done
         self.width = max(len(s.name) for s in stack)
         self.procs: dict[str, subprocess.Popen] = {}
         self.exits: queue.Queue[tuple[str, int]] = queue.Queue()
@@ -161,17 +170,20 @@ class Launcher:
                 self.stop(f"{name} failed")
             elif {"train", "eval"} <= codes.keys() and self.deadline is None:
                 self.say("launch", self.summary())
+                if self.exit_when_done:
+                    self.stop("training and evaluation are done (--exit-when-done)")
         return failure
 
     def summary(self) -> str:
         best = read_best(self.train_dir)
         found = f"best checkpoint: step {best['step']}, {best['metric']}={best['value']:.4f}; " if best else ""
-        return f"training finished and every checkpoint is evaluated; {found}TensorBoard keeps serving: Ctrl-C to stop"
+        serving = "stopping TensorBoard" if self.exit_when_done else "TensorBoard keeps serving: Ctrl-C to stop"
+        return f"training finished and every checkpoint is evaluated; {found}{serving}"
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    return Launcher(services(args), TrainDir(args.train_dir), args.stop_timeout).run()
+    return Launcher(services(args), TrainDir(args.train_dir), args.stop_timeout, args.exit_when_done).run()
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import pytest
 
 from shared.checkpoints import list_checkpoints
 from shared.layout import TrainDir
+from shared.results import read_records
 from tests.conftest import SHORT_RUN, Proc, fetch_json, tensorboard_url, wait_until
 
 pytestmark = pytest.mark.slow
@@ -65,6 +66,18 @@ def test_launcher_runs_all_three_and_stops_them_cleanly_on_ctrl_c(tmp_path: Path
     assert prefixes == set(NAMES), f"every line carries its process's name: {prefixes}"
     assert re.search(r"^train\s+\| .*training finished at step 200$", output, flags=re.MULTILINE)
     assert re.search(r"^eval\s+\| .*every checkpoint is evaluated$", output, flags=re.MULTILINE)
+
+
+def test_exit_when_done_stops_tensorboard_after_evaluation(tmp_path: Path, start) -> None:
+    """What `make demo` runs: the launcher finishes by itself, exit 0, nothing left running."""
+    train_dir = TrainDir(tmp_path / "run")
+    launcher = launch(start, train_dir, "--exit-when-done")
+    assert launcher.wait(timeout=240) == 0, launcher.output()
+    output = launcher.output()
+    assert "training and evaluation are done (--exit-when-done): stopping all" in output
+    assert "tensorboard exited with code 0" in output
+    assert_gone(child_pids(output))
+    assert len(read_records(train_dir.results)) == 5
 
 
 def test_sigterm_mid_training_saves_a_checkpoint_and_stops_all(tmp_path: Path, start) -> None:
