@@ -16,7 +16,7 @@ import train
 from shared import checkpoints, cli
 from shared.data import DataPosition, ResumableBatches
 from shared.layout import CHECKPOINT_TEMP_RE, TrainDir
-from tests.conftest import SHORT_RUN
+from tests.conftest import SHORT_RUN, Proc
 
 REAL_SAVE = torch.save
 
@@ -81,39 +81,46 @@ def test_failures_in_a_row_stop_the_run_with_exit_1(
     assert not train_dir.finished.exists()
 
 
-@pytest.mark.slow
-def test_a_nan_loss_stops_before_any_broken_checkpoint(tmp_path: Path, start) -> None:
+def train_on_poisoned_data(tmp_path: Path, start, train: str, checkpoint: str) -> tuple[TrainDir, Proc]:
+    """train.py, to its end, on blobs whose first training input is NaN; `train`/`checkpoint` are YAML flows."""
     train_dir = TrainDir(tmp_path / "run")
     config = tmp_path / "poisoned.yaml"
     config.write_text(
         "task: tests.poisoned_task:PoisonedBlobsTask\n"
         "data: {batch_size: 32, examples: 300}\n"
-        "train: {steps: 50, lr: 0.01}\n"
-        "checkpoint: {every_steps: 1, max_to_keep: 100}\n"
+        f"train: {train}\n"
+        f"checkpoint: {checkpoint}\n"
     )
     trainer = start("train.py", "--train-dir", str(train_dir.root), "--config", str(config))
-    assert trainer.wait() == 1
+    trainer.wait()
+    return train_dir, trainer
+
+
+def assert_finite_weights(path: Path) -> None:
+    weights = checkpoints.load(path)["model"]
+    assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point()), path
+
+
+@pytest.mark.slow
+def test_a_nan_loss_stops_before_any_broken_checkpoint(tmp_path: Path, start) -> None:
+    train_dir, trainer = train_on_poisoned_data(
+        tmp_path, start, "{steps: 50, lr: 0.01}", "{every_steps: 1, max_to_keep: 100}"
+    )
+    assert trainer.popen.returncode == 1
     (message,) = [line for line in trainer.output().splitlines() if "error:" in line]
     bad_step = int(message.split("NaN/Inf at step ")[1].split(";")[0])
     saved = assert_intact(train_dir)
     assert saved == list(range(1, bad_step)), "a checkpoint at or after the bad step was written"
     for step in saved:
-        weights = checkpoints.load(train_dir.checkpoint(step))["model"]
-        assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+        assert_finite_weights(train_dir.checkpoint(step))
 
 
 @pytest.mark.slow
 def test_nan_policy_skip_step_skips_the_bad_updates_and_finishes(tmp_path: Path, start) -> None:
-    train_dir = TrainDir(tmp_path / "run")
-    config = tmp_path / "poisoned.yaml"
-    config.write_text(
-        "task: tests.poisoned_task:PoisonedBlobsTask\n"
-        "data: {batch_size: 32, examples: 300}\n"
-        "train: {steps: 50, lr: 0.01, nan_policy: skip_step}\n"
-        "checkpoint: {every_steps: 25}\n"
+    train_dir, trainer = train_on_poisoned_data(
+        tmp_path, start, "{steps: 50, lr: 0.01, nan_policy: skip_step}", "{every_steps: 25}"
     )
-    trainer = start("train.py", "--train-dir", str(train_dir.root), "--config", str(config))
-    assert trainer.wait() == 0, trainer.output()
+    assert trainer.popen.returncode == 0, trainer.output()
     skipped = [
         int(line.split("step ")[1].split(":")[0]) for line in trainer.output().splitlines() if "skipped its" in line
     ]
@@ -121,5 +128,4 @@ def test_nan_policy_skip_step_skips_the_bad_updates_and_finishes(tmp_path: Path,
     per_epoch = len(batches.epoch_batches(0))
     poisoned = [s for s in range(1, 51) if 0 in batches.epoch_batches((s - 1) // per_epoch)[(s - 1) % per_epoch]]
     assert skipped == poisoned and poisoned, "skipped steps must be exactly those whose batch holds the NaN input"
-    weights = checkpoints.load(train_dir.checkpoint(50))["model"]
-    assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+    assert_finite_weights(train_dir.checkpoint(50))
