@@ -234,6 +234,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     train_dir = TrainDir(Path(args.train_dir))
     device = devices.resolve(args.device)
+    devices.use_fast_math(device, autotune=False)
     if args.checkpoint:
         if not train_dir.root.is_dir():
             raise UsageError(f"--train-dir {train_dir.root} does not exist; check the path")

@@ -200,7 +200,7 @@ def main(argv: list[str]) -> int:
         seeding.seed_everything(config.seed)
         task = build_task(config)
 
-        devices.use_fast_math(device)
+        devices.use_fast_math(device, autotune=True)
         model = task.build_model().to(device)
         if task.channels_last and device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)

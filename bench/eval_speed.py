@@ -131,6 +131,7 @@ def main() -> None:
                 notes.append("cuda: no CUDA device here; skipped.")
                 continue
             device = devices.resolve(name)
+            devices.use_fast_math(device, autotune=False)  # as eval.py sets it
             sizes = [int(s) for s in args.batch_sizes.split(",")] if args.batch_sizes else BATCH_SIZES[device.type]
             device_rows, sweep = measure(config, device, path, sizes, repeats)
             rows += device_rows

@@ -71,7 +71,7 @@ def training_parts(setup: Setup) -> tuple[Task, torch.nn.Module, torch.optim.Opt
     """The model, optimizer and data every in-process variant uses, built as train.py builds them."""
     config, device = setup.config, setup.device
     seeding.seed_everything(config.seed)
-    devices.use_fast_math(device)
+    devices.use_fast_math(device, autotune=True)
     task = build_task(config)
     model = task.build_model().to(device)
     if task.channels_last and device.type == "cuda":

@@ -37,12 +37,14 @@ def precision_for(device: torch.device, precision: str) -> str:
     return precision
 
 
-def use_fast_math(device: torch.device) -> None:
-    """TF32 for the float32 matrix products and convolutions that autocast leaves in float32."""
+def use_fast_math(device: torch.device, autotune: bool) -> None:
+    """TF32 for the float32 matrix products and convolutions that autocast leaves in float32, and, with
+    `autotune`, cuDNN's per-shape algorithm search: faster, but two processes may pick different
+    algorithms, so the evaluator leaves it off and gives the same numbers in every process."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = autotune
 
 
 def to_device(inputs: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:

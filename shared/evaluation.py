@@ -53,7 +53,6 @@ class Evaluator:
     @classmethod
     def from_config(cls, config: Config, device: torch.device) -> Evaluator:
         """The evaluator eval.py uses: the config's task, batch size, precision and data placement."""
-        devices.use_fast_math(device)
         precision = devices.precision_for(device, config.eval.precision)
         return cls(build_task(config), device, config.eval.batch_size, precision, config.data.on_device)
 
