@@ -24,7 +24,7 @@ from shared.config import CheckpointConfig
 from shared.errors import RunAborted
 from shared.files import atomic_file, fsync_dir
 from shared.layout import CHECKPOINT_TEMP_RE, TrainDir, checkpoint_step
-from shared.results import last_evaluated_step
+from shared.results import LedgerTail
 from shared.snapshots import HostSnapshot
 
 log = logging.getLogger(__name__)
@@ -220,6 +220,7 @@ class PeriodicSaver:
         self.last_saved_step = self.last_requested_step = last_saved_step
         self.last_saved_time = time.monotonic()
         self.failures = 0  # failed saves in a row
+        self.ledger = LedgerTail(train_dir.results)  # read by the writing thread only
         self.snapshot = HostSnapshot()
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="checkpoint") if options.async_save else None
         self.in_flight: _Save | None = None
@@ -285,7 +286,7 @@ class PeriodicSaver:
         if ready is not None:
             ready.synchronize()  # the snapshot's device-to-host copies are done
         path = save(self.train_dir, step, state)
-        deleted = apply_retention(self.train_dir.checkpoints, self.policy, last_evaluated_step(self.train_dir.results))
+        deleted = apply_retention(self.train_dir.checkpoints, self.policy, self.ledger.newest_step())
         return path, deleted, time.monotonic() - started
 
     def _failed(self, step: int, err: OSError, final: bool) -> None:

@@ -7,7 +7,6 @@ its own: a new writer would mean a new run folder (a "stray run") or two writers
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from shared import config as cfg
-from shared.results import last_evaluated_step
+from shared.results import LedgerTail
 
 # The Custom Scalars tab: "is it learning, and is it overfitting?" first (train and eval loss on one chart,
 # accuracy beside it), then how training runs. Tags are regexes, so each chart shows every run with the tag.
@@ -89,25 +88,19 @@ class EvalLag:
     """train.py's view of how far the evaluator is behind: current step minus the ledger's newest step.
 
     train.py writes it (not eval.py) because it must keep moving when the evaluator stalls or dies,
-    which is exactly when it matters. The ledger is re-read only when its size or mtime changed.
+    which is exactly when it matters. Each call reads only what the ledger gained since the last one.
     """
 
     ledger: Path
-    _stamp: tuple[int, int] | None = field(default=None, init=False)
-    _newest: int | None = field(default=None, init=False)
+    _tail: LedgerTail = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._tail = LedgerTail(self.ledger)
 
     def at(self, step: int) -> int | None:
         """The lag at `step`, or None while no evaluator keeps a ledger (nothing to measure)."""
-        try:
-            stat = os.stat(self.ledger)
-        except FileNotFoundError:
-            return None
-        stamp = (stat.st_size, stat.st_mtime_ns)
-        if stamp != self._stamp:
-            self._stamp, self._newest = stamp, last_evaluated_step(self.ledger)
-        if self._newest is None:
-            return None
-        return step - max(self._newest, 0)
+        newest = self._tail.newest_step()
+        return None if newest is None else step - max(newest, 0)
 
     def log(self, writer: SummaryWriter, step: int) -> None:
         lag = self.at(step)

@@ -48,11 +48,38 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def last_evaluated_step(path: Path) -> int | None:
-    """The newest step the evaluator has recorded, -1 if none yet, None if no evaluator keeps a ledger."""
-    if not path.exists():
-        return None
-    return max((r["step"] for r in read_records(path)), default=-1)
+class LedgerTail:
+    """train.py's view of the ledger: the newest step the evaluator has recorded.
+
+    The ledger only grows, so each call reads just the whole lines appended since the last one; a
+    restarted evaluator only ever cuts an incomplete last line, which this never consumed. A ledger
+    shorter than what was read is a new one (eval/ cleared): it is read from the start.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0  # bytes of whole lines already read
+        self._newest = -1
+
+    def newest_step(self) -> int | None:
+        """The newest recorded step, -1 if none yet, None if no evaluator keeps a ledger."""
+        try:
+            with open(self.path, "rb") as f:
+                if os.fstat(f.fileno()).st_size < self._offset:
+                    self._offset, self._newest = 0, -1
+                f.seek(self._offset)
+                appended = f.read()
+        except FileNotFoundError:
+            self._offset, self._newest = 0, -1
+            return None
+        whole = appended[: appended.rfind(b"\n") + 1]
+        self._offset += len(whole)
+        for line in whole.splitlines():
+            try:
+                self._newest = max(self._newest, json.loads(line)["step"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                log.warning("%s: a line that is not a record; ignoring it", self.path)
+        return self._newest
 
 
 class Ledger:
