@@ -4,11 +4,15 @@ Reads the options, builds the task, resumes from the newest checkpoint in the tr
 writing checkpoints and TensorBoard events for eval.py to pick up. It never stops to evaluate.
 
     python train.py --config configs/digits.yaml --train-dir runs/digits
+    torchrun --nproc-per-node 4 train.py --config configs/digits.yaml --train-dir runs/digits
+
+Under torchrun every rank trains (DDP, or FSDP with train.strategy=fsdp); only rank 0 writes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -19,9 +23,10 @@ from pathlib import Path
 
 import torch
 
-from shared import checkpoints, cli, dashboards, devices, health, seeding
+from shared import checkpoints, cli, dashboards, devices, distributed, health, seeding
 from shared import config as cfg
 from shared.data import DataPosition, ResumableBatches, place
+from shared.distributed import Distributed
 from shared.errors import RunAborted, UsageError
 from shared.files import exclusive_lock, write_atomic
 from shared.layout import TrainDir
@@ -82,7 +87,7 @@ def train_step(
         examples += len(targets)
     state.scaler.unscale_(state.optimizer)
     max_norm = options.grad_clip_norm or math.inf  # the norm is logged even when clipping is off
-    grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), max_norm)
+    grad_norm = distributed.full(torch.nn.utils.clip_grad_norm_(state.model.parameters(), max_norm))
     result = StepResult(loss_sum / options.grad_accum_steps, grad_norm, state.optimizer.param_groups[0]["lr"], examples)
     if options.nan_policy == "skip_step" and not bool(torch.isfinite(result.loss) & torch.isfinite(grad_norm)):
         log.warning("step %d: loss or gradient norm is NaN/Inf; skipped its update (train.nan_policy)", state.step + 1)
@@ -94,7 +99,7 @@ def train_step(
 
 
 def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir, device: torch.device) -> None:
-    options = config.train
+    options, group = config.train, state.group
     batches = iter(
         ResumableBatches(
             place(task.train_data(), device, config.data.on_device),
@@ -103,19 +108,22 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
             state.position,
             num_workers=config.data.num_workers,
             pin_memory=device.type == "cuda",
+            rank=group.rank,
+            world_size=group.world_size,
         )
     )
-    saver = checkpoints.PeriodicSaver(train_dir, config.checkpoint, last_saved_step=state.step)
+    shards = (state.model, state.optimizer) if state.sharded else None
+    saver = checkpoints.PeriodicSaver(train_dir, config.checkpoint, state.step, group, shards)
     guard = NonFiniteGuard(device, check_grad_norm=not state.scaler.is_enabled())
-    stop = StopRequest()
-    progress = Progress(state.step, options.steps)
+    stop, stopping = StopRequest(), False
+    progress = Progress(state.step, options.steps, shown=group.is_main)
     interval_loss, interval_examples, interval_start = torch.zeros((), device=device), 0, time.perf_counter()
 
-    with open_writer(train_dir.train_run, purge_step=state.step + 1) as writer:
+    with open_writer(train_dir.train_run, purge_step=state.step + 1, enabled=group.is_main) as writer:
         dashboards.write_train_header(writer, config, state.step)
         eval_lag = dashboards.EvalLag(train_dir.results)
-        health.write_heartbeat(train_dir.heartbeat, state.step)
-        while state.step < options.steps and not stop:
+        write_heartbeat(train_dir, state.step, group)
+        while state.step < options.steps and not stopping:
             result = train_step(state, batches, task, device, options)
             state.step += 1
             if options.nan_policy == "stop":
@@ -124,34 +132,44 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
             interval_examples += result.examples
             progress.advance()
 
-            if state.step % config.log.every_steps == 0:
-                stop_if_not_finite(guard, saver)
+            at_log_step = state.step % config.log.every_steps == 0
+            if at_log_step:
+                stop_if_not_finite(guard, saver, group, device)
                 elapsed = time.perf_counter() - interval_start
+                # Summed over the ranks (host syncs at log steps only): the mean loss, all ranks' examples.
+                loss_sum, examples = group.sum_(
+                    torch.stack([interval_loss, interval_loss.new_tensor(interval_examples)])
+                )
                 scalars = {
-                    "loss": interval_loss.item() / config.log.every_steps,  # host syncs at log steps only
+                    "loss": loss_sum.item() / group.world_size / config.log.every_steps,
                     "learning_rate": result.lr,
                     "grad_norm": result.grad_norm.item(),
-                    "examples_per_sec": interval_examples / elapsed,
+                    "examples_per_sec": examples.item() / elapsed,
                 }
                 for tag, value in scalars.items():
                     writer.add_scalar(tag, value, state.step)
                 progress.report(state.step, scalars)
                 eval_lag.log(writer, state.step)
-                health.write_heartbeat(train_dir.heartbeat, state.step)
+                write_heartbeat(train_dir, state.step, group)
                 interval_loss.zero_()
                 interval_examples, interval_start = 0, time.perf_counter()
 
-            if saver.due(state.step):
-                stop_if_not_finite(guard, saver)
+            save_by_time = False
+            if at_log_step or not group.enabled:  # under torchrun, what one rank decides alone is agreed here
+                stopping, save_by_time = group.agree([bool(stop), saver.due_by_time()], device)
+            if saver.due_by_steps(state.step) or save_by_time:
+                stop_if_not_finite(guard, saver, group, device)
                 writer.flush()  # points up to a checkpoint are on disk before it: a resume never loses them
                 saver.save(state.step, state.state_dict())
 
-        stop_if_not_finite(guard, saver)
+        stop_if_not_finite(guard, saver, group, device)
         if state.step > saver.last_requested_step:
             writer.flush()
             saver.save(state.step, state.state_dict(), final=True)
         saver.close()
     progress.close()
+    if not group.is_main:
+        return
     if state.step >= options.steps:
         record = {"step": state.step, "reason": "completed", "wall_time": time.time()}
         write_atomic(train_dir.finished, (json.dumps(record) + "\n").encode())
@@ -160,9 +178,16 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
         log.info("stopped at step %d; run the same command to resume", state.step)
 
 
-def stop_if_not_finite(guard: NonFiniteGuard, saver: checkpoints.PeriodicSaver) -> None:
-    """Abort before logging or saving anything computed from NaN/Inf (train.nan_policy=stop)."""
-    bad_step = guard.first_bad_step()
+def write_heartbeat(train_dir: TrainDir, step: int, group: Distributed) -> None:
+    if group.is_main:
+        health.write_heartbeat(train_dir.heartbeat, step)
+
+
+def stop_if_not_finite(
+    guard: NonFiniteGuard, saver: checkpoints.PeriodicSaver, group: Distributed, device: torch.device
+) -> None:
+    """Abort before logging or saving anything computed from NaN/Inf (train.nan_policy=stop), on every rank."""
+    bad_step = group.earliest(guard.first_bad_step(), device)
     if bad_step is not None:
         raise RunAborted(
             f"the loss or gradient norm became NaN/Inf at step {bad_step}; stopped without saving, so the newest "
@@ -172,20 +197,26 @@ def stop_if_not_finite(guard: NonFiniteGuard, saver: checkpoints.PeriodicSaver) 
 
 
 def resume(state: TrainState, train_dir: TrainDir, device: torch.device) -> None:
-    """Continue from the newest checkpoint, if any, after clearing temp files a crash left behind."""
-    for temp in checkpoints.remove_stale_temps(train_dir.checkpoints):
-        log.info("removed %s, left by an interrupted save", temp.name)
-    found = checkpoints.list_checkpoints(train_dir.checkpoints)
-    if not found:
+    """Continue from the newest checkpoint, if any, after clearing temp files a crash left behind.
+
+    Under torchrun rank 0 chooses the checkpoint, so every rank resumes from the same one.
+    """
+    newest = None
+    if state.group.is_main:
+        for temp in checkpoints.remove_stale_temps(train_dir.checkpoints):
+            log.info("removed %s, left by an interrupted save", temp.name)
+        found = checkpoints.list_checkpoints(train_dir.checkpoints)
+        newest = found[-1].path if found else None
+    newest = state.group.broadcast(newest)
+    if newest is None:
         return
     try:
-        state.load_state_dict(checkpoints.load(found[-1].path, map_location=device))
+        state.load_state_dict(checkpoints.load_for_resume(newest, state.model, state.optimizer, device, state.sharded))
     except (checkpoints.CheckpointError, KeyError) as err:
         raise UsageError(
-            f"cannot resume from {found[-1].path}: {err}; move it out of the checkpoints folder to resume "
-            "from the one before"
+            f"cannot resume from {newest}: {err}; move it out of the checkpoints folder to resume from the one before"
         ) from None
-    log.info("resumed from %s (epoch %d)", found[-1].path.name, state.position.epoch)
+    log.info("resumed from %s (epoch %d)", newest.name, state.position.epoch)
 
 
 def main(argv: list[str]) -> int:
@@ -194,9 +225,9 @@ def main(argv: list[str]) -> int:
     if train_dir.root.exists() and not train_dir.root.is_dir():
         raise UsageError(f"--train-dir {train_dir.root} is a file, not a folder; choose another path")
     train_dir.root.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(train_dir.lock, f"another train.py is already training in {train_dir.root}"):
+    with distributed.joined(args.device) as (group, device_name), owning(train_dir, group):
         config = read_config(args, train_dir)
-        device = devices.resolve(args.device)
+        device = devices.resolve(device_name)
         seeding.seed_everything(config.seed)
         task = build_task(config)
 
@@ -206,18 +237,32 @@ def main(argv: list[str]) -> int:
             model = model.to(memory_format=torch.channels_last)
         total, trainable = parameter_counts(model)
         log.info("model: %s parameters (%s trainable), training on %s", f"{total:,}", f"{trainable:,}", device)
+        forward = distributed.wrap(model, config.train.strategy, group, device)  # before the optimizer: FSDP
+        if group.rank:  # the same initial weights on every rank, but each rank its own dropout masks
+            seeding.seed_everything(config.seed + group.rank)
         optimizer = build_optimizer(model, config.train, fused=device.type == "cuda")
         precision = devices.precision_for(device, config.train.precision)
         scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        state = TrainState(model, optimizer, build_schedule(optimizer, config.train), scaler, DataPosition())
-        if config.train.compile:
-            state.forward = torch.compile(model)
+        schedule = build_schedule(optimizer, config.train)
+        state = TrainState(
+            model, optimizer, schedule, scaler, DataPosition(), group=group, sharded=config.train.strategy == "fsdp"
+        )
+        state.forward = torch.compile(forward) if config.train.compile else forward
         resume(state, train_dir, device)
 
-        train_dir.finished.unlink(missing_ok=True)
-        cfg.save(config, train_dir.config)
+        group.barrier()  # every rank read config.yaml and its checkpoint before rank 0 rewrites anything
+        if group.is_main:
+            train_dir.finished.unlink(missing_ok=True)
+            cfg.save(config, train_dir.config)
         train(config, task, state, train_dir, device)
     return 0
+
+
+def owning(train_dir: TrainDir, group: Distributed) -> contextlib.AbstractContextManager:
+    """The train_dir's lock, held by rank 0 for all ranks: one training writes a train_dir."""
+    if not group.is_main:
+        return contextlib.nullcontext()
+    return exclusive_lock(train_dir.lock, f"another train.py is already training in {train_dir.root}")
 
 
 if __name__ == "__main__":

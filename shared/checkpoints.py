@@ -1,15 +1,19 @@
-"""Checkpoint files: atomic writes, safe loads, and retention.
+"""Checkpoints: atomic writes, safe loads, and retention.
 
 A checkpoint exists under its final name `checkpoints/ckpt-<step:09d>.pt` only once it is complete:
 it is written to `.ckpt-<step>.pt.tmp` in the same folder, fsynced, renamed into place and the folder
-fsynced. Loads never unpickle arbitrary objects (`weights_only=True`).
+fsynced. Loads never unpickle arbitrary objects (`weights_only=True`). Sharded checkpoints (FSDP) are
+folders `ckpt-<step:09d>/` committed the same way (shared/sharded.py); listing, loading, retention and
+stale-temp cleanup here take both forms.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pickle
+import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_futures
@@ -20,20 +24,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from shared import sharded
 from shared.config import CheckpointConfig
-from shared.errors import RunAborted
+from shared.distributed import Distributed
+from shared.errors import CheckpointError, RunAborted
 from shared.files import atomic_file, fsync_dir
-from shared.layout import CHECKPOINT_TEMP_RE, TrainDir, checkpoint_step
+from shared.layout import CHECKPOINT_TEMP_RE, TrainDir, checkpoint_step, checkpoint_temp_folder
 from shared.results import LedgerTail
 from shared.snapshots import HostSnapshot
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used; the message is the reason, for one log line."""
 
 
 @dataclass(frozen=True, order=True)
@@ -65,8 +67,11 @@ def save(train_dir: TrainDir, step: int, state: dict[str, Any]) -> Path:
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The checkpoint's state, or CheckpointError saying why it cannot be used.
 
-    FileNotFoundError passes through: the caller decides what a vanished file means.
+    FileNotFoundError passes through: the caller decides what a vanished file means. A sharded
+    checkpoint (a folder) gives its full weights and plain state, without the optimizer state.
     """
+    if os.path.isdir(path):
+        return _checked(sharded.load_for_eval(Path(path)))
     if os.path.getsize(path) == 0:
         raise CheckpointError("empty file (0 bytes)")
     try:
@@ -79,6 +84,11 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
         raise CheckpointError(
             f"not a readable checkpoint (truncated or corrupt?): {type(err).__name__}: {_first_line(err)}"
         ) from None
+    return _checked(state)
+
+
+def _checked(state: Any) -> dict[str, Any]:
+    """`state` if it has what every trainval checkpoint has, else CheckpointError saying what is wrong."""
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise CheckpointError("not a trainval checkpoint: no 'model' and 'step' entries")
     if not isinstance(state["step"], int) or isinstance(state["step"], bool) or state["step"] < 0:
@@ -91,6 +101,19 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
             f"format version {version!r} is newer than this trainval reads ({FORMAT_VERSION}); upgrade trainval"
         )
     return state
+
+
+def load_for_resume(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, sharded_training: bool
+) -> dict[str, Any]:
+    """What TrainState.load_state_dict takes. A sharded checkpoint (folder) restores the model's and the
+    optimizer's shards here, resharded to this run's world size; a file is read whole by every rank."""
+    if os.path.isdir(path) != sharded_training:
+        written, now = ("fsdp", "ddp") if os.path.isdir(path) else ("ddp", "fsdp")
+        raise CheckpointError(f"it was written with train.strategy={written}, not {now}; resume with {written}")
+    if sharded_training:
+        return _checked(sharded.load_into(Path(path), model, optimizer) | {"model": None})
+    return load(path, map_location=device)
 
 
 def restore_model(model: nn.Module, state: dict[str, Any]) -> None:
@@ -119,7 +142,7 @@ def restore_model(model: nn.Module, state: dict[str, Any]) -> None:
 
 
 def remove_stale_temps(folder: Path) -> list[Path]:
-    """Delete temp files a killed writer left behind, matched by their exact name pattern only."""
+    """Delete temp files and folders a killed writer left behind, matched by their exact name pattern only."""
     try:
         names = os.listdir(folder)
     except FileNotFoundError:
@@ -127,8 +150,9 @@ def remove_stale_temps(folder: Path) -> list[Path]:
     removed = []
     for name in names:
         if CHECKPOINT_TEMP_RE.match(name):
-            (folder / name).unlink(missing_ok=True)
-            removed.append(folder / name)
+            path = folder / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            removed.append(path)
     return removed
 
 
@@ -169,13 +193,24 @@ def apply_retention(folder: Path, policy: RetentionPolicy, last_evaluated: int |
     for checkpoint in checkpoints:
         if checkpoint.step in delete:
             try:
-                checkpoint.path.unlink(missing_ok=True)
+                _delete(checkpoint)
                 deleted.append(checkpoint.step)
             except OSError as err:  # a retention failure never costs a checkpoint; the next save tries again
                 log.warning("could not delete %s: %s", checkpoint.path.name, err.strerror)
     if deleted:
         fsync_dir(folder)
     return deleted
+
+
+def _delete(checkpoint: Checkpoint) -> None:
+    """A file is unlinked; a folder is first renamed to its temp name, so no reader ever sees half of one
+    under its committed name (a leftover is removed as a stale temp at the next start)."""
+    if not checkpoint.path.is_dir():
+        checkpoint.path.unlink(missing_ok=True)
+        return
+    temp = checkpoint.path.with_name(checkpoint_temp_folder(checkpoint.step))
+    os.replace(checkpoint.path, temp)
+    shutil.rmtree(temp)
 
 
 def _unpickling_reason(err: pickle.UnpicklingError) -> str:
@@ -211,11 +246,21 @@ class PeriodicSaver:
     `checkpoint.async_save`), retention after each commit, and what a failed save means.
 
     At most one save is in flight; the next one first waits for it. Outcomes are settled in the training
-    thread, so a failure can stop the run there.
+    thread, so a failure can stop the run there. Under torchrun every rank calls `save` at the same
+    steps: with `shards` (FSDP: the model and optimizer) all ranks write their shards, else rank 0 alone
+    writes the file; rank 0 alone commits and applies retention.
     """
 
-    def __init__(self, train_dir: TrainDir, options: CheckpointConfig, last_saved_step: int) -> None:
+    def __init__(
+        self,
+        train_dir: TrainDir,
+        options: CheckpointConfig,
+        last_saved_step: int,
+        group: Distributed | None = None,
+        shards: tuple[nn.Module, torch.optim.Optimizer] | None = None,
+    ) -> None:
         self.train_dir, self.options = train_dir, options
+        self.group, self.shards = group or Distributed.alone(), shards
         self.policy = RetentionPolicy(options.max_to_keep, options.keep_every_n_steps, options.max_unevaluated)
         self.last_saved_step = self.last_requested_step = last_saved_step
         self.last_saved_time = time.monotonic()
@@ -226,9 +271,14 @@ class PeriodicSaver:
         self.in_flight: _Save | None = None
 
     def due(self, step: int) -> bool:
-        by_steps = self.options.every_steps and step % self.options.every_steps == 0
-        by_time = self.options.every_secs and time.monotonic() - self.last_saved_time >= self.options.every_secs
-        return bool(by_steps or by_time)
+        return self.due_by_steps(step) or self.due_by_time()
+
+    def due_by_steps(self, step: int) -> bool:
+        return bool(self.options.every_steps and step % self.options.every_steps == 0)
+
+    def due_by_time(self) -> bool:
+        """By this process's clock: under torchrun train.py agrees it between the ranks first."""
+        return bool(self.options.every_secs and time.monotonic() - self.last_saved_time >= self.options.every_secs)
 
     def save(self, step: int, state: dict[str, Any], *, final: bool = False) -> None:
         """Write `state` as the checkpoint for `step`. Asynchronously, the loop blocks only for the
@@ -236,15 +286,26 @@ class PeriodicSaver:
         self.wait()
         started = time.monotonic()
         self.last_requested_step, self.last_saved_time = step, started
+        if self.shards:
+            plain = {"format_version": FORMAT_VERSION, "step": step, **state}
+            written = sharded.save_async(
+                self.train_dir.checkpoints, step, *self.shards, plain, self.group.checkpoint_group
+            )
+            job = functools.partial(self._commit_sharded, step, written)
+        elif not self.group.is_main:
+            job = functools.partial(self._nothing_to_write, step)
+        elif self.writer is None:
+            job = functools.partial(self._write, step, state, None)
+        else:
+            job = functools.partial(self._write, step, *self.snapshot.take(state))
         if self.writer is None:
             future: Future = Future()
             try:
-                future.set_result(self._write(step, state, None))
+                future.set_result(job())
             except OSError as err:
                 future.set_exception(err)
         else:
-            tree, ready = self.snapshot.take(state)
-            future = self.writer.submit(self._write, step, tree, ready)
+            future = self.writer.submit(job)
         self.in_flight = _Save(step, future, final, time.monotonic() - started)
         if final or self.writer is None:
             self.wait()
@@ -265,6 +326,8 @@ class PeriodicSaver:
             return
         self.failures = 0
         self.last_saved_step = pending.step
+        if path is None:  # a rank other than 0: rank 0 reports the save
+            return
         log.info(
             "saved %s (the loop blocked %.3fs, writing took %.2fs)%s",
             path.name,
@@ -288,6 +351,22 @@ class PeriodicSaver:
         path = save(self.train_dir, step, state)
         deleted = apply_retention(self.train_dir.checkpoints, self.policy, self.ledger.newest_step())
         return path, deleted, time.monotonic() - started
+
+    def _commit_sharded(self, step: int, written: Future) -> tuple[Path | None, list[int], float]:
+        """Wait until every rank's shards and DCP's metadata are written; then rank 0 commits the folder."""
+        started = time.monotonic()
+        try:
+            written.result()
+        except Exception as err:  # DCP gathers every rank's failure into one exception
+            raise OSError(f"writing the shards failed: {_first_line(err)}") from None
+        if not self.group.is_main:
+            return None, [], time.monotonic() - started
+        path = sharded.commit(self.train_dir.checkpoints, step)
+        deleted = apply_retention(self.train_dir.checkpoints, self.policy, self.ledger.newest_step())
+        return path, deleted, time.monotonic() - started
+
+    def _nothing_to_write(self, step: int) -> tuple[None, list[int], float]:
+        return None, [], 0.0
 
     def _failed(self, step: int, err: OSError, final: bool) -> None:
         """The temp file is gone and older checkpoints are intact: warn and retry, or stop the run."""

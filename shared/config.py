@@ -82,6 +82,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 elsewhere
     compile: bool = False  # torch.compile the model for training
     nan_policy: Literal["stop", "skip_step"] = "stop"  # on a NaN/Inf loss or gradient norm
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard (FSDP2) the model
 
 
 @dataclass

@@ -23,7 +23,12 @@ class DataPosition:
 
 
 class ResumableBatches:
-    """An endless stream of shuffled training batches (the last incomplete batch of an epoch is dropped)."""
+    """An endless stream of shuffled training batches (the last incomplete batch of an epoch is dropped).
+
+    Under torchrun each rank takes every `world_size`-th index of the epoch's permutation from its
+    `rank` on, as DistributedSampler does, so the ranks see disjoint shards of equal length and the
+    epoch's order still depends only on (seed, epoch). `batch_size` is per rank.
+    """
 
     def __init__(
         self,
@@ -33,11 +38,17 @@ class ResumableBatches:
         position: DataPosition,
         num_workers: int = 0,
         pin_memory: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.size = len(dataset)  # type: ignore[arg-type]
-        if batch_size > self.size:
-            raise ConfigError(f"data.batch_size: must be <= the training set's size ({self.size}), got {batch_size}")
+        if batch_size * world_size > self.size:
+            raise ConfigError(
+                f"data.batch_size: {batch_size} per rank x {world_size} rank(s) must be <= the training set's size "
+                f"({self.size}); lower it"
+            )
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.rank, self.world_size = rank, world_size
         self.position = position
         self.loader_options: dict[str, Any] = {"num_workers": num_workers, "pin_memory": pin_memory}
 
@@ -45,9 +56,10 @@ class ResumableBatches:
         return torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
-        """The epoch's shuffled indices, cut to whole batches."""
+        """This rank's share of the epoch's shuffled indices, cut to whole batches on every rank."""
         order = torch.randperm(self.size, generator=self.epoch_generator(epoch))
-        return order[: self.size - self.size % self.batch_size]
+        global_batch = self.batch_size * self.world_size
+        return order[: self.size - self.size % global_batch][self.rank :: self.world_size]
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         return self.epoch_order(epoch).view(-1, self.batch_size).tolist()

@@ -7,3 +7,7 @@ class UsageError(Exception):
 
 class RunAborted(Exception):
     """A run that cannot go on (disk full, NaN loss): the message says what happened and what to do."""
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; the message is the reason, for one log line."""

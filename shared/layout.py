@@ -11,16 +11,28 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-CHECKPOINT_RE = re.compile(r"^ckpt-(\d{9})\.pt$")
-CHECKPOINT_TEMP_RE = re.compile(r"^\.ckpt-(\d{9})\.pt\.tmp$")
+# A checkpoint is a file `ckpt-<step>.pt` (one process, or DDP) or a folder `ckpt-<step>` (FSDP, written
+# with torch.distributed.checkpoint); each is written under its temp name and renamed when complete.
+CHECKPOINT_RE = re.compile(r"^ckpt-(\d{9})(\.pt)?$")
+CHECKPOINT_TEMP_RE = re.compile(r"^\.ckpt-(\d{9})(\.pt)?\.tmp$")
+METADATA = ".metadata"  # DCP's index of a sharded checkpoint, written last
+SHARDED_STATE = "state.pt"  # the plain values of a sharded checkpoint (step, schedule, data position, RNG)
 
 
 def checkpoint_name(step: int) -> str:
     return f"ckpt-{step:09d}.pt"
 
 
+def checkpoint_folder(step: int) -> str:
+    return f"ckpt-{step:09d}"
+
+
+def checkpoint_temp_folder(step: int) -> str:
+    return f".ckpt-{step:09d}.tmp"
+
+
 def checkpoint_step(path: str | os.PathLike) -> int | None:
-    """The step of a committed checkpoint file, or None for any other name (temps included)."""
+    """The step of a committed checkpoint (file or folder), or None for any other name (temps included)."""
     match = CHECKPOINT_RE.match(os.path.basename(path))
     return int(match.group(1)) if match else None
 

@@ -11,9 +11,12 @@ log = logging.getLogger("train")
 
 
 class Progress:
-    def __init__(self, start: int, total: int) -> None:
+    """`shown` by one process only (rank 0 under torchrun); the others' bars would overwrite it."""
+
+    def __init__(self, start: int, total: int, shown: bool = True) -> None:
         self.total = total
-        self.bar = tqdm(initial=start, total=total, unit="step", dynamic_ncols=True) if sys.stderr.isatty() else None
+        terminal = shown and sys.stderr.isatty()
+        self.bar = tqdm(initial=start, total=total, unit="step", dynamic_ncols=True) if terminal else None
 
     def advance(self) -> None:
         if self.bar:

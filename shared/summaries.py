@@ -5,15 +5,34 @@ its last durable state."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
 
-def open_writer(run_dir: Path, purge_step: int) -> SummaryWriter:
-    """A writer whose START record drops every point at step >= purge_step from earlier files."""
+def open_writer(run_dir: Path, purge_step: int, enabled: bool = True) -> SummaryWriter:
+    """A writer whose START record drops every point at step >= purge_step from earlier files.
+
+    Not `enabled` (torchrun ranks other than 0), a writer that writes nothing: one writer per run.
+    """
+    if not enabled:
+        return _Silent()  # type: ignore[return-value]
     run_dir.mkdir(parents=True, exist_ok=True)
     return SummaryWriter(log_dir=str(run_dir), purge_step=purge_step, flush_secs=30)
+
+
+class _Silent:
+    """Takes every SummaryWriter call and writes nothing."""
+
+    def __enter__(self) -> _Silent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
 
 
 def confusion_image(matrix: list[list[int]], cell: int = 16) -> np.ndarray:

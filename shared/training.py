@@ -14,6 +14,7 @@ from torch import nn
 from shared import seeding
 from shared.config import TrainConfig
 from shared.data import DataPosition
+from shared.distributed import Distributed
 
 
 def build_optimizer(model: nn.Module, options: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
@@ -66,29 +67,35 @@ class TrainState:
     scaler: torch.amp.GradScaler
     position: DataPosition
     step: int = 0
-    forward: nn.Module = field(init=False)  # the model, or its torch.compile'd wrapper
+    group: Distributed = field(default_factory=Distributed.alone)
+    sharded: bool = False  # FSDP: weights and optimizer state are saved by shared.sharded, not in state_dict()
+    forward: nn.Module = field(init=False)  # the model as the step calls it: DDP- or torch.compile-wrapped
 
     def __post_init__(self) -> None:
         self.forward = self.model
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+        """Collective under torchrun (the ranks' RNG states are gathered): every rank calls it."""
+        weights = {} if self.sharded else {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        rng = seeding.rng_state()
+        return weights | {
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "data": self.position.state_dict(),
-            "rng": seeding.rng_state(),
+            "rng": rng,  # rank 0's: what a run with another world size continues with
+            **({"rng_by_rank": self.group.gather(rng)} if self.group.enabled else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if not self.sharded:  # shared.sharded.load_into restored the shards already
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state["scaler"]:  # empty when saved with fp16 off; a fresh scaler is right then
             self.scaler.load_state_dict(state["scaler"])
         self.position.epoch, self.position.batch = state["data"]["epoch"], state["data"]["batch"]
-        seeding.set_rng_state(state["rng"])
+        by_rank = state.get("rng_by_rank") or []
+        seeding.set_rng_state(by_rank[self.group.rank] if len(by_rank) == self.group.world_size else state["rng"])
         self.step = state["step"]
 
 
