@@ -98,3 +98,6 @@ class TrainDir:
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / checkpoint_name(step)
+
+    def sharded_checkpoint(self, step: int) -> Path:
+        return self.checkpoints / checkpoint_folder(step)

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from shared import sharded
+from shared.errors import CheckpointError
 from shared.files import append_line, write_atomic
 from shared.layout import TrainDir
 
@@ -135,23 +137,28 @@ def update_best(train_dir: TrainDir, ledger: Ledger, metric: str, mode: str) -> 
     """Point eval/best.pt and eval/best.json at the ledger's best step, if that changed.
 
     best.pt is a hard link (a copy where links are not possible), so deleting the original under
-    retention leaves it intact. It is replaced before best.json, so best.json never names a step
-    whose weights are not in best.pt.
+    retention leaves it intact; of a sharded checkpoint (a folder), a single-file copy of its weights
+    and plain state. It is replaced before best.json, so best.json never names a step whose weights
+    are not in best.pt.
     """
     best = best_record(list(ledger.records.values()), metric, mode)
     current = read_best(train_dir)
     if best is None or (current and current["step"] == best["step"] and train_dir.best_checkpoint.exists()):
         return current
     source = train_dir.checkpoint(best["step"])  # from the step, so no path in a file can point elsewhere
+    folder = train_dir.sharded_checkpoint(best["step"])
     temp = train_dir.best_checkpoint.with_name(".best.pt.tmp")
     temp.unlink(missing_ok=True)
     try:
-        try:
-            os.link(source, temp)
-        except OSError:
-            write_atomic(temp, source.read_bytes())
-    except FileNotFoundError:
-        log.warning("best checkpoint %s was deleted before it could be kept; best.pt stays as it was", source)
+        if folder.is_dir():
+            sharded.consolidate(folder, temp)
+        else:
+            try:
+                os.link(source, temp)
+            except OSError:
+                write_atomic(temp, source.read_bytes())
+    except (FileNotFoundError, CheckpointError):  # deleted by retention meanwhile
+        log.warning("best checkpoint of step %d was deleted before it could be kept; best.pt stays", best["step"])
         return current
     os.replace(temp, train_dir.best_checkpoint)
     summary = {

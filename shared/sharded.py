@@ -142,7 +142,8 @@ def _read_state(folder: Path) -> dict[str, Any]:
 
 def _dcp_load(state: dict[str, Any], reader: SafeReader, folder: Path) -> None:
     try:
-        dcp.load(state, storage_reader=reader, planner=_TensorsOnly())
+        no_dist = not torch.distributed.is_initialized()  # eval.py: one process, no process group
+        dcp.load(state, storage_reader=reader, planner=_TensorsOnly(), no_dist=no_dist)
     except CheckpointError:
         raise
     except Exception as err:  # DCP wraps every rank's failure into one CheckpointException
@@ -169,6 +170,16 @@ def load_for_eval(folder: Path) -> dict[str, Any]:
     targets["model"] = weights
     _dcp_load(targets, reader, folder)
     return {**_read_state(folder), "model": weights}
+
+
+def consolidate(folder: Path, temp: Path) -> None:
+    """Write the folder's weights and plain state as one checkpoint file at `temp` (fsynced; the caller
+    renames it): what eval.py keeps as best.pt, loadable anywhere without DCP."""
+    state = load_for_eval(folder)
+    with open(temp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def load_into(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -4,7 +4,7 @@ Events are hints, never the truth: a wake-up (or the periodic timeout) only make
 the checkpoints folder. Temp files never wake it. A created event can fire before its writer is done
 (watchdog #586), but train.py only ever renames complete files onto `ckpt-*.pt` names, so any event
 for such a name means a complete checkpoint. inotify sees nothing on NFS/CIFS or across Docker Desktop
-bind mounts: use polling there.
+bind mounts: use polling there. A sharded checkpoint is a folder renamed into place: a directory event.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ class _WakeOnArrival(FileSystemEventHandler):
         self.markers = {train_dir.config, train_dir.finished}
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.is_directory:
-            return
         path = Path(event.dest_path if event.event_type == "moved" else event.src_path)
         # A final checkpoint name only ever appears by rename, so even a created event for it (what a
         # polling observer reports for a write + rename between two polls) means it is complete.
         is_checkpoint = path.parent == self.train_dir.checkpoints and checkpoint_step(path) is not None
+        if event.is_directory and not is_checkpoint:
+            return
         if event.event_type in ("created", "moved", "closed") and (is_checkpoint or path in self.markers):
             self.wake.set()
 

@@ -1,0 +1,130 @@
+"""train.py under torchrun on the CPU (gloo, 2 processes): DDP stops on SIGTERM and resumes to the same
+losses; FSDP writes sharded checkpoint folders that eval.py reads in one process; a sharded checkpoint
+whose metadata would run code is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from shared import checkpoints
+from shared.layout import METADATA, TrainDir
+from shared.results import read_records
+from tests.conftest import ROOT, Proc, scalar_points, wait_until
+
+pytestmark = pytest.mark.slow
+
+# Tiny: a few seconds per torchrun launch on 2 cores, most of it start-up.
+RUN = [
+    "--config", "configs/digits.yaml",
+    "--set", "model.channels=8",
+    "--set", "model.hidden=16",
+    "--set", "data.batch_size=32",
+    "--set", "train.warmup_steps=5",
+    "--set", "log.every_steps=5",
+]  # fmt: skip
+
+
+def gloo_works() -> str | None:
+    """None, or why a gloo process group cannot start here (then the torchrun tests skip)."""
+    if not dist.is_available() or not dist.is_gloo_available():
+        return "torch was built without torch.distributed/gloo"
+    probe = "import torch.distributed as d; d.init_process_group('gloo', init_method='tcp://127.0.0.1:0', rank=0, world_size=1)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    return None if result.returncode == 0 else f"gloo cannot start: {result.stderr.strip().splitlines()[-1:]}"
+
+
+needs_gloo = pytest.mark.skipif(bool(reason := gloo_works()), reason=reason or "")
+
+
+def torchrun(start, train_dir: Path, *args: str, nproc: int = 2) -> Proc:
+    return start(
+        "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+        "train.py", "--train-dir", str(train_dir), *RUN, *args,
+    )  # fmt: skip
+
+
+def losses(train_dir: Path) -> list[tuple[int, float]]:
+    return scalar_points(train_dir / "train", "loss")
+
+
+@needs_gloo
+def test_ddp_stopped_by_sigterm_resumes_to_the_same_losses(tmp_path: Path, start) -> None:
+    """SIGTERM to torchrun reaches both ranks; they agree on the stop step, rank 0 saves it, and the
+    resumed run logs the same loss at every step as an uninterrupted 2-process run."""
+    steps = ["--set", "train.steps=150", "--set", "checkpoint.every_steps=50"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert torchrun(start, whole, *steps).wait() == 0
+
+    first = torchrun(start, split, *steps)
+    # The heartbeat is written once the ranks handle SIGTERM, before their first step.
+    wait_until((split / "heartbeat.json").exists, 120, "training to start")
+    first.signal(signal.SIGTERM)
+    first.wait()
+    stopped_at = checkpoints.list_checkpoints(split / "checkpoints")[-1].step
+    assert stopped_at < 150, "the run finished before the signal; nothing was resumed"
+    assert not (split / "finished.json").exists()
+    assert "stopping at the next safe point" in first.output()
+
+    assert torchrun(start, split, *steps).wait() == 0
+    assert losses(split) == losses(whole)
+    assert [s for s, _ in losses(whole)] == list(range(5, 151, 5))
+
+
+@needs_gloo
+def test_fsdp_sharded_checkpoints_are_evaluated_in_one_process(tmp_path: Path, start) -> None:
+    """2 FSDP ranks write checkpoint folders; eval.py, ad hoc and as a daemon, reads them with no process group."""
+    steps = ["--set", "train.strategy=fsdp", "--set", "train.steps=20", "--set", "checkpoint.every_steps=10"]
+    assert torchrun(start, tmp_path, *steps).wait() == 0
+    found = checkpoints.list_checkpoints(tmp_path / "checkpoints")
+    assert [c.step for c in found] == [10, 20]
+    for checkpoint in found:
+        assert checkpoint.path.is_dir()
+        assert {METADATA, "state.pt", "__0_0.distcp", "__1_0.distcp"} <= set(os.listdir(checkpoint.path))
+
+    adhoc = subprocess.run(
+        [sys.executable, "eval.py", "--train-dir", str(tmp_path), "--checkpoint", "latest", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert adhoc.returncode == 0, adhoc.stderr
+    result = json.loads(adhoc.stdout)
+    assert result["step"] == 20 and 0 <= result["metrics"]["accuracy"] <= 1
+
+    assert start("eval.py", "--train-dir", str(tmp_path), "--idle-timeout", "30").wait() == 0
+    records = read_records(tmp_path / "eval" / "results.jsonl")
+    assert [(r["step"], r["status"]) for r in records] == [(10, "ok"), (20, "ok")]
+    assert records[-1]["metrics"] == result["metrics"]  # the daemon and ad hoc agree
+    best = checkpoints.load(TrainDir(tmp_path).best_checkpoint)  # best.pt: one file, loadable without DCP
+    assert best["step"] in (10, 20) and all(torch.is_tensor(w) for w in best["model"].values())
+
+
+class _RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_sharded_checkpoint_with_code_in_its_metadata_is_refused(tmp_path: Path) -> None:
+    """A `.metadata` pickle that would run a command is refused, naming the file; the command never runs."""
+    folder = tmp_path / "checkpoints" / "ckpt-000000010"
+    folder.mkdir(parents=True)
+    marker = tmp_path / "pwned"
+    (folder / METADATA).write_bytes(pickle.dumps(_RunsCode(marker)))
+    torch.save({"format_version": 1, "step": 10}, folder / "state.pt")
+    with pytest.raises(checkpoints.CheckpointError, match=r"\.metadata.*refused.*(posix|os)\.system"):
+        checkpoints.load(folder)
+    assert not marker.exists()
