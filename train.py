@@ -196,7 +196,7 @@ def stop_if_not_finite(
         )
 
 
-def resume(state: TrainState, train_dir: TrainDir, device: torch.device) -> None:
+def resume(state: TrainState, train_dir: TrainDir) -> None:
     """Continue from the newest checkpoint, if any, after clearing temp files a crash left behind.
 
     Under torchrun rank 0 chooses the checkpoint, so every rank resumes from the same one.
@@ -211,7 +211,7 @@ def resume(state: TrainState, train_dir: TrainDir, device: torch.device) -> None
     if newest is None:
         return
     try:
-        state.load_state_dict(checkpoints.load_for_resume(newest, state.model, state.optimizer, device, state.sharded))
+        state.load_state_dict(checkpoints.load_for_resume(newest, state.model, state.optimizer, state.sharded))
     except (checkpoints.CheckpointError, KeyError) as err:
         raise UsageError(
             f"cannot resume from {newest}: {err}; move it out of the checkpoints folder to resume from the one before"
@@ -233,7 +233,7 @@ def main(argv: list[str]) -> int:
 
         devices.use_fast_math(device, autotune=True)
         model = task.build_model().to(device)
-        if task.channels_last and device.type == "cuda":
+        if task.channels_last and device.type == "cuda" and config.train.strategy != "fsdp":  # FSDP: contiguous only
             model = model.to(memory_format=torch.channels_last)
         total, trainable = parameter_counts(model)
         log.info("model: %s parameters (%s trainable), training on %s", f"{total:,}", f"{trainable:,}", device)
@@ -248,7 +248,7 @@ def main(argv: list[str]) -> int:
             model, optimizer, schedule, scaler, DataPosition(), group=group, sharded=config.train.strategy == "fsdp"
         )
         state.forward = torch.compile(forward) if config.train.compile else forward
-        resume(state, train_dir, device)
+        resume(state, train_dir)
 
         group.barrier()  # every rank read config.yaml and its checkpoint before rank 0 rewrites anything
         if group.is_main:

@@ -1,7 +1,8 @@
 """Training throughput, side by side in one run: the bare loop (the limit) against train.py alone, with
-eval.py beside it (on the CPU, on the same GPU), the classic loop that stops to validate, and PyTorch
-Lightning's Trainer, and train.py under torchrun with one process (DDP). Every variant trains the same model on the same data with the same optimizer for
-the same number of steps; each is reported as a ratio to the bare loop.
+eval.py beside it (on the CPU, on the same GPU), the classic loop that stops to validate, PyTorch
+Lightning's Trainer, and train.py under torchrun with one process. Every variant trains the same model
+on the same data with the same optimizer for the same number of steps; each is reported as a ratio to
+the bare loop.
 
     python -m bench.throughput                 # the H100 run: configs/synthetic.yaml
     python -m bench.throughput --smoke         # seconds on a CPU, so the script never rots

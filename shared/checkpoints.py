@@ -104,16 +104,17 @@ def _checked(state: Any) -> dict[str, Any]:
 
 
 def load_for_resume(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, sharded_training: bool
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, sharded_training: bool
 ) -> dict[str, Any]:
     """What TrainState.load_state_dict takes. A sharded checkpoint (folder) restores the model's and the
-    optimizer's shards here, resharded to this run's world size; a file is read whole by every rank."""
+    optimizer's shards here, resharded to this run's world size; a file is read whole by every rank, on
+    the CPU: the RNG states must stay there, and loading the weights copies them to the device."""
     if os.path.isdir(path) != sharded_training:
         written, now = ("fsdp", "ddp") if os.path.isdir(path) else ("ddp", "fsdp")
         raise CheckpointError(f"it was written with train.strategy={written}, not {now}; resume with {written}")
     if sharded_training:
         return _checked(sharded.load_into(Path(path), model, optimizer) | {"model": None})
-    return load(path, map_location=device)
+    return load(path, map_location="cpu")
 
 
 def restore_model(model: nn.Module, state: dict[str, Any]) -> None:

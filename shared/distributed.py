@@ -78,7 +78,7 @@ class Distributed:
         if not self.enabled:
             return value
         box = [value]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=self.checkpoint_group)
         return box[0]
 
     def gather(self, value: Any) -> list[Any]:
@@ -86,7 +86,7 @@ class Distributed:
         if not self.enabled:
             return [value]
         values: list[Any] = [None] * self.world_size
-        dist.all_gather_object(values, value)
+        dist.all_gather_object(values, value, group=self.checkpoint_group)  # gloo: the tensors stay on the CPU
         return values
 
     def barrier(self) -> None:
@@ -141,8 +141,10 @@ def init(device_arg: str) -> tuple[Distributed, str]:
 def wrap(model: nn.Module, strategy: str, group: Distributed, device: torch.device) -> nn.Module:
     """The module the training step calls: DDP replicates the model; FSDP shards it in place (FSDP2).
 
-    DDP returns a wrapper (checkpoints keep the unwrapped module's names); fully_shard changes the
-    model itself, one shard group per direct child, then the root.
+    DDP returns a wrapper (checkpoints keep the unwrapped module's names); with one process it would
+    only all-reduce with itself, at a cost (0.78x the steps/s on an H100, bench/RESULTS.md), so the
+    model runs unwrapped then. fully_shard changes the model itself, one shard group per direct child,
+    then the root.
     """
     if strategy == "fsdp":
         if not group.enabled:
@@ -156,7 +158,7 @@ def wrap(model: nn.Module, strategy: str, group: Distributed, device: torch.devi
                 fully_shard(child, mesh=mesh)
         fully_shard(model, mesh=mesh)
         return model
-    if not group.enabled:
+    if group.world_size == 1:
         return model
     return nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 

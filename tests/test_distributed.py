@@ -38,7 +38,10 @@ def gloo_works() -> str | None:
     """None, or why a gloo process group cannot start here (then the torchrun tests skip)."""
     if not dist.is_available() or not dist.is_gloo_available():
         return "torch was built without torch.distributed/gloo"
-    probe = "import torch.distributed as d; d.init_process_group('gloo', init_method='tcp://127.0.0.1:0', rank=0, world_size=1)"
+    probe = (
+        "import torch.distributed as d; "
+        "d.init_process_group('gloo', init_method='tcp://127.0.0.1:0', rank=0, world_size=1)"
+    )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     return None if result.returncode == 0 else f"gloo cannot start: {result.stderr.strip().splitlines()[-1:]}"
 
