@@ -298,7 +298,7 @@ VARIANTS: dict[str, tuple[str, Callable[[Setup], Result]]] = {
     "d": ("train.py + eval.py on the same GPU", lambda s: run_train_py(s, "cuda")),
     "e": ("classic loop: train, stop, validate", classic_loop),
     "f": ("PyTorch Lightning Trainer", lightning_loop),
-    "g": ("torchrun --nproc-per-node 1 train.py (DDP)", lambda s: run_train_py(s, None, TORCHRUN_1)),
+    "g": ("torchrun --nproc-per-node 1 train.py", lambda s: run_train_py(s, None, TORCHRUN_1)),
 }
 
 
