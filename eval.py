@@ -30,7 +30,7 @@ from shared.checkpoints import Checkpoint, CheckpointError, list_checkpoints
 from shared.errors import UsageError
 from shared.evaluation import Evaluation, Evaluator
 from shared.files import exclusive_lock
-from shared.layout import TrainDir
+from shared.layout import METADATA, TrainDir
 from shared.metrics import SCALARS
 from shared.results import EvalRecord, Ledger, update_best
 from shared.signals import StopRequest
@@ -195,8 +195,10 @@ def resolve_checkpoint(choice: str, train_dir: TrainDir) -> Path:
             )
         return train_dir.best_checkpoint
     path = Path(choice)
-    if not path.is_file():
-        raise UsageError(f"--checkpoint {choice}: no such file; give a checkpoint file, latest or best")
+    if not (path.is_file() or (path / METADATA).is_file()):
+        raise UsageError(
+            f"--checkpoint {choice}: no such file; give a checkpoint (file or sharded folder), latest or best"
+        )
     if not path.resolve().is_relative_to(train_dir.root.resolve()):
         raise UsageError(
             f"--checkpoint {choice} is outside --train-dir {train_dir.root}; copy it into "
