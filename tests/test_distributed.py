@@ -21,8 +21,6 @@ from shared.layout import METADATA, TrainDir
 from shared.results import read_records
 from tests.conftest import ROOT, Proc, scalar_points, wait_until
 
-pytestmark = pytest.mark.slow
-
 # Tiny: a few seconds per torchrun launch on 2 cores, most of it start-up.
 RUN = [
     "--config", "configs/digits.yaml",
@@ -34,19 +32,18 @@ RUN = [
 ]  # fmt: skip
 
 
-def gloo_works() -> str | None:
-    """None, or why a gloo process group cannot start here (then the torchrun tests skip)."""
+@pytest.fixture(scope="module")
+def gloo() -> None:
+    """Skips a torchrun test, saying why, where a gloo process group cannot start."""
     if not dist.is_available() or not dist.is_gloo_available():
-        return "torch was built without torch.distributed/gloo"
+        pytest.skip("torch was built without torch.distributed/gloo")
     probe = (
         "import torch.distributed as d; "
         "d.init_process_group('gloo', init_method='tcp://127.0.0.1:0', rank=0, world_size=1)"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
-    return None if result.returncode == 0 else f"gloo cannot start: {result.stderr.strip().splitlines()[-1:]}"
-
-
-needs_gloo = pytest.mark.skipif(bool(reason := gloo_works()), reason=reason or "")
+    if result.returncode != 0:
+        pytest.skip(f"gloo cannot start here: {result.stderr.strip().splitlines()[-1:]}")
 
 
 def torchrun(start, train_dir: Path, *args: str, nproc: int = 2) -> Proc:
@@ -60,8 +57,8 @@ def losses(train_dir: Path) -> list[tuple[int, float]]:
     return scalar_points(train_dir / "train", "loss")
 
 
-@needs_gloo
-def test_ddp_stopped_by_sigterm_resumes_to_the_same_losses(tmp_path: Path, start) -> None:
+@pytest.mark.slow
+def test_ddp_stopped_by_sigterm_resumes_to_the_same_losses(tmp_path: Path, start, gloo: None) -> None:
     """SIGTERM to torchrun reaches both ranks; they agree on the stop step, rank 0 saves it, and the
     resumed run logs the same loss at every step as an uninterrupted 2-process run."""
     steps = ["--set", "train.steps=150", "--set", "checkpoint.every_steps=50"]
@@ -83,8 +80,8 @@ def test_ddp_stopped_by_sigterm_resumes_to_the_same_losses(tmp_path: Path, start
     assert [s for s, _ in losses(whole)] == list(range(5, 151, 5))
 
 
-@needs_gloo
-def test_fsdp_sharded_checkpoints_are_evaluated_in_one_process(tmp_path: Path, start) -> None:
+@pytest.mark.slow
+def test_fsdp_sharded_checkpoints_are_evaluated_in_one_process(tmp_path: Path, start, gloo: None) -> None:
     """2 FSDP ranks write checkpoint folders; eval.py, ad hoc and as a daemon, reads them with no process group."""
     steps = ["--set", "train.strategy=fsdp", "--set", "train.steps=20", "--set", "checkpoint.every_steps=10"]
     assert torchrun(start, tmp_path, *steps).wait() == 0
@@ -131,3 +128,21 @@ def test_sharded_checkpoint_with_code_in_its_metadata_is_refused(tmp_path: Path)
     with pytest.raises(checkpoints.CheckpointError, match=r"\.metadata.*refused.*(posix|os)\.system"):
         checkpoints.load(folder)
     assert not marker.exists()
+
+
+def test_folder_checkpoints_are_listed_cleaned_and_retired(tmp_path: Path) -> None:
+    """Sharded checkpoints are folders: listed by name, their temp folders cleaned at start, retired whole."""
+    folder = tmp_path / "checkpoints"
+    for name in ("ckpt-000000010", "ckpt-000000020", "ckpt-000000030.pt", ".ckpt-000000040.tmp", "ckpt-5"):
+        path = folder / name
+        if name.endswith(".pt"):
+            folder.mkdir(exist_ok=True)
+            path.write_bytes(b"x")
+        else:
+            path.mkdir(parents=True)
+            (path / "__0_0.distcp").write_bytes(b"x")
+    assert [c.step for c in checkpoints.list_checkpoints(folder)] == [10, 20, 30]
+    assert [p.name for p in checkpoints.remove_stale_temps(folder)] == [".ckpt-000000040.tmp"]
+    deleted = checkpoints.apply_retention(folder, checkpoints.RetentionPolicy(max_to_keep=1), last_evaluated=None)
+    assert deleted == [10, 20]
+    assert sorted(os.listdir(folder)) == ["ckpt-000000030.pt", "ckpt-5"]
