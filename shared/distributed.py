@@ -34,7 +34,10 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    checkpoint_group: Any = None  # a gloo group for checkpoint collectives that run beside training's
+    # Two gloo groups of all ranks: DCP's asynchronous saves run collectives in a background thread, and
+    # a group must not be used by two threads at once; small objects (CPU tensors in them) go over gloo.
+    checkpoint_group: Any = None
+    object_group: Any = None
 
     @staticmethod
     def alone() -> Distributed:
@@ -78,7 +81,7 @@ class Distributed:
         if not self.enabled:
             return value
         box = [value]
-        dist.broadcast_object_list(box, src=0, group=self.checkpoint_group)
+        dist.broadcast_object_list(box, src=0, group=self.object_group)
         return box[0]
 
     def gather(self, value: Any) -> list[Any]:
@@ -86,7 +89,7 @@ class Distributed:
         if not self.enabled:
             return [value]
         values: list[Any] = [None] * self.world_size
-        dist.all_gather_object(values, value, group=self.checkpoint_group)  # gloo: the tensors stay on the CPU
+        dist.all_gather_object(values, value, group=self.object_group)  # gloo: the tensors stay on the CPU
         return values
 
     def barrier(self) -> None:
@@ -131,11 +134,11 @@ def init(device_arg: str) -> tuple[Distributed, str]:
     else:
         dist.init_process_group("gloo", timeout=TIMEOUT)
         device = torch.device("cpu")
-    group = dist.new_group(backend="gloo", timeout=TIMEOUT)
+    checkpoint_group, object_group = (dist.new_group(backend="gloo", timeout=TIMEOUT) for _ in range(2))
     if rank != 0:  # one voice in the log: the other ranks report only problems
         logging.getLogger().setLevel(logging.WARNING)
     log.info("rank %d of %d on %s (%s)", rank, world_size, device, dist.get_backend())
-    return Distributed(rank, world_size, local_rank, group), str(device)
+    return Distributed(rank, world_size, local_rank, checkpoint_group, object_group), str(device)
 
 
 def wrap(model: nn.Module, strategy: str, group: Distributed, device: torch.device) -> nn.Module:
