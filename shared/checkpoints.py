@@ -4,7 +4,8 @@ A checkpoint exists under its final name `checkpoints/ckpt-<step:09d>.pt` only o
 it is written to `.ckpt-<step>.pt.tmp` in the same folder, fsynced, renamed into place and the folder
 fsynced. Loads never unpickle arbitrary objects (`weights_only=True`). Sharded checkpoints (FSDP) are
 folders `ckpt-<step:09d>/` committed the same way (shared/sharded.py); listing, loading, retention and
-stale-temp cleanup here take both forms.
+stale-temp cleanup here take both forms. shared.sharded is imported where a folder is handled: it
+imports torch.distributed.checkpoint, which adds about half a second to every start otherwise.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from shared import sharded
 from shared.config import CheckpointConfig
 from shared.distributed import Distributed
 from shared.errors import CheckpointError, RunAborted
@@ -71,6 +71,8 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     checkpoint (a folder) gives its full weights and plain state, without the optimizer state.
     """
     if os.path.isdir(path):
+        from shared import sharded
+
         return _checked(sharded.load_for_eval(Path(path)))
     if os.path.getsize(path) == 0:
         raise CheckpointError("empty file (0 bytes)")
@@ -113,6 +115,8 @@ def load_for_resume(
         written, now = ("fsdp", "ddp") if os.path.isdir(path) else ("ddp", "fsdp")
         raise CheckpointError(f"it was written with train.strategy={written}, not {now}; resume with {written}")
     if sharded_training:
+        from shared import sharded
+
         return _checked(sharded.load_into(Path(path), model, optimizer) | {"model": None})
     return load(path, map_location="cpu")
 
@@ -288,6 +292,8 @@ class PeriodicSaver:
         started = time.monotonic()
         self.last_requested_step, self.last_saved_time = step, started
         if self.shards:
+            from shared import sharded
+
             plain = {"format_version": FORMAT_VERSION, "step": step, **state}
             written = sharded.save_async(
                 self.train_dir.checkpoints, step, *self.shards, plain, self.group.checkpoint_group
@@ -362,6 +368,8 @@ class PeriodicSaver:
             raise OSError(f"writing the shards failed: {_first_line(err)}") from None
         if not self.group.is_main:
             return None, [], time.monotonic() - started
+        from shared import sharded
+
         path = sharded.commit(self.train_dir.checkpoints, step)
         deleted = apply_retention(self.train_dir.checkpoints, self.policy, self.ledger.newest_step())
         return path, deleted, time.monotonic() - started

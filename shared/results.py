@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from shared import sharded
 from shared.errors import CheckpointError
 from shared.files import append_line, write_atomic
 from shared.layout import TrainDir
@@ -151,6 +150,8 @@ def update_best(train_dir: TrainDir, ledger: Ledger, metric: str, mode: str) -> 
     temp.unlink(missing_ok=True)
     try:
         if folder.is_dir():
+            from shared import sharded  # only here: it imports torch.distributed.checkpoint (slow)
+
             sharded.consolidate(folder, temp)
         else:
             try:
