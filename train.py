@@ -89,7 +89,8 @@ def train_step(
     max_norm = options.grad_clip_norm or math.inf  # the norm is logged even when clipping is off
     grad_norm = distributed.full(torch.nn.utils.clip_grad_norm_(state.model.parameters(), max_norm))
     result = StepResult(loss_sum / options.grad_accum_steps, grad_norm, state.optimizer.param_groups[0]["lr"], examples)
-    if options.nan_policy == "skip_step" and not bool(torch.isfinite(result.loss) & torch.isfinite(grad_norm)):
+    skip = options.nan_policy == "skip_step" and not bool(torch.isfinite(result.loss) & torch.isfinite(grad_norm))
+    if options.nan_policy == "skip_step" and state.group.agree([skip], device)[0]:  # all ranks skip, or none
         log.warning("step %d: loss or gradient norm is NaN/Inf; skipped its update (train.nan_policy)", state.step + 1)
     else:
         state.scaler.step(state.optimizer)
