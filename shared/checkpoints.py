@@ -29,7 +29,14 @@ from shared.config import CheckpointConfig
 from shared.distributed import Distributed
 from shared.errors import CheckpointError, RunAborted
 from shared.files import atomic_file, fsync_dir
-from shared.layout import CHECKPOINT_TEMP_RE, TrainDir, checkpoint_step, checkpoint_temp_folder
+from shared.layout import (
+    CHECKPOINT_TEMP_RE,
+    TrainDir,
+    checkpoint_folder,
+    checkpoint_name,
+    checkpoint_step,
+    checkpoint_temp_folder,
+)
 from shared.results import LedgerTail
 from shared.snapshots import HostSnapshot
 
@@ -380,7 +387,8 @@ class PeriodicSaver:
     def _failed(self, step: int, err: OSError, final: bool) -> None:
         """The temp file is gone and older checkpoints are intact: warn and retry, or stop the run."""
         self.failures += 1
-        newest = f"ckpt-{self.last_saved_step:09d}.pt" if self.last_saved_step else "none yet"
+        name = checkpoint_folder if self.shards else checkpoint_name
+        newest = name(self.last_saved_step) if self.last_saved_step else "none yet"
         what = f"could not save the checkpoint for step {step}: {err.strerror or err} ({err.filename or ''})"
         if final or self.failures >= self.options.max_save_failures:
             raise RunAborted(

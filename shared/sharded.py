@@ -159,7 +159,6 @@ def load_for_eval(folder: Path) -> dict[str, Any]:
     reader, metadata = _metadata(folder)
     mapping = metadata.planner_data if isinstance(metadata.planner_data, dict) else {}
     weights: dict[str, torch.Tensor] = {}
-    targets: dict[str, Any] = {}
     for key, item in metadata.state_dict_metadata.items():
         path = mapping.get(key, tuple(key.split(".", 1)))
         if not (isinstance(path, tuple) and len(path) == 2 and path[0] == "model"):
@@ -167,8 +166,7 @@ def load_for_eval(folder: Path) -> dict[str, Any]:
         if isinstance(item, BytesStorageMetadata) or not isinstance(item, TensorStorageMetadata):
             raise CheckpointError(f"weight {path[1]!r} is not a tensor in {folder / METADATA}")
         weights[path[1]] = torch.empty(item.size, dtype=item.properties.dtype)
-    targets["model"] = weights
-    _dcp_load(targets, reader, folder)
+    _dcp_load({"model": weights}, reader, folder)
     return {**_read_state(folder), "model": weights}
 
 
