@@ -151,7 +151,10 @@ def wrap(model: nn.Module, strategy: str, group: Distributed, device: torch.devi
     """
     if strategy == "fsdp":
         if not group.enabled:
-            raise UsageError("train.strategy=fsdp needs torchrun: torchrun --nproc-per-node N train.py ...")
+            raise UsageError(
+                "train.strategy=fsdp needs torchrun: start it as torchrun --nproc-per-node N train.py ... "
+                "(N=1 on one GPU)"
+            )
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
