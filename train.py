@@ -236,9 +236,9 @@ def main(argv: list[str]) -> int:
         model = task.build_model().to(device)
         if task.channels_last and device.type == "cuda" and config.train.strategy != "fsdp":  # FSDP: contiguous only
             model = model.to(memory_format=torch.channels_last)
+        forward = distributed.wrap(model, config.train.strategy, group, device)  # before the optimizer: FSDP
         total, trainable = parameter_counts(model)
         log.info("model: %s parameters (%s trainable), training on %s", f"{total:,}", f"{trainable:,}", device)
-        forward = distributed.wrap(model, config.train.strategy, group, device)  # before the optimizer: FSDP
         if group.rank:  # the same initial weights on every rank, but each rank its own dropout masks
             seeding.seed_everything(config.seed + group.rank)
         optimizer = build_optimizer(model, config.train, fused=device.type == "cuda")

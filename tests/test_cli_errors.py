@@ -27,6 +27,7 @@ CASES = [
     ("train.py", "--train-dir {tmp}/t4 --config {tmp}/missing.yaml", "does not exist"),
     ("train.py", "--train-dir {tmp}/t5 --config configs/digits.yaml --set task=nope.mod:Task", "cannot import module"),
     ("train.py", "--train-dir {tmp}/t6 --config configs/digits.yaml --set train.lrr=1", "unknown key 'train.lrr'"),
+    ("train.py", "--train-dir {tmp}/t7 --config configs/digits.yaml --set train.strategy=fsdp", "needs torchrun"),
     ("eval.py", "--train-dir {tmp}/run --checkpoint {tmp}/outside.pt", "is outside --train-dir"),
     ("eval.py", "--train-dir {tmp}/run --checkpoint best", "no best checkpoint yet"),
     ("eval.py", "--train-dir {tmp}/run --checkpoint latest --set model.channels=8", "model.channels: 32 -> 8"),
