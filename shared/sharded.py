@@ -72,6 +72,8 @@ class SafeReader(dcp.FileSystemReader):
             with open(path, "rb") as f:
                 metadata = _MetadataUnpickler(f).load()
         except FileNotFoundError:
+            if not path.parent.exists():
+                raise
             raise CheckpointError(f"{path} is missing: not a complete sharded checkpoint") from None
         except Exception as err:  # a refusal, or bytes that are no pickle at all
             raise CheckpointError(f"{path}: refused to read it: {err}") from None
@@ -132,6 +134,8 @@ def _read_state(folder: Path) -> dict[str, Any]:
     try:
         state = torch.load(folder / SHARDED_STATE, map_location="cpu", weights_only=True)
     except FileNotFoundError:
+        if not folder.exists():
+            raise
         raise CheckpointError(f"{folder / SHARDED_STATE} is missing: not a complete sharded checkpoint") from None
     except Exception as err:
         raise CheckpointError(f"{folder / SHARDED_STATE}: not readable: {type(err).__name__}: {err}") from None
@@ -147,6 +151,8 @@ def _dcp_load(state: dict[str, Any], reader: SafeReader, folder: Path) -> None:
     except CheckpointError:
         raise
     except Exception as err:  # DCP wraps every rank's failure into one CheckpointException
+        if not folder.exists():  # retired by retention meanwhile: the caller decides what that means
+            raise FileNotFoundError(folder) from None
         reason = " ".join(str(err).split())[:300]
         raise CheckpointError(f"DCP could not read {folder.name}: {type(err).__name__}: {reason}") from None
 
