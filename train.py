@@ -76,13 +76,14 @@ def train_step(
     """One optimizer step over `grad_accum_steps` micro-batches, with mixed precision and clipping."""
     state.optimizer.zero_grad(set_to_none=True)
     loss_sum, examples = torch.zeros((), device=device), 0
-    for _ in range(options.grad_accum_steps):
+    for micro in range(1, options.grad_accum_steps + 1):
         inputs, targets = next(batches)
         inputs = devices.to_device(inputs, device, task.channels_last)
         targets = targets.to(device, non_blocking=True)
-        with devices.autocast(device, options.precision):
-            loss = task.loss(state.forward(inputs), targets)
-        state.scaler.scale(loss / options.grad_accum_steps).backward()
+        with distributed.gradient_sync(state.forward, micro == options.grad_accum_steps):
+            with devices.autocast(device, options.precision):
+                loss = task.loss(state.forward(inputs), targets)
+            state.scaler.scale(loss / options.grad_accum_steps).backward()
         loss_sum += loss.detach().float()
         examples += len(targets)
     state.scaler.unscale_(state.optimizer)

@@ -169,6 +169,14 @@ def wrap(model: nn.Module, strategy: str, group: Distributed, device: torch.devi
     return nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
+def gradient_sync(module: nn.Module, now: bool) -> contextlib.AbstractContextManager:
+    """DDP all-reduces gradients at every backward; for the micro-batches before a step's last one
+    (train.grad_accum_steps) it need not: they only accumulate locally."""
+    if now or not isinstance(module, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return module.no_sync()
+
+
 def full(tensor: torch.Tensor) -> torch.Tensor:
     """A plain tensor: FSDP's gradient norm is a DTensor, which `.item()` and `torch.where` do not take."""
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
