@@ -23,6 +23,7 @@ from shared import checkpoints, cli, dashboards, devices, health, seeding
 from shared import config as cfg
 from shared.data import DataPosition, ResumableBatches, place
 from shared.errors import RunAborted, UsageError
+from shared.feedback import Feedback
 from shared.files import exclusive_lock, write_atomic
 from shared.layout import TrainDir
 from shared.progress import Progress
@@ -109,13 +110,15 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
     guard = NonFiniteGuard(device, check_grad_norm=not state.scaler.is_enabled())
     stop = StopRequest()
     progress = Progress(state.step, options.steps)
+    feedback = state.feedback
+    feedback.begin()
     interval_loss, interval_examples, interval_start = torch.zeros((), device=device), 0, time.perf_counter()
 
     with open_writer(train_dir.train_run, purge_step=state.step + 1) as writer:
         dashboards.write_train_header(writer, config, state.step)
         eval_lag = dashboards.EvalLag(train_dir.results)
         health.write_heartbeat(train_dir.heartbeat, state.step)
-        while state.step < options.steps and not stop:
+        while state.step < options.steps and not stop and not feedback.stopped:
             result = train_step(state, batches, task, device, options)
             state.step += 1
             if options.nan_policy == "stop":
@@ -137,6 +140,7 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
                     writer.add_scalar(tag, value, state.step)
                 progress.report(state.step, scalars)
                 eval_lag.log(writer, state.step)
+                feedback.at_log_step(state.step, state.scheduler, writer)  # may cut the LR, or stop
                 health.write_heartbeat(train_dir.heartbeat, state.step)
                 interval_loss.zero_()
                 interval_examples, interval_start = 0, time.perf_counter()
@@ -145,6 +149,7 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
                 stop_if_not_finite(guard, saver)
                 writer.flush()  # points up to a checkpoint are on disk before it: a resume never loses them
                 saver.save(state.step, state.state_dict())
+                feedback.keep_up(state.step, saver, stop)  # train.max_eval_lag
 
         stop_if_not_finite(guard, saver)
         if state.step > saver.last_requested_step:
@@ -152,10 +157,10 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
             saver.save(state.step, state.state_dict(), final=True)
         saver.close()
     progress.close()
-    if state.step >= options.steps:
-        record = {"step": state.step, "reason": "completed", "wall_time": time.time()}
+    if state.step >= options.steps or feedback.stopped:
+        record = {"step": state.step, "wall_time": time.time(), **feedback.finished_fields()}
         write_atomic(train_dir.finished, (json.dumps(record) + "\n").encode())
-        log.info("training finished at step %d", state.step)
+        log.info("training finished at step %d (%s)", state.step, record["reason"])
     else:
         log.info("stopped at step %d; run the same command to resume", state.step)
 
@@ -209,7 +214,9 @@ def main(argv: list[str]) -> int:
         optimizer = build_optimizer(model, config.train, fused=device.type == "cuda")
         precision = devices.precision_for(device, config.train.precision)
         scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        state = TrainState(model, optimizer, build_schedule(optimizer, config.train), scaler, DataPosition())
+        feedback = Feedback(config, train_dir)
+        schedule = build_schedule(optimizer, config.train, feedback.lr_factor)
+        state = TrainState(model, optimizer, schedule, scaler, DataPosition(), feedback)
         if config.train.compile:
             state.forward = torch.compile(model)
         resume(state, train_dir, device)

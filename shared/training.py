@@ -14,6 +14,7 @@ from torch import nn
 from shared import seeding
 from shared.config import TrainConfig
 from shared.data import DataPosition
+from shared.feedback import Feedback
 
 
 def build_optimizer(model: nn.Module, options: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
@@ -46,8 +47,12 @@ def lr_multiplier(options: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, options: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(options))
+def build_schedule(
+    optimizer: torch.optim.Optimizer, options: TrainConfig, feedback: Callable[[], float] = lambda: 1.0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The schedule times `feedback()`, the multiplier evaluation feedback sets (shared/feedback.py)."""
+    schedule = lr_multiplier(options)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step) * feedback())
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
@@ -65,6 +70,7 @@ class TrainState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     position: DataPosition
+    feedback: Feedback | None = None  # its state (LR multiplier, policies) goes into each checkpoint
     step: int = 0
     forward: nn.Module = field(init=False)  # the model, or its torch.compile'd wrapper
 
@@ -79,6 +85,7 @@ class TrainState:
             "scaler": self.scaler.state_dict(),
             "data": self.position.state_dict(),
             "rng": seeding.rng_state(),
+            **({"feedback": self.feedback.state_dict()} if self.feedback else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -89,6 +96,8 @@ class TrainState:
             self.scaler.load_state_dict(state["scaler"])
         self.position.epoch, self.position.batch = state["data"]["epoch"], state["data"]["batch"]
         seeding.set_rng_state(state["rng"])
+        if self.feedback and "feedback" in state:  # older checkpoints have none: feedback starts fresh
+            self.feedback.load_state_dict(state["feedback"])
         self.step = state["step"]
 
 
