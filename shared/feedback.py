@@ -206,6 +206,8 @@ class Feedback:
             return
         while self._ready and self._ready[0]["step"] <= step and not self.stopped:
             record = self._ready.pop(0)
+            if record["step"] <= self.last_eval_step:  # acted on already, in a replay
+                continue
             values = {name: self._value(record, policy) for name, policy in self.policies.items()}
             decision = self._decide(record["step"], values, step, scheduler)
             append_line(self.train_dir.decisions, _line(decision))
