@@ -239,7 +239,7 @@ class Feedback:
         """Keep the new ok records, in step order (failed and skipped ones never feed a policy); False
         when no evaluator keeps a ledger."""
         records = self.tail.poll()
-        for record in records or []:
+        for record in (records or []) if self.policies else []:
             if record["step"] <= self.last_eval_step:
                 continue
             if record.get("status") == "ok":

@@ -132,3 +132,14 @@ def test_a_killed_trainer_replays_the_same_decisions_at_the_same_steps(
 
 def evaluated(train_dir: TrainDir) -> set[int]:
     return {r["step"] for r in read_records(train_dir.results)}
+
+
+def test_without_an_evaluator_the_policies_and_max_eval_lag_never_wait(
+    start: Callable[..., Proc], tmp_path: Path
+) -> None:
+    """No ledger means no evaluator: nothing to wait for and nothing to decide; training completes."""
+    train_dir = TrainDir(tmp_path / "run")
+    trainer = start("train.py", "--train-dir", str(train_dir.root), *FEEDBACK_RUN, "--set", "train.steps=80")
+    assert trainer.wait(120) == 0, trainer.output()
+    assert json.loads(train_dir.finished.read_text())["reason"] == "completed"
+    assert not train_dir.decisions.exists() and "waiting for eval.py" not in trainer.output()
