@@ -64,7 +64,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Tr
     with process_starter(folder) as start:
         evaluator, trainer = start_pair(start, train_dir)
         assert trainer.wait() == 0, trainer.output()
-        assert evaluator.wait(60) == 0, evaluator.output()
+        assert evaluator.wait() == 0, evaluator.output()
         yield train_dir, evaluator, trainer
 
 
@@ -122,7 +122,7 @@ def test_a_killed_trainer_replays_the_same_decisions_at_the_same_steps(
 
     evaluator, trainer = start_pair(start, train_dir)
     assert trainer.wait() == 0, trainer.output()
-    assert evaluator.wait(60) == 0, evaluator.output()
+    assert evaluator.wait() == 0, evaluator.output()
     assert "replaying 1 decision(s) logged after the checkpoint, at steps [130]" in trainer.output()
     assert decided(train_dir) == decided(reference)
     assert scalar_points(train_dir.train_run, "learning_rate") == scalar_points(reference.train_run, "learning_rate")
@@ -140,6 +140,6 @@ def test_without_an_evaluator_the_policies_and_max_eval_lag_never_wait(
     """No ledger means no evaluator: nothing to wait for and nothing to decide; training completes."""
     train_dir = TrainDir(tmp_path / "run")
     trainer = start("train.py", "--train-dir", str(train_dir.root), *FEEDBACK_RUN, "--set", "train.steps=80")
-    assert trainer.wait(120) == 0, trainer.output()
+    assert trainer.wait() == 0, trainer.output()
     assert json.loads(train_dir.finished.read_text())["reason"] == "completed"
     assert not train_dir.decisions.exists() and "waiting for eval.py" not in trainer.output()
