@@ -112,7 +112,7 @@ def test_a_killed_trainer_replays_the_same_decisions_at_the_same_steps(
     train_dir = TrainDir(tmp_path / "run")
     evaluator, trainer = start_pair(start, train_dir)
     wait_until(lambda: train_dir.checkpoint(120).exists() and 120 in evaluated(train_dir), 60, "step 120 evaluated")
-    evaluator.signal(signal.SIGKILL)  # no evaluation of 160 now: train.py waits there (max_eval_lag=0)
+    evaluator.signal(signal.SIGSTOP)  # no evaluation of 160 now: train.py waits there (max_eval_lag=0)
     wait_until(lambda: "waiting for eval.py: [160]" in trainer.output(), 60, "train.py to wait at step 160")
     assert [d["applied_step"] for d in decided(train_dir)] == [50, 90, 130]
     trainer.signal(signal.SIGKILL)
@@ -120,7 +120,8 @@ def test_a_killed_trainer_replays_the_same_decisions_at_the_same_steps(
     # What a kill during the write of step 160 leaves: its temp file, and step 120 as the newest checkpoint.
     train_dir.checkpoint(160).rename(train_dir.checkpoints / ".ckpt-000000160.pt.tmp")
 
-    evaluator, trainer = start_pair(start, train_dir)
+    trainer = start("train.py", "--train-dir", str(train_dir.root), *FEEDBACK_RUN)
+    evaluator.signal(signal.SIGCONT)  # it finds no step 160 until the resumed run saves it again
     assert trainer.wait() == 0, trainer.output()
     assert evaluator.wait() == 0, evaluator.output()
     assert "replaying 1 decision(s) logged after the checkpoint, at steps [130]" in trainer.output()
