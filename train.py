@@ -28,6 +28,7 @@ from shared import config as cfg
 from shared.data import DataPosition, ResumableBatches, place
 from shared.distributed import Distributed
 from shared.errors import RunAborted, UsageError
+from shared.feedback import Feedback
 from shared.files import exclusive_lock, write_atomic
 from shared.layout import TrainDir
 from shared.progress import Progress
@@ -119,13 +120,15 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
     guard = NonFiniteGuard(device, check_grad_norm=not state.scaler.is_enabled())
     stop, stopping = StopRequest(), False
     progress = Progress(state.step, options.steps, shown=group.is_main)
+    feedback = state.feedback
+    feedback.begin()
     interval_loss, interval_examples, interval_start = torch.zeros((), device=device), 0, time.perf_counter()
 
     with open_writer(train_dir.train_run, purge_step=state.step + 1, enabled=group.is_main) as writer:
         dashboards.write_train_header(writer, config, state.step)
         eval_lag = dashboards.EvalLag(train_dir.results)
         write_heartbeat(train_dir, state.step, group)
-        while state.step < options.steps and not stopping:
+        while state.step < options.steps and not stopping and not feedback.stopped:
             result = train_step(state, batches, task, device, options)
             state.step += 1
             if options.nan_policy == "stop":
@@ -152,6 +155,7 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
                     writer.add_scalar(tag, value, state.step)
                 progress.report(state.step, scalars)
                 eval_lag.log(writer, state.step)
+                feedback.at_log_step(state.step, state.scheduler, writer)  # may cut the LR, or stop
                 write_heartbeat(train_dir, state.step, group)
                 interval_loss.zero_()
                 interval_examples, interval_start = 0, time.perf_counter()
@@ -163,6 +167,7 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
                 stop_if_not_finite(guard, saver, group, device)
                 writer.flush()  # points up to a checkpoint are on disk before it: a resume never loses them
                 saver.save(state.step, state.state_dict())
+                feedback.keep_up(state.step, saver, stop)  # train.max_eval_lag
 
         stop_if_not_finite(guard, saver, group, device)
         if state.step > saver.last_requested_step:
@@ -172,10 +177,10 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
     progress.close()
     if not group.is_main:
         return
-    if state.step >= options.steps:
-        record = {"step": state.step, "reason": "completed", "wall_time": time.time()}
+    if state.step >= options.steps or feedback.stopped:
+        record = {"step": state.step, "wall_time": time.time(), **feedback.finished_fields()}
         write_atomic(train_dir.finished, (json.dumps(record) + "\n").encode())
-        log.info("training finished at step %d", state.step)
+        log.info("training finished at step %d (%s)", state.step, record["reason"])
     else:
         log.info("stopped at step %d; run the same command to resume", state.step)
 
@@ -245,10 +250,10 @@ def main(argv: list[str]) -> int:
         optimizer = build_optimizer(model, config.train, fused=device.type == "cuda")
         precision = devices.precision_for(device, config.train.precision)
         scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        schedule = build_schedule(optimizer, config.train)
-        state = TrainState(
-            model, optimizer, schedule, scaler, DataPosition(), group=group, sharded=config.train.strategy == "fsdp"
-        )
+        feedback = Feedback(config, train_dir, group)
+        schedule = build_schedule(optimizer, config.train, feedback.lr_factor)
+        sharded = config.train.strategy == "fsdp"
+        state = TrainState(model, optimizer, schedule, scaler, DataPosition(), feedback, group=group, sharded=sharded)
         state.forward = torch.compile(forward) if config.train.compile else forward
         resume(state, train_dir)
 

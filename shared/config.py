@@ -48,9 +48,22 @@ def at_least(low: float, *, strict: bool = False) -> dict[str, Any]:
     return {"check": check, "allowed": f"{'>' if strict else '>='} {low}"}
 
 
-def between(low: float, high: float) -> dict[str, Any]:
-    """Field metadata: low <= value <= high."""
+def between(low: float, high: float, *, strict: bool = False) -> dict[str, Any]:
+    """Field metadata: low <= value <= high (low < value < high when strict)."""
+    if strict:
+        return {"check": lambda v: low < v < high, "allowed": f"between {low} and {high}, exclusive"}
     return {"check": lambda v: low <= v <= high, "allowed": f"between {low} and {high}"}
+
+
+# What eval.py measures; each improves upwards except loss.
+Metric = Literal["accuracy", "f1_macro", "precision_macro", "recall_macro", "loss"]
+
+
+def resolved_mode(metric: str, mode: str) -> str:
+    """`auto` (as in Keras) is min for loss and max for the others."""
+    if mode != "auto":
+        return mode
+    return "min" if metric == "loss" else "max"
 
 
 @dataclass
@@ -65,6 +78,35 @@ class DataConfig:
     batch_size: int = field(default=64, metadata=at_least(1))
     num_workers: int = field(default=0, metadata=at_least(0))  # DataLoader workers, for file-backed data
     on_device: bool = False  # keep an in-memory (TensorDataset) training set on the training device
+
+
+@dataclass
+class PlateauConfig:
+    """train.on_plateau: cut the LR when an evaluation metric stops improving (Keras ReduceLROnPlateau)."""
+
+    metric: Metric = "loss"
+    mode: Literal["auto", "min", "max"] = "auto"  # auto: min for loss, max for the others
+    split: str = "val"  # which evaluation split feeds it
+    patience: int = field(default=0, metadata=at_least(0))  # evaluations without improvement; 0 turns it off
+    factor: float = field(default=0.1, metadata=between(0, 1, strict=True))  # the multiplier's cut
+    min_delta: float = field(default=1e-4, metadata=at_least(0))  # a smaller change is no improvement
+    cooldown: int = field(default=0, metadata=at_least(0))  # evaluations after a cut before counting again
+    min_lr: float = field(default=0.0, metadata=at_least(0))  # cuts stop once train.lr x multiplier is this low
+
+
+@dataclass
+class EarlyStopConfig:
+    """train.early_stop: stop when an evaluation metric stops improving (Keras EarlyStopping)."""
+
+    metric: Metric = "loss"
+    mode: Literal["auto", "min", "max"] = "auto"
+    split: str = "val"
+    patience: int = field(default=0, metadata=at_least(0))  # evaluations without improvement; 0 turns it off
+    min_delta: float = field(default=0.0, metadata=at_least(0))
+
+
+def _off_or_at_least_0() -> dict[str, Any]:
+    return {"check": lambda v: v is None or v >= 0, "allowed": ">= 0, or null (off)"}
 
 
 @dataclass
@@ -83,6 +125,10 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model for training
     nan_policy: Literal["stop", "skip_step"] = "stop"  # on a NaN/Inf loss or gradient norm
     strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard (FSDP2) the model
+    on_plateau: PlateauConfig = field(default_factory=PlateauConfig)
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    # Wait at a save while more than this many checkpoints are not evaluated yet (docs/protocol.md); null: never
+    max_eval_lag: int | None = field(default=None, metadata=_off_or_at_least_0())
 
 
 @dataclass
@@ -105,7 +151,7 @@ class LogConfig:
 class EvalConfig:
     batch_size: int = field(default=512, metadata=at_least(1))
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 elsewhere
-    best_metric: Literal["accuracy", "f1_macro", "precision_macro", "recall_macro", "loss"] = "accuracy"
+    best_metric: Metric = "accuracy"
     best_mode: Literal["max", "min"] = "max"
     rescan_secs: float = field(default=5.0, metadata=at_least(0, strict=True))
     policy: Literal["all", "latest"] = "all"  # latest: when behind, skip to the newest (recorded as skipped)
@@ -320,12 +366,24 @@ def _build_section(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     return cls(**values)
 
 
+def _check_mode(key: str, metric: str, mode: str) -> None:
+    """A mode that contradicts its metric (loss with max, say) would reward getting worse."""
+    right = resolved_mode(metric, "auto")
+    if mode not in ("auto", right):
+        direction = "downwards" if right == "min" else "upwards"
+        raise ConfigError(f"{key}: {metric} improves {direction}; set {key}={right}")
+
+
 def _check_combinations(config: Config) -> None:
-    loss_goes_down = config.eval.best_metric == "loss"
-    if loss_goes_down != (config.eval.best_mode == "min"):
+    _check_mode("eval.best_mode", config.eval.best_metric, config.eval.best_mode)
+    for section in ("on_plateau", "early_stop"):
+        policy = getattr(config.train, section)
+        _check_mode(f"train.{section}.mode", policy.metric, policy.mode)
+    plateau = config.train.on_plateau
+    if plateau.patience and plateau.min_lr >= config.train.lr:
         raise ConfigError(
-            f"eval.best_mode: {config.eval.best_metric} improves "
-            f"{'downwards' if loss_goes_down else 'upwards'}; set eval.best_mode={'min' if loss_goes_down else 'max'}"
+            f"train.on_plateau.min_lr: must be below train.lr ({config.train.lr}) or no cut could happen, "
+            f"got {plateau.min_lr}"
         )
     if config.train.warmup_steps > config.train.steps:
         raise ConfigError(

@@ -55,6 +55,11 @@ class TrainDir:
         return self.root / "train"
 
     @property
+    def decisions(self) -> Path:
+        """train.py's log of every evaluation it acted on (shared/feedback.py); TensorBoard ignores it."""
+        return self.train_run / "decisions.jsonl"
+
+    @property
     def eval_run(self) -> Path:
         """TensorBoard run and evaluation ledger, written by the eval.py daemon only."""
         return self.root / "eval"

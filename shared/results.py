@@ -50,37 +50,57 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 
 class LedgerTail:
-    """train.py's view of the ledger: the newest step the evaluator has recorded.
+    """train.py's view of the ledger: the records appended since the last look, and the newest step.
 
-    The ledger only grows, so each call reads just the whole lines appended since the last one; a
-    restarted evaluator only ever cuts an incomplete last line, which this never consumed. A ledger
-    shorter than what was read is a new one (eval/ cleared): it is read from the start.
+    The ledger only grows, so each call reads just the whole lines appended since the last one, and
+    only after a stat says the file grew; a restarted evaluator only ever cuts an incomplete last line,
+    which this never consumed. A ledger shorter than what was read is a new one (eval/ cleared): it is
+    read from the start.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._offset = 0  # bytes of whole lines already read
-        self._newest = -1
+        self.newest = -1  # the newest step read so far, whatever its status
 
-    def newest_step(self) -> int | None:
-        """The newest recorded step, -1 if none yet, None if no evaluator keeps a ledger."""
+    def poll(self) -> list[dict[str, Any]] | None:
+        """The records appended since the last call, in ledger order; None if no evaluator keeps a ledger."""
         try:
+            size = os.stat(self.path).st_size
+            if size < self._offset:
+                self._offset, self.newest = 0, -1
+            if size == self._offset:
+                return []
             with open(self.path, "rb") as f:
-                if os.fstat(f.fileno()).st_size < self._offset:
-                    self._offset, self._newest = 0, -1
                 f.seek(self._offset)
                 appended = f.read()
         except FileNotFoundError:
-            self._offset, self._newest = 0, -1
+            self._offset, self.newest = 0, -1
             return None
         whole = appended[: appended.rfind(b"\n") + 1]
         self._offset += len(whole)
+        records = []
         for line in whole.splitlines():
             try:
-                self._newest = max(self._newest, json.loads(line)["step"])
+                record = json.loads(line)
+                self.newest = max(self.newest, record["step"])
+                records.append(record)
             except (json.JSONDecodeError, KeyError, TypeError):
                 log.warning("%s: a line that is not a record; ignoring it", self.path)
-        return self._newest
+        return records
+
+    def newest_step(self) -> int | None:
+        """The newest recorded step, -1 if none yet, None if no evaluator keeps a ledger."""
+        return None if self.poll() is None else self.newest
+
+
+def record_metric(record: dict[str, Any], split: str, metric: str) -> float | None:
+    """`metric` on `split` from an ok record: from `split_metrics` when the record has it (several
+    evaluation splits), else from `metrics` for the default split `val`; None when it is not there."""
+    value = record.get("split_metrics", {}).get(split, {}).get(metric)
+    if value is None and split == "val":
+        value = record.get("metrics", {}).get(metric)
+    return value
 
 
 class Ledger:

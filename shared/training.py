@@ -15,6 +15,7 @@ from shared import seeding
 from shared.config import TrainConfig
 from shared.data import DataPosition
 from shared.distributed import Distributed
+from shared.feedback import Feedback
 
 
 def build_optimizer(model: nn.Module, options: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
@@ -47,8 +48,12 @@ def lr_multiplier(options: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, options: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(options))
+def build_schedule(
+    optimizer: torch.optim.Optimizer, options: TrainConfig, feedback: Callable[[], float] = lambda: 1.0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The schedule times `feedback()`, the multiplier evaluation feedback sets (shared/feedback.py)."""
+    schedule = lr_multiplier(options)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step) * feedback())
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
@@ -66,6 +71,7 @@ class TrainState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     position: DataPosition
+    feedback: Feedback | None = None  # its state (LR multiplier, policies) goes into each checkpoint
     step: int = 0
     group: Distributed = field(default_factory=Distributed.alone)
     sharded: bool = False  # FSDP: weights and optimizer state are saved by shared.sharded, not in state_dict()
@@ -84,6 +90,7 @@ class TrainState:
             "data": self.position.state_dict(),
             "rng": rng,  # rank 0's: what a run with another world size continues with
             **({"rng_by_rank": self.group.gather(rng)} if self.group.enabled else {}),
+            **({"feedback": self.feedback.state_dict()} if self.feedback else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -96,6 +103,8 @@ class TrainState:
         self.position.epoch, self.position.batch = state["data"]["epoch"], state["data"]["batch"]
         by_rank = state.get("rng_by_rank") or []
         seeding.set_rng_state(by_rank[self.group.rank] if len(by_rank) == self.group.world_size else state["rng"])
+        if self.feedback and "feedback" in state:  # older checkpoints have none: feedback starts fresh
+            self.feedback.load_state_dict(state["feedback"])
         self.step = state["step"]
 
 

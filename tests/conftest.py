@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,13 +55,13 @@ class Proc:
         return self.log.read_text()
 
 
-@pytest.fixture
-def start(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
-    """start("train.py", *args) -> Proc; every process still running at the end of the test is killed."""
+@contextmanager
+def process_starter(log_dir: Path) -> Iterator[Callable[..., Proc]]:
+    """start("train.py", *args) -> Proc, logging into log_dir; processes still running at the end are killed."""
     procs: list[Proc] = []
 
     def _start(script: str, *args: str, env: dict[str, str] | None = None) -> Proc:
-        log = tmp_path / f"{Path(script).stem}-{len(procs)}.log"
+        log = log_dir / f"{Path(script).stem}-{len(procs)}.log"
         with open(log, "wb") as out:
             popen = subprocess.Popen(
                 [sys.executable, script, *args],
@@ -72,11 +73,20 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
         procs.append(Proc(popen, log))
         return procs[-1]
 
-    yield _start
-    for proc in procs:
-        if proc.popen.poll() is None:
-            proc.popen.send_signal(signal.SIGKILL)
-            proc.popen.wait()
+    try:
+        yield _start
+    finally:
+        for proc in procs:
+            if proc.popen.poll() is None:
+                proc.popen.send_signal(signal.SIGKILL)
+                proc.popen.wait()
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """start("train.py", *args) -> Proc; every process still running at the end of the test is killed."""
+    with process_starter(tmp_path) as starter:
+        yield starter
 
 
 @pytest.fixture

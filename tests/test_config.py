@@ -97,6 +97,21 @@ def test_override_accepts_scientific_notation() -> None:
             ["eval.best_metric=accuracy", "eval.best_mode=min"], ["eval.best_mode", "best_mode=max"], id="acc-with-min"
         ),
         pytest.param(
+            ["train.on_plateau.metric=accuracy", "train.on_plateau.mode=min"],
+            ["train.on_plateau.mode", "accuracy improves upwards", "set train.on_plateau.mode=max"],
+            id="plateau-mode-against-metric",
+        ),
+        pytest.param(
+            ["train.early_stop.mode=max"], ["train.early_stop.mode", "set train.early_stop.mode=min"], id="stop-max"
+        ),
+        pytest.param(["train.on_plateau.factor=1"], ["train.on_plateau.factor", "exclusive"], id="plateau-factor-1"),
+        pytest.param(
+            ["train.on_plateau.patience=2", "train.on_plateau.min_lr=0.01"],
+            ["train.on_plateau.min_lr", "below train.lr (0.003)"],
+            id="plateau-min-lr-above-lr",
+        ),
+        pytest.param(["train.max_eval_lag=-1"], ["train.max_eval_lag", "or null (off)"], id="negative-eval-lag"),
+        pytest.param(
             ["train.warmup_steps=2000"], ["train.warmup_steps", "<= train.steps (1500)", "2000"], id="warmup-gt-steps"
         ),
         pytest.param(["train.lr"], ["'train.lr'", "expected section.key=value"], id="set-without-equals"),

@@ -1,6 +1,6 @@
 """train.py under torchrun on the CPU (gloo, 2 processes): DDP stops on SIGTERM and resumes to the same
-losses; FSDP writes sharded checkpoint folders that eval.py reads in one process; a sharded checkpoint
-whose metadata would run code is refused."""
+losses; FSDP writes sharded checkpoint folders that eval.py reads in one process, and evaluation feedback
+steers both ranks alike; a sharded checkpoint whose metadata would run code is refused."""
 
 from __future__ import annotations
 
@@ -20,12 +20,13 @@ from shared import checkpoints
 from shared.layout import METADATA, TrainDir
 from shared.results import read_records
 from tests.conftest import ROOT, Proc, scalar_points, wait_until
+from tests.test_feedback import EXPECTED, FEEDBACK_RUN, decided
 
 # Tiny: a few seconds per torchrun launch on 2 cores, most of it start-up.
+TINY = ["--set", "model.channels=8", "--set", "model.hidden=16"]
 RUN = [
     "--config", "configs/digits.yaml",
-    "--set", "model.channels=8",
-    "--set", "model.hidden=16",
+    *TINY,
     "--set", "data.batch_size=32",
     "--set", "train.warmup_steps=5",
     "--set", "log.every_steps=5",
@@ -45,11 +46,10 @@ def gloo(tmp_path_factory: pytest.TempPathFactory) -> None:
     dist.destroy_process_group()
 
 
-def torchrun(start, train_dir: Path, *args: str, nproc: int = 2) -> Proc:
-    return start(
-        "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-        "train.py", "--train-dir", str(train_dir), *RUN, *args,
-    )  # fmt: skip
+def torchrun(start, train_dir: Path, *args: str) -> Proc:
+    """train.py under torchrun with 2 CPU processes (gloo, also where there is a GPU); `args` carry the config."""
+    launch = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    return start(*launch, "train.py", "--train-dir", str(train_dir), "--device", "cpu", *args)
 
 
 def losses(train_dir: Path) -> list[tuple[int, float]]:
@@ -62,8 +62,8 @@ def test_ddp_stopped_by_sigterm_resumes_to_the_same_losses(tmp_path: Path, start
     resumed run logs the same loss at every step as an uninterrupted 2-process run."""
     steps = ["--set", "train.steps=150", "--set", "checkpoint.every_steps=50"]
     whole, split = tmp_path / "whole", tmp_path / "split"
-    uninterrupted = torchrun(start, whole, *steps)  # side by side: much of a launch is waiting
-    first = torchrun(start, split, *steps)
+    uninterrupted = torchrun(start, whole, *RUN, *steps)  # side by side: much of a launch is waiting
+    first = torchrun(start, split, *RUN, *steps)
     # The heartbeat is written once the ranks handle SIGTERM, before their first step.
     wait_until((split / "heartbeat.json").exists, 120, "training to start")
     first.signal(signal.SIGTERM)
@@ -74,23 +74,32 @@ def test_ddp_stopped_by_sigterm_resumes_to_the_same_losses(tmp_path: Path, start
     assert not (split / "finished.json").exists()
     assert "stopping at the next safe point" in first.output()
 
-    assert torchrun(start, split, *steps).wait() == 0
+    assert torchrun(start, split, *RUN, *steps).wait() == 0
     assert losses(split) == losses(whole)
     assert [s for s, _ in losses(whole)] == list(range(5, 151, 5))
 
 
 @pytest.mark.slow
-def test_fsdp_sharded_checkpoints_are_evaluated_in_one_process(tmp_path: Path, start, gloo: None) -> None:
-    """2 FSDP ranks write checkpoint folders; eval.py, ad hoc and as a daemon, reads them with no process group."""
-    steps = ["--set", "train.strategy=fsdp", "--set", "train.steps=20", "--set", "checkpoint.every_steps=10"]
-    assert torchrun(start, tmp_path, *steps).wait() == 0
-    found = checkpoints.list_checkpoints(tmp_path / "checkpoints")
-    assert [c.step for c in found] == [10, 20]
-    for checkpoint in found:
-        assert checkpoint.path.is_dir()
-        assert {METADATA, "state.pt", "__0_0.distcp", "__1_0.distcp"} <= set(os.listdir(checkpoint.path))
+def test_fsdp_folders_are_evaluated_in_one_process_and_steer_both_ranks(tmp_path: Path, start, gloo: None) -> None:
+    """2 FSDP ranks write sharded checkpoint folders; the eval.py daemon and eval.py ad hoc read them in one
+    process with no process group; the daemon's ledger, read by rank 0 and shared, makes both ranks cut the
+    LR and stop early at the same steps as one process does (tests/test_feedback.py)."""
+    train_dir = TrainDir(tmp_path)
+    evaluator = start("eval.py", "--train-dir", str(tmp_path))
+    wait_until(train_dir.results.exists, 60, "eval.py to create its ledger")
+    trainer = torchrun(start, tmp_path, *FEEDBACK_RUN, *TINY, "--set", "train.strategy=fsdp")
+    assert trainer.wait() == 0, trainer.output()
+    assert evaluator.wait(60) == 0, evaluator.output()
+    assert [(d["eval_step"], d["applied_step"], d["action"]) for d in decided(train_dir)] == EXPECTED
+    assert json.loads(train_dir.finished.read_text())["reason"] == "early_stop"
 
-    daemon = start("eval.py", "--train-dir", str(tmp_path), "--idle-timeout", "30")
+    found = checkpoints.list_checkpoints(train_dir.checkpoints)
+    assert [c.step for c in found] == [40, 80, 120, 160, 170]
+    for checkpoint in found:
+        assert {METADATA, "state.pt", "__0_0.distcp", "__1_0.distcp"} <= set(os.listdir(checkpoint.path))
+    records = read_records(train_dir.results)
+    assert [(r["step"], r["status"]) for r in records] == [(c.step, "ok") for c in found]
+
     adhoc = subprocess.run(
         [sys.executable, "eval.py", "--train-dir", str(tmp_path), "--checkpoint", "latest", "--json"],
         cwd=ROOT,
@@ -99,14 +108,9 @@ def test_fsdp_sharded_checkpoints_are_evaluated_in_one_process(tmp_path: Path, s
         timeout=120,
     )
     assert adhoc.returncode == 0, adhoc.stderr
-    result = json.loads(adhoc.stdout)
-    assert result["step"] == 20 and 0 <= result["metrics"]["accuracy"] <= 1
-    assert daemon.wait() == 0
-    records = read_records(tmp_path / "eval" / "results.jsonl")
-    assert [(r["step"], r["status"]) for r in records] == [(10, "ok"), (20, "ok")]
-    assert records[-1]["metrics"] == result["metrics"]  # the daemon and ad hoc agree
-    best = checkpoints.load(TrainDir(tmp_path).best_checkpoint)  # best.pt: one file, loadable without DCP
-    assert best["step"] in (10, 20) and all(torch.is_tensor(w) for w in best["model"].values())
+    assert json.loads(adhoc.stdout)["metrics"] == records[-1]["metrics"]  # the daemon and ad hoc agree
+    best = checkpoints.load(train_dir.best_checkpoint)  # best.pt: one file, loadable without DCP
+    assert all(torch.is_tensor(w) for w in best["model"].values())
 
 
 class _RunsCode:
