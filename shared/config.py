@@ -108,6 +108,8 @@ class EvalConfig:
     best_mode: Literal["max", "min"] = "max"
     rescan_secs: float = field(default=5.0, metadata=at_least(0, strict=True))
     policy: Literal["all", "latest"] = "all"  # latest: when behind, skip to the newest (recorded as skipped)
+    # Several evaluators on one train_dir: a claim not refreshed for this long is taken over (see docs/protocol.md).
+    claim_timeout_secs: float = field(default=60.0, metadata=at_least(1))
 
 
 @dataclass

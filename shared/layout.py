@@ -81,8 +81,18 @@ class TrainDir:
 
     @property
     def eval_lock(self) -> Path:
-        """Held by the eval.py daemon: one daemon writes the eval run and the ledger."""
+        """Held by the recording eval.py daemon: of several evaluators, one writes the eval run and the ledger."""
         return self.eval_run / ".eval.lock"
+
+    @property
+    def claims(self) -> Path:
+        """One claim file per checkpoint an evaluator is working on (shared/claims.py)."""
+        return self.eval_run / "claims"
+
+    @property
+    def outcomes(self) -> Path:
+        """One outcome file per evaluated step waiting to be recorded (shared/outcomes.py)."""
+        return self.eval_run / "pending"
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / checkpoint_name(step)

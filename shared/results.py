@@ -30,6 +30,7 @@ class EvalRecord:
     metrics: dict[str, float] = field(default_factory=dict)  # loss, accuracy, f1_macro, ... when ok
     per_class_f1: list[float] = field(default_factory=list)
     reason: str = ""  # why, when failed or skipped
+    evaluator: str = ""  # host:pid of the eval.py that evaluated it (several may share a train_dir)
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -49,7 +50,8 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 
 class LedgerTail:
-    """train.py's view of the ledger: the newest step the evaluator has recorded.
+    """A reader's view of the ledger: which steps are recorded, and the newest (train.py, and evaluators
+    that do not write it).
 
     The ledger only grows, so each call reads just the whole lines appended since the last one; a
     restarted evaluator only ever cuts an incomplete last line, which this never consumed. A ledger
@@ -58,28 +60,36 @@ class LedgerTail:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.steps: set[int] = set()
         self._offset = 0  # bytes of whole lines already read
         self._newest = -1
 
-    def newest_step(self) -> int | None:
-        """The newest recorded step, -1 if none yet, None if no evaluator keeps a ledger."""
+    def update(self) -> bool:
+        """Read the lines appended since the last call into `steps`; False if there is no ledger."""
         try:
             with open(self.path, "rb") as f:
                 if os.fstat(f.fileno()).st_size < self._offset:
-                    self._offset, self._newest = 0, -1
+                    self._offset, self._newest, self.steps = 0, -1, set()
                 f.seek(self._offset)
                 appended = f.read()
         except FileNotFoundError:
-            self._offset, self._newest = 0, -1
-            return None
+            self._offset, self._newest, self.steps = 0, -1, set()
+            return False
         whole = appended[: appended.rfind(b"\n") + 1]
         self._offset += len(whole)
         for line in whole.splitlines():
             try:
-                self._newest = max(self._newest, json.loads(line)["step"])
+                step = json.loads(line)["step"]
             except (json.JSONDecodeError, KeyError, TypeError):
                 log.warning("%s: a line that is not a record; ignoring it", self.path)
-        return self._newest
+                continue
+            self.steps.add(step)
+            self._newest = max(self._newest, step)
+        return True
+
+    def newest_step(self) -> int | None:
+        """The newest recorded step, -1 if none yet, None if no evaluator keeps a ledger."""
+        return self._newest if self.update() else None
 
 
 class Ledger:
