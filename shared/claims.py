@@ -59,9 +59,13 @@ class ClaimInfo:
 
     @staticmethod
     def read(path: Path) -> ClaimInfo | None:
+        return ClaimInfo.parse(path.read_bytes())
+
+    @staticmethod
+    def parse(data: bytes) -> ClaimInfo | None:
         """The claim's content, or None while it is still empty (its O_EXCL create just happened) or unreadable."""
         try:
-            return ClaimInfo(**json.loads(path.read_bytes()))
+            return ClaimInfo(**json.loads(data))
         except (ValueError, TypeError):
             return None
 
@@ -113,15 +117,15 @@ class Claims:
 
     def stale_reason(self, step: int) -> str | None:
         """Why the claim on `step` is stale, or None while its owner is working (or it is gone)."""
-        path = self.path(step)
-        try:
-            age = time.time() - path.stat().st_mtime
-        except FileNotFoundError:
-            return None
-        info = ClaimInfo.read(path)
+        seen = _Seen.look(self.path(step))
+        return None if seen is None else self._stale(seen)
+
+    def _stale(self, seen: _Seen) -> str | None:
+        info = seen.info
         same_pids = info is not None and (info.host, info.pid_namespace) == (self.host, self.pid_namespace)
         if info and same_pids and info.pid != os.getpid() and not _pid_alive(info.pid):
             return f"{info.evaluator} is dead"
+        age = time.time() - seen.mtime_ns / 1e9
         if age > self.timeout:
             return f"{info.evaluator if info else 'its owner'} has been silent for {age:.0f}s"
         return None
@@ -159,17 +163,15 @@ class Claims:
 
     def _take_over(self, step: int) -> bool:
         """Remove a stale claim on `step`, if this evaluator is the one taker that wins it."""
-        reason = self.stale_reason(step)
+        path = self.path(step)
+        seen = _Seen.look(path)
+        if seen is None:
+            return True  # gone meanwhile: free to create
+        reason = self._stale(seen)
         if reason is None:
             return False
-        path = self.path(step)
-        try:
-            judged = os.stat(path).st_ino
-        except FileNotFoundError:
-            return True  # gone meanwhile: free to create
-        info = ClaimInfo.read(path)
-        # Only one taker can create this name: the claim's own token, or its inode while it has no content.
-        tomb = self.folder / f".{path.name}.{info.token if info else judged}.stale"
+        # Only one taker can create this name, derived from the claim judged stale (its token, inode and mtime).
+        tomb = self.folder / f".{path.name}.{seen.name()}.stale"
         try:
             os.link(path, tomb)
         except FileExistsError:
@@ -181,12 +183,33 @@ class Claims:
         except FileNotFoundError:
             return True
         try:
-            if os.stat(tomb).st_ino != judged:
+            if _Seen.look(tomb) != seen:
                 return False  # what we linked is a fresh claim made since we judged: leave it
-            with contextlib.suppress(FileNotFoundError):
-                if os.stat(path).st_ino == judged:
-                    path.unlink()
+            if _Seen.look(path) == seen:
+                path.unlink(missing_ok=True)
         finally:
             tomb.unlink(missing_ok=True)
         log.warning("step %d: taking over its claim (%s)", step, reason)
         return True
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """One look at a claim file: its content and which file it is (inode and mtime tell a new one apart)."""
+
+    info: ClaimInfo | None
+    inode: int
+    mtime_ns: int
+
+    @staticmethod
+    def look(path: Path) -> _Seen | None:
+        try:
+            with open(path, "rb") as f:
+                stat = os.fstat(f.fileno())
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        return _Seen(ClaimInfo.parse(data), stat.st_ino, stat.st_mtime_ns)
+
+    def name(self) -> str:
+        return self.info.token if self.info else f"{self.inode}-{self.mtime_ns}"
