@@ -142,18 +142,6 @@ def test_a_second_trainer_on_the_same_train_dir_is_refused(tmp_path: Path, start
     assert first.wait() == 0
 
 
-def test_a_second_eval_daemon_on_the_same_train_dir_is_refused(tmp_path: Path, start) -> None:
-    train_dir = TrainDir(tmp_path / "run")
-    train_dir.root.mkdir()
-    first = start("eval.py", "--train-dir", str(train_dir.root))
-    wait_until(lambda: "waiting for train.py" in first.output(), 60, "the first evaluator to start")
-    second = start("eval.py", "--train-dir", str(train_dir.root))
-    assert second.wait() == 2
-    assert "another eval.py daemon is already evaluating" in second.output()
-    first.signal(signal.SIGTERM)
-    assert first.wait() == 0
-
-
 def test_a_users_own_task_by_dotted_path(tmp_path: Path, start) -> None:
     train_dir = TrainDir(tmp_path / "run")
     config = tmp_path / "blobs.yaml"
