@@ -1,6 +1,7 @@
 """launch.py: train.py, eval.py and TensorBoard as three processes, the way `docker compose up` runs them.
 
     python launch.py --config configs/digits.yaml --train-dir runs/demo [--set train.steps=3000] [--port 6006]
+    python launch.py ... --evaluators 3     # three eval.py processes share the checkpoints (compose --scale eval=3)
 
 The three get the arguments and environment of the compose services (compose.cpu.yml), apart from paths
 and TensorBoard's address. Their output is streamed line by line, each line prefixed with the process's
@@ -49,6 +50,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--train-gpu", metavar="N", help="the GPU train.py uses (default: cuda:0 if any)")
     parser.add_argument("--eval-gpu", metavar="N", help="evaluate on this GPU instead of the CPU")
     parser.add_argument("--poll", type=float, default=0, metavar="SECS", help="eval.py --poll (0: inotify)")
+    parser.add_argument(
+        "--evaluators", type=int, default=1, metavar="N", help="eval.py processes sharing the work (compose --scale)"
+    )
     parser.add_argument("--host", default="localhost", help="TensorBoard's address (default: localhost)")
     parser.add_argument("--port", type=int, default=6006, help="TensorBoard's port (0: a free one)")
     parser.add_argument(
@@ -57,7 +61,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--stop-timeout", type=float, default=120, metavar="SECS", help="then SIGKILL, as compose's stop_grace_period"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.evaluators < 1:
+        parser.error(f"--evaluators must be >= 1, got {args.evaluators}")
+    return args
 
 
 def services(args: argparse.Namespace) -> list[Service]:
@@ -65,17 +72,16 @@ def services(args: argparse.Namespace) -> list[Service]:
     python, train_dir = sys.executable, str(args.train_dir)
     config = ["--config", args.config] if args.config else []
     sets = [arg for override in args.overrides for arg in ("--set", override)]
+    evaluate = [python, str(HERE / "eval.py"), "--train-dir", train_dir, "--device", "auto", "--poll", f"{args.poll:g}"]
+    eval_env = {"CUDA_VISIBLE_DEVICES": args.eval_gpu} if args.eval_gpu is not None else CPU_ONLY
+    eval_names = ["eval"] if args.evaluators == 1 else [f"eval-{i}" for i in range(args.evaluators)]
     return [
         Service(
             "train",
             [python, str(HERE / "train.py"), *config, "--train-dir", train_dir, "--device", "auto", *sets],
             {"CUDA_VISIBLE_DEVICES": args.train_gpu} if args.train_gpu is not None else {},
         ),
-        Service(
-            "eval",
-            [python, str(HERE / "eval.py"), "--train-dir", train_dir, "--device", "auto", "--poll", f"{args.poll:g}"],
-            {"CUDA_VISIBLE_DEVICES": args.eval_gpu} if args.eval_gpu is not None else CPU_ONLY,
-        ),
+        *(Service(name, evaluate, eval_env) for name in eval_names),
         Service(
             "tensorboard",
             [python, "-m", "tensorboard.main", "--logdir", train_dir, "--host", args.host, "--port", str(args.port)],
@@ -97,6 +103,7 @@ class Launcher:
         self.stack, self.train_dir, self.stop_timeout, self.out = stack, train_dir, stop_timeout, out
         self.exit_when_done = exit_when_done
         self.width = max(len(s.name) for s in stack)
+        self.names = {s.name for s in stack}
         self.procs: dict[str, subprocess.Popen] = {}
         self.exits: queue.Queue[tuple[str, int]] = queue.Queue()
         self.lock = threading.Lock()
@@ -168,7 +175,7 @@ class Launcher:
             if code != 0:
                 failure = failure or code
                 self.stop(f"{name} failed")
-            elif {"train", "eval"} <= codes.keys() and self.deadline is None:
+            elif self.names - {"tensorboard"} <= codes.keys() and self.deadline is None:
                 self.say("launch", self.summary())
                 if self.exit_when_done:
                     self.stop("training and evaluation are done (--exit-when-done)")

@@ -80,4 +80,3 @@ def test_three_evaluators_share_twenty_checkpoints_and_survive_a_kill(tmp_path: 
     assert not outcome_steps(train_dir.outcomes), "an outcome was left unrecorded"
     assert not [n for n in os.listdir(train_dir.claims) if claim_step(n) is not None], "a claim outlived its record"
     assert json.loads(train_dir.best_json.read_text())["step"] in by_step
-
