@@ -178,6 +178,7 @@ def follow_checkpoints(
             return 0
         remaining_idle = math.inf if args.idle_timeout is None else args.idle_timeout - idle
         watcher.wait(min(shared.rescan_secs, remaining_idle))
+    shared.record_ready()  # as the recorder: what was evaluated before the stop
     log.info("stopped")
     return 0
 
