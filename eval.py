@@ -99,14 +99,16 @@ def evaluate(checkpoint: Checkpoint, evaluator: Evaluator, train_dir: TrainDir) 
         log.info("step %d: %s", checkpoint.step, " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
         record.metrics, record.per_class_f1 = result.metrics, result.per_class_f1
     record.seconds = round(time.perf_counter() - started, 4)
-    return Outcome(record, result)
+    return Outcome(record, {} if result is None else {"val": result})
 
 
 def skipped(checkpoint: Checkpoint, train_dir: TrainDir, reason: str) -> Outcome:
     """A checkpoint deliberately not evaluated, recorded so it is accounted for rather than silently missing."""
     relative = str(checkpoint.path.relative_to(train_dir.root))
     log.warning("%s: skipped, %s", relative, reason)
-    return Outcome(EvalRecord(checkpoint.step, relative, "skipped", time.time(), 0.0, reason=reason))
+    return Outcome(
+        EvalRecord(checkpoint.step, relative, "skipped", time.time(), 0.0, reason=reason, evaluator=this_evaluator())
+    )
 
 
 def wait_for(
@@ -134,7 +136,7 @@ def run_daemon(args: argparse.Namespace, train_dir: TrainDir, device: torch.devi
         config = read_config(args, train_dir)
         evaluator = Evaluator.from_config(config, device)
         plot = functools.partial(write_summaries, class_names=evaluator.task.class_names)
-        with SharedTrainDir(train_dir, config, plot) as shared:
+        with SharedTrainDir(train_dir, config, plot, runs={"val": train_dir.eval_run}) as shared:
             return follow_checkpoints(args, shared, evaluator, watcher, stop)
 
 
@@ -145,15 +147,13 @@ def follow_checkpoints(
     watcher: CheckpointWatcher,
     stop: StopRequest,
 ) -> int:
-    train_dir = shared.train_dir
-    shared.scan.update()
-    recorded = len(shared.scan.ledger.steps)
+    train_dir, done = shared.train_dir, shared.scan.ledger.steps
     log.info(
         "evaluating %s on %s as %s; %d step(s) already recorded",
         train_dir.root,
         evaluator.device,
         this_evaluator(),
-        recorded,
+        len(done),
     )
     idle_since = time.monotonic()
     while not stop:

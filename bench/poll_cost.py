@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> None:
         train_dir = make_train_dir(Path(folder) / "run", args.checkpoints)
         config = cfg.load(train_dir.config)
         watcher = FolderPoll(train_dir)
-        with SharedTrainDir(train_dir, config, plot=lambda writer, evaluation: None) as shared:
+        runs = {"val": train_dir.eval_run}
+        with SharedTrainDir(train_dir, config, plot=lambda writer, evaluation: None, runs=runs) as shared:
 
             def loop_turn() -> None:
                 shared.record_ready()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
@@ -72,24 +73,25 @@ class Recorder:
     """The elected recorder: appends outcomes, in step order, to the eval run and the ledger.
 
     It holds the lock until its process ends, and opens the ledger (dropping a line cut short) and its
-    TensorBoard writer (purge_step after the newest record) only once elected, so whatever a dead
+    TensorBoard writers (one per split's run, purge_step after the newest record) only once elected, so whatever a dead
     recorder left half done is redone under the crash rules of docs/protocol.md.
     """
 
-    def __init__(self, train_dir: TrainDir, config: Config, plot: Plot) -> None:
-        self.train_dir, self.config, self.plot = train_dir, config, plot
+    def __init__(self, train_dir: TrainDir, config: Config, plot: Plot, runs: dict[str, Path]) -> None:
+        self.train_dir, self.config, self.plot, self.runs = train_dir, config, plot, runs
         self.lock_fd: int | None = None
         self.ledger: Ledger | None = None
-        self.writer: SummaryWriter | None = None
+        self.writers: dict[str, SummaryWriter] = {}
 
     def elected(self) -> bool:
         """Whether this process records; tries the lock (without waiting) until it gets it."""
         if self.lock_fd is None and (fd := try_lock(self.train_dir.eval_lock)) is not None:
             self.lock_fd = fd
             self.ledger = Ledger(self.train_dir.results)
-            self.writer = open_writer(self.train_dir.eval_run, purge_step=self.ledger.next_purge_step())
-            if not self.ledger.records:  # a fresh eval run: it becomes the HParams session, once
-                dashboards.write_hparams(self.writer, self.config)
+            purge_step = self.ledger.next_purge_step()
+            self.writers = {split: open_writer(run, purge_step) for split, run in self.runs.items()}
+            if not self.ledger.records:  # a fresh eval run: the first split's becomes the HParams session, once
+                dashboards.write_hparams(next(iter(self.writers.values())), self.config)
             log.info("recording results (this evaluator holds %s)", self.train_dir.eval_lock)
         return self.lock_fd is not None
 
@@ -117,19 +119,19 @@ class Recorder:
 
     def _record(self, outcome: Outcome) -> None:
         """Points flushed first, then the ledger line: a crash between them is redone without a second point."""
-        assert self.ledger is not None and self.writer is not None
-        if outcome.evaluation is not None:
-            if outcome.step < self.ledger.next_purge_step():
-                log.warning("%s arrived after a later step was logged; recorded, but not plotted", outcome.record.file)
-            else:
-                self.plot(self.writer, outcome.evaluation)
+        assert self.ledger is not None
+        if outcome.evaluations and outcome.step < self.ledger.next_purge_step():
+            log.warning("%s arrived after a later step was logged; recorded, but not plotted", outcome.record.file)
+        elif outcome.evaluations:
+            for split, evaluation in outcome.evaluations.items():
+                self.plot(self.writers[split], evaluation)
         self.ledger.append(outcome.record)
         if outcome.record.status == "ok":
             update_best(self.train_dir, self.ledger, self.config.eval.best_metric, self.config.eval.best_mode)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        for writer in self.writers.values():
+            writer.close()
         if self.lock_fd is not None:
             os.close(self.lock_fd)
 
@@ -144,12 +146,13 @@ def join_as_evaluator(train_dir: TrainDir) -> None:
 class SharedTrainDir:
     """One evaluator's part in a train_dir that several may share: scanning, claiming, recording."""
 
-    def __init__(self, train_dir: TrainDir, config: Config, plot: Plot) -> None:
+    def __init__(self, train_dir: TrainDir, config: Config, plot: Plot, runs: dict[str, Path]) -> None:
         self.train_dir = train_dir
         self.scan = CheckpointScan(train_dir)
         self.claims = Claims(train_dir.claims, config.eval.claim_timeout_secs)
-        self.recorder = Recorder(train_dir, config, plot)
+        self.recorder = Recorder(train_dir, config, plot, runs)
         self.policy, self.rescan_secs = config.eval.policy, config.eval.rescan_secs
+        self.scan.update()
 
     def __enter__(self) -> SharedTrainDir:
         return self

@@ -2,8 +2,8 @@
 to the one that records it.
 
 `eval/pending/step-<step:09d>.npz` holds everything the recording evaluator needs to write that step's
-TensorBoard points and ledger line: the ledger record, and for a successful evaluation its metrics,
-confusion matrix and the targets and class probabilities the PR curves are drawn from. It is written
+TensorBoard points and ledger line: the ledger record, and for a successful evaluation, per evaluation
+split, its metrics, confusion matrix and the targets and class probabilities the PR curves are drawn from. It is written
 atomically (temp + fsync + rename), so a reader sees all of it or nothing, and read with
 `allow_pickle=False`: plain arrays only, never code.
 """
@@ -14,7 +14,7 @@ import json
 import os
 import re
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ def outcome_name(step: int) -> str:
 @dataclass
 class Outcome:
     record: EvalRecord
-    evaluation: Evaluation | None = None  # None when the record is failed or skipped
+    evaluations: dict[str, Evaluation] = field(default_factory=dict)  # by split name; none when failed or skipped
 
     @property
     def step(self) -> int:
@@ -56,15 +56,16 @@ def outcome_steps(folder: Path) -> dict[int, Path]:
 
 def write_outcome(folder: Path, outcome: Outcome) -> Path:
     path = folder / outcome_name(outcome.step)
-    evaluation = outcome.evaluation
-    meta = {"record": asdict(outcome.record), "evaluation": None}
-    arrays: dict[str, np.ndarray] = {}
-    if evaluation is not None:
-        meta["evaluation"] = {k: v for k, v in asdict(evaluation).items() if k not in _ARRAYS}
-        arrays = {name: getattr(evaluation, name) for name in _ARRAYS if getattr(evaluation, name) is not None}
+    fields, arrays = {}, {}
+    for split, evaluation in outcome.evaluations.items():
+        fields[split] = {k: v for k, v in asdict(evaluation).items() if k not in _ARRAYS}
+        for name in _ARRAYS:
+            if getattr(evaluation, name) is not None:
+                arrays[f"{split}.{name}"] = getattr(evaluation, name)
+    meta = json.dumps({"record": asdict(outcome.record), "evaluations": fields}).encode()
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as f:
-        np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+        np.savez(f, meta=np.frombuffer(meta, dtype=np.uint8), **arrays)
     return path
 
 
@@ -73,10 +74,11 @@ def read_outcome(path: Path) -> Outcome:
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(data["meta"].tobytes())
-            arrays = {name: data[name] for name in _ARRAYS if name in data.files}
-        record = EvalRecord(**meta["record"])
-        fields = meta["evaluation"]
-        evaluation = None if fields is None else Evaluation(**fields, **arrays)
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:
+            arrays = {name: data[name] for name in data.files if name != "meta"}
+        evaluations = {
+            split: Evaluation(**fields, **{name: arrays.get(f"{split}.{name}") for name in _ARRAYS})
+            for split, fields in meta["evaluations"].items()
+        }
+        return Outcome(EvalRecord(**meta["record"]), evaluations)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as err:
         raise OutcomeError(f"{path.name}: not a readable outcome file ({type(err).__name__}: {err})") from None
-    return Outcome(record, evaluation)

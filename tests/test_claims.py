@@ -109,14 +109,15 @@ def test_an_outcome_file_round_trips(tmp_path: Path) -> None:
         200, {"loss": 0.1, "accuracy": 0.9}, [0.8, 1.0], [[3, 1], [0, 4]], rng.integers(0, 2, 8), rng.random((8, 2))
     )
     record = EvalRecord(200, "checkpoints/ckpt-000000200.pt", "ok", 1.0, 0.5, evaluation.metrics, [0.8, 1.0])
-    write_outcome(tmp_path, Outcome(record, evaluation))
+    write_outcome(tmp_path, Outcome(record, {"val": evaluation, "train": evaluation}))
     write_outcome(tmp_path, Outcome(EvalRecord(300, "checkpoints/ckpt-000000300.pt", "skipped", 2.0, 0.0)))
     assert sorted(outcome_steps(tmp_path)) == [200, 300]
     back = read_outcome(outcome_steps(tmp_path)[200])
-    assert back.record == record and back.evaluation == evaluation
-    assert np.array_equal(back.evaluation.targets, evaluation.targets)
-    assert np.array_equal(back.evaluation.probabilities, evaluation.probabilities)
-    assert read_outcome(outcome_steps(tmp_path)[300]).evaluation is None
+    assert back.record == record and back.evaluations == {"val": evaluation, "train": evaluation}
+    for split in ("val", "train"):
+        assert np.array_equal(back.evaluations[split].targets, evaluation.targets)
+        assert np.array_equal(back.evaluations[split].probabilities, evaluation.probabilities)
+    assert read_outcome(outcome_steps(tmp_path)[300]).evaluations == {}
 
 
 def test_an_outcome_file_holding_a_pickle_is_refused(tmp_path: Path) -> None:
