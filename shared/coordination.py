@@ -73,8 +73,8 @@ class Recorder:
     """The elected recorder: appends outcomes, in step order, to the eval run and the ledger.
 
     It holds the lock until its process ends, and opens the ledger (dropping a line cut short) and its
-    TensorBoard writers (one per split's run, purge_step after the newest record) only once elected, so whatever a dead
-    recorder left half done is redone under the crash rules of docs/protocol.md.
+    TensorBoard writers (one per split's run, purge_step after the newest record) only once elected, so
+    whatever a dead recorder left half done is redone under the crash rules of docs/protocol.md.
     """
 
     def __init__(self, train_dir: TrainDir, config: Config, plot: Plot, runs: dict[str, Path]) -> None:
