@@ -8,11 +8,16 @@ validation curves to the `eval` TensorBoard run beside train.py's `train` run:
 Ad hoc it evaluates one checkpoint and prints the metrics (`--json` for one JSON object):
 
     python eval.py --train-dir runs/digits --checkpoint latest|best|PATH
+
+With --summarize it prints the mean and standard deviation of each metric over train_dirs (folds):
+
+    python eval.py --summarize runs/exp/fold-*
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -24,7 +29,7 @@ from pathlib import Path
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from shared import cli, dashboards, devices
+from shared import cli, crossval, dashboards, devices, export
 from shared import config as cfg
 from shared.checkpoints import Checkpoint, CheckpointError, list_checkpoints
 from shared.errors import UsageError
@@ -32,7 +37,7 @@ from shared.evaluation import Evaluation, Evaluator
 from shared.files import exclusive_lock
 from shared.layout import TrainDir
 from shared.metrics import SCALARS
-from shared.results import EvalRecord, Ledger, update_best
+from shared.results import EvalRecord, Ledger
 from shared.signals import StopRequest
 from shared.summaries import confusion_image, confusion_markdown, open_writer
 from shared.watch import CheckpointWatcher
@@ -42,18 +47,29 @@ log = logging.getLogger("eval")
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="eval.py", description=__doc__.split("\n\n")[0])
-    cli.add_common_options(parser)
+    cli.add_common_options(parser, train_dir_required=False)
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument(
         "--poll", type=float, metavar="SECS", help="poll every SECS, not inotify (NFS, Docker Desktop); 0: inotify"
     )
     parser.add_argument("--idle-timeout", type=float, metavar="SECS", help="exit 0 after SECS with no new checkpoint")
-    parser.add_argument("--checkpoint", metavar="PATH|latest|best", help="evaluate this one checkpoint and exit")
+    parser.add_argument(
+        "--checkpoint", metavar="PATH|latest|best", help="evaluate this one checkpoint (best: the best/ export), exit"
+    )
     parser.add_argument("--json", action="store_true", help="ad hoc: print one JSON object instead of a table")
     parser.add_argument("--write-summary", action="store_true", help="ad hoc: also write to the eval_adhoc run")
+    parser.add_argument(
+        "--summarize", nargs="+", type=Path, metavar="DIR", help="mean and std of each metric over these train_dirs"
+    )
     args = parser.parse_args(argv)
-    if not args.checkpoint and (args.json or args.write_summary):
-        parser.error("--json and --write-summary go with --checkpoint")
+    if not args.train_dir and not args.summarize:
+        parser.error("the following arguments are required: --train-dir (or --summarize DIR ...)")
+    if args.summarize and (args.train_dir or args.checkpoint):
+        parser.error("--summarize reads its own train_dirs; leave out --train-dir and --checkpoint")
+    if not (args.checkpoint or args.summarize) and args.json:
+        parser.error("--json goes with --checkpoint or --summarize")
+    if not args.checkpoint and args.write_summary:
+        parser.error("--write-summary goes with --checkpoint")
     return args
 
 
@@ -77,19 +93,26 @@ def write_summaries(writer: SummaryWriter, result: Evaluation, class_names: list
 
 
 def evaluate_and_record(
-    checkpoint: Checkpoint, evaluator: Evaluator, ledger: Ledger, writer: SummaryWriter, train_dir: TrainDir
+    checkpoint: Checkpoint,
+    evaluator: Evaluator,
+    ledger: Ledger,
+    writers: dict[str, SummaryWriter],
+    train_dir: TrainDir,
+    config: cfg.Config,
 ) -> EvalRecord:
-    """Evaluate one checkpoint; flush its TensorBoard points, then append its ledger record.
+    """Evaluate one checkpoint on every split; flush their TensorBoard points, export it to best/ if it
+    is the best, then append its ledger record.
 
     That order makes a crash safe: a step with points but no record is evaluated again on restart and
-    its old points are purged (purge_step), so it never ends up with two.
+    its old points are purged (purge_step), so it never ends up with two; and best/ is written from the
+    weights in memory before the record lets retention delete the file.
     """
     started, wall_time = time.perf_counter(), time.time()
     relative = str(checkpoint.path.relative_to(train_dir.root))
     try:
-        result = evaluator.evaluate_checkpoint(checkpoint.path)
-        if result.step != checkpoint.step:
-            raise CheckpointError(f"its name says step {checkpoint.step} but it holds step {result.step}")
+        step = evaluator.load_checkpoint(checkpoint.path)
+        if step != checkpoint.step:
+            raise CheckpointError(f"its name says step {checkpoint.step} but it holds step {step}")
     except FileNotFoundError:
         return record_skipped(checkpoint, ledger, train_dir, "deleted before it could be evaluated")
     except CheckpointError as err:
@@ -97,13 +120,22 @@ def evaluate_and_record(
         seconds = round(time.perf_counter() - started, 4)
         record = EvalRecord(checkpoint.step, relative, "failed", wall_time, seconds, reason=str(err))
     else:
+        results = evaluator.evaluate_splits(step)
         if checkpoint.step < ledger.next_purge_step():
             log.warning("%s arrived after a later step was logged; recorded, but not plotted", relative)
         else:
-            write_summaries(writer, result, evaluator.task.class_names)
-        log.info("step %d: %s", checkpoint.step, " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
+            for split, result in results.items():
+                write_summaries(writers[split], result, evaluator.task.class_names)
+        for split, result in results.items():
+            log.info("step %d %s: %s", step, split, " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
+        first, split_metrics = next(iter(results.values())), {split: r.metrics for split, r in results.items()}
+        export.export_if_best(
+            train_dir, evaluator.model, config, export.Candidate(step, relative, first.metrics, split_metrics)
+        )
         seconds = round(time.perf_counter() - started, 4)
-        record = EvalRecord(checkpoint.step, relative, "ok", wall_time, seconds, result.metrics, result.per_class_f1)
+        record = EvalRecord(
+            step, relative, "ok", wall_time, seconds, first.metrics, first.per_class_f1, split_metrics=split_metrics
+        )
     ledger.append(record)
     return record
 
@@ -149,9 +181,13 @@ def follow_checkpoints(args: argparse.Namespace, train_dir: TrainDir, device: to
         evaluator = Evaluator.from_config(config, device)
         log.info("evaluating %s on %s; %d step(s) already recorded", train_dir.root, device, len(ledger.records))
         idle_since = time.monotonic()
-        with open_writer(train_dir.eval_run, purge_step=ledger.next_purge_step()) as writer:
-            if not ledger.records:  # a fresh eval run: it becomes the HParams session, once
-                dashboards.write_hparams(writer, config)
+        with contextlib.ExitStack() as stack:  # one writer per split's run, all purged alike
+            writers = {
+                split: stack.enter_context(open_writer(train_dir.split_run(split), ledger.next_purge_step()))
+                for split in evaluator.splits
+            }
+            if not ledger.records:  # a fresh eval run: the first split's becomes the HParams session, once
+                dashboards.write_hparams(next(iter(writers.values())), config)
             while not stop:
                 finished = train_dir.finished.exists()  # read before the scan: its checkpoints are then listed
                 pending = [c for c in list_checkpoints(train_dir.checkpoints) if c.step not in ledger]
@@ -162,9 +198,7 @@ def follow_checkpoints(args: argparse.Namespace, train_dir: TrainDir, device: to
                 for checkpoint in pending:
                     if stop:
                         break
-                    record = evaluate_and_record(checkpoint, evaluator, ledger, writer, train_dir)
-                    if record.status == "ok":
-                        update_best(train_dir, ledger, config.eval.best_metric, config.eval.best_mode)
+                    evaluate_and_record(checkpoint, evaluator, ledger, writers, train_dir, config)
                 if pending:
                     idle_since = time.monotonic()
                     continue
@@ -187,13 +221,6 @@ def resolve_checkpoint(choice: str, train_dir: TrainDir) -> Path:
         if not found:
             raise UsageError(f"--checkpoint latest: {train_dir.checkpoints} holds no checkpoint yet")
         return found[-1].path
-    if choice == "best":
-        if not train_dir.best_checkpoint.exists():
-            raise UsageError(
-                f"--checkpoint best: no best checkpoint yet (the eval.py daemon keeps {train_dir.best_checkpoint}); "
-                "run the daemon first, or use --checkpoint latest"
-            )
-        return train_dir.best_checkpoint
     path = Path(choice)
     if not path.is_file():
         raise UsageError(f"--checkpoint {choice}: no such file; give a checkpoint file, latest or best")
@@ -207,31 +234,37 @@ def resolve_checkpoint(choice: str, train_dir: TrainDir) -> Path:
 
 def run_adhoc(args: argparse.Namespace, train_dir: TrainDir, device: torch.device) -> int:
     config = read_config(args, train_dir)
-    path = resolve_checkpoint(args.checkpoint, train_dir)
+    best = args.checkpoint == "best"
+    path = export.best_folder(train_dir) if best else resolve_checkpoint(args.checkpoint, train_dir)
     evaluator = Evaluator.from_config(config, device)
     try:
-        result = evaluator.evaluate_checkpoint(path)
+        step = export.load_weights(evaluator.model, train_dir)["step"] if best else evaluator.load_checkpoint(path)
     except CheckpointError as err:
         print(f"eval.py: error: {path}: {err}", file=sys.stderr)
         return 1
+    results = evaluator.evaluate_splits(step)
+    first = next(iter(results.values()))
     if args.json:
-        print(
-            json.dumps(
-                {"step": result.step, "file": str(path), "metrics": result.metrics, "per_class_f1": result.per_class_f1}
-            )
-        )
+        split_metrics = {split: r.metrics for split, r in results.items()}
+        printed = {"step": step, "file": str(path), "metrics": first.metrics, "per_class_f1": first.per_class_f1}
+        print(json.dumps(printed | {"split_metrics": split_metrics}))
     else:
-        print(f"{path} (step {result.step})")
-        for name, value in result.metrics.items():
-            print(f"  {name:<16} {value:.4f}")
+        print(f"{path} (step {step})")
+        print(f"  {'':<16} " + " ".join(f"{split:>8}" for split in results))
+        for name in first.metrics:
+            print(f"  {name:<16} " + " ".join(f"{r.metrics[name]:>8.4f}" for r in results.values()))
     if args.write_summary:
-        with SummaryWriter(log_dir=str(train_dir.adhoc_run)) as writer:
-            write_summaries(writer, result, evaluator.task.class_names)
+        for split, result in results.items():
+            with SummaryWriter(log_dir=str(train_dir.split_run(split, adhoc=True))) as writer:
+                write_summaries(writer, result, evaluator.task.class_names)
     return 0
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.summarize:
+        crossval.print_summary(args.summarize, args.json)
+        return 0
     train_dir = TrainDir(Path(args.train_dir))
     device = devices.resolve(args.device)
     devices.use_fast_math(device, autotune=False)

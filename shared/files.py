@@ -57,14 +57,15 @@ def append_line(path: Path, line: str) -> None:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path, what: str) -> Iterator[None]:
-    """Hold an advisory lock on `path` for the block, or raise UsageError if another process holds it.
+def exclusive_lock(path: Path, what: str, wait: bool = False) -> Iterator[None]:
+    """Hold an advisory lock on `path` for the block, or raise UsageError if another process holds it
+    (with `wait`, wait for it instead: a short critical section several processes take turns in).
 
     The kernel releases the lock when the holder dies, so a crash never leaves a stale lock behind.
     """
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)

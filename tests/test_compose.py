@@ -191,7 +191,7 @@ def test_launcher_runs_the_compose_commands() -> None:
     args = launch.parse_args(["--config", "configs/digits.yaml", "--train-dir", "/runs/digits"])
     here = {"python": launch.sys.executable, "train.py": str(ROOT / "train.py"), "eval.py": str(ROOT / "eval.py")}
     compose = load(CPU)["services"]
-    for service in launch.services(args):
+    for service in launch.services(args, args.train_dir):
         expected = [here.get(part, part) for part in with_defaults(compose[service.name]["command"])]
         if service.name == "tensorboard":  # a container must listen on all addresses; one run, not the volume
             expected[expected.index("0.0.0.0")], expected[expected.index("/runs")] = "localhost", "/runs/digits"
