@@ -23,16 +23,17 @@ def fold_folder(train_dir: Path, fold: int) -> Path:
 @dataclass
 class Summary:
     metric: str  # eval.best_metric, which chose each fold's record
-    steps: dict[str, int]  # train_dir -> the step of its best record
+    steps: list[tuple[str, int]]  # (train_dir, the step of its best record), in order
     values: dict[str, list[float]]  # metric -> one value per train_dir, in order
 
     def as_dict(self) -> dict[str, Any]:
         stats = {name: {"mean": statistics.fmean(v), "std": _std(v)} for name, v in self.values.items()}
-        return {"best_metric": self.metric, "folds": self.steps, "metrics": stats}
+        folds = [{"train_dir": folder, "step": step} for folder, step in self.steps]
+        return {"best_metric": self.metric, "folds": folds, "metrics": stats}
 
     def table(self) -> str:
         lines = [f"{len(self.steps)} train_dir(s), each at its best checkpoint by {self.metric}:"]
-        lines += [f"  {folder}: step {step}" for folder, step in self.steps.items()]
+        lines += [f"  {folder}: step {step}" for folder, step in self.steps]
         lines += [f"  {name:<16} {statistics.fmean(v):.4f} ± {_std(v):.4f}" for name, v in self.values.items()]
         return "\n".join(lines)
 
@@ -47,7 +48,7 @@ def summarize(folders: list[Path]) -> Summary:
 
     A folder that is not a train_dir or has no successful evaluation is a UsageError naming it.
     """
-    steps: dict[str, int] = {}
+    steps: list[tuple[str, int]] = []
     values: dict[str, list[float]] = {}
     metric = ""
     for folder in folders:
@@ -59,7 +60,7 @@ def summarize(folders: list[Path]) -> Summary:
         if best is None:
             raise UsageError(f"--summarize {folder}: no evaluated checkpoint in {train_dir.results}; run eval.py first")
         metric = metric or options.best_metric
-        steps[str(folder)] = best["step"]
+        steps.append((str(folder), best["step"]))
         for name, value in best["metrics"].items():
             values.setdefault(name, []).append(value)
     return Summary(metric, steps, values)
