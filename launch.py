@@ -195,9 +195,14 @@ class Launcher:
 
     def summary(self) -> str:
         best = read_best(self.train_dir)
-        found = f"best checkpoint: step {best['step']}, {best['metric']}={best['value']:.4f}; " if best else ""
-        serving = "stopping TensorBoard" if self.exit_when_done else "TensorBoard keeps serving: Ctrl-C to stop"
-        return f"training finished and every checkpoint is evaluated; {found}{serving}"
+        parts = ["training finished and every checkpoint is evaluated"]
+        if best:
+            parts.append(
+                f"best checkpoint: step {best['step']}, {best['metric']}={best['value']:.4f} in {self.train_dir.best}"
+            )
+        if "tensorboard" in self.procs:
+            parts.append("stopping TensorBoard" if self.exit_when_done else "TensorBoard keeps serving: Ctrl-C to stop")
+        return "; ".join(parts)
 
 
 def cross_validate(args: argparse.Namespace) -> int:

@@ -121,8 +121,8 @@ def best_folder(train_dir: TrainDir) -> Path:
     """The complete folder `best` points at now, or UsageError when there is none yet."""
     if not (train_dir.best / METRICS).exists():
         raise UsageError(
-            f"{train_dir.best} does not exist yet: the eval.py daemon exports the best checkpoint there once it "
-            "has evaluated one; run it first, or use --checkpoint latest"
+            f"no best checkpoint yet: the eval.py daemon exports it to {train_dir.best} once it has evaluated one; "
+            "run the daemon first, or use --checkpoint latest"
         )
     return train_dir.best.resolve()
 
