@@ -28,7 +28,7 @@ from torch import nn
 
 from shared import config as cfg
 from shared.checkpoints import CheckpointError
-from shared.errors import UsageError
+from shared.errors import RunAborted, UsageError
 from shared.files import exclusive_lock, fsync_dir, write_atomic
 from shared.layout import BEST_VERSION_RE, TrainDir
 from shared.tasks import build_task
@@ -84,7 +84,14 @@ def export_if_best(
             "split_metrics": candidate.split_metrics,
             "wall_time": time.time(),
         }
-        _switch(train_dir, _write_version(train_dir, model, config, summary))
+        try:
+            _switch(train_dir, _write_version(train_dir, model, config, summary))
+        except OSError as err:  # disk full, read-only: the step has no record yet, so a restart redoes it
+            shutil.rmtree(train_dir.best_version(candidate.step, temp=True), ignore_errors=True)
+            raise RunAborted(
+                f"cannot export step {candidate.step} to {train_dir.best}: {err}; fix that and start eval.py again "
+                "(it evaluates this step again)"
+            ) from None
     log.info("new best: step %d, %s=%.4f, exported to %s", candidate.step, metric, summary["value"], train_dir.best)
     return summary
 
