@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import eval as eval_script
+from shared import config as cfg
 from shared.checkpoints import Checkpoint, list_checkpoints
 from shared.evaluation import Evaluator
 from shared.layout import TrainDir
@@ -92,6 +93,7 @@ def test_a_checkpoint_deleted_between_detection_and_load_is_recorded_as_skipped(
     evaluator = Evaluator(DigitsTask(DigitsModel(), DigitsData(), 0), torch.device("cpu"), 512)
     vanished = Checkpoint(100, train_dir.checkpoint(100))  # listed, then deleted before the load
     with open_writer(train_dir.eval_run, purge_step=0) as writer:
-        record = eval_script.evaluate_and_record(vanished, evaluator, ledger, writer, train_dir)
+        config = cfg.load("configs/digits.yaml")
+        record = eval_script.evaluate_and_record(vanished, evaluator, ledger, {"val": writer}, train_dir, config)
     assert record.status == "skipped" and "deleted" in record.reason
     assert read_records(train_dir.results)[0]["status"] == "skipped"

@@ -27,6 +27,9 @@ class NumberedTask(BlobsTask):
         n = self.data_config.examples
         return TensorDataset(torch.arange(n, dtype=torch.float32)[:, None].repeat(1, 2), torch.arange(n) % 3)
 
+    def test_data(self) -> TensorDataset:
+        return self._blobs(split=2)
+
 
 def numbered(**data: int) -> NumberedTask:
     config = cfg.resolve({"task": "tests.custom_task:BlobsTask", "data": {"examples": 90, **data}})
@@ -58,6 +61,7 @@ def test_train_split_and_max_examples_are_fixed_subsets() -> None:
     assert [len(d) for d in small.values()] == [7, 7]
     again = eval_splits(numbered(folds=3, fold=1), ["train", "val"], max_examples=7)
     assert [indices(d) for d in small.values()] == [indices(d) for d in again.values()]
+    assert len(eval_splits(task, ["test"], max_examples=0)["test"]) == 90
     digits = build_task(cfg.load("configs/digits.yaml"))
     assert len(eval_splits(digits, ["val"], 0)["val"]) == len(digits.eval_data())
 
