@@ -10,6 +10,10 @@ one of them, and one records them all (shared/coordination.py):
 Ad hoc it evaluates one checkpoint and prints the metrics (`--json` for one JSON object):
 
     python eval.py --train-dir runs/digits --checkpoint latest|best|PATH
+
+With --summarize it prints the mean and standard deviation of each metric over train_dirs (folds):
+
+    python eval.py --summarize runs/exp/fold-*
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from shared import cli, dashboards, devices
+from shared import cli, crossval, dashboards, devices, export
 from shared import config as cfg
 from shared.checkpoints import Checkpoint, CheckpointError, list_checkpoints
 from shared.claims import this_evaluator
@@ -47,18 +51,29 @@ log = logging.getLogger("eval")
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="eval.py", description=__doc__.split("\n\n")[0])
-    cli.add_common_options(parser)
+    cli.add_common_options(parser, train_dir_required=False)
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument(
         "--poll", type=float, metavar="SECS", help="poll every SECS, not inotify (NFS, Docker Desktop); 0: inotify"
     )
     parser.add_argument("--idle-timeout", type=float, metavar="SECS", help="exit 0 after SECS with no new checkpoint")
-    parser.add_argument("--checkpoint", metavar="PATH|latest|best", help="evaluate this one checkpoint and exit")
+    parser.add_argument(
+        "--checkpoint", metavar="PATH|latest|best", help="evaluate this one checkpoint (best: the best/ export), exit"
+    )
     parser.add_argument("--json", action="store_true", help="ad hoc: print one JSON object instead of a table")
     parser.add_argument("--write-summary", action="store_true", help="ad hoc: also write to the eval_adhoc run")
+    parser.add_argument(
+        "--summarize", nargs="+", type=Path, metavar="DIR", help="mean and std of each metric over these train_dirs"
+    )
     args = parser.parse_args(argv)
-    if not args.checkpoint and (args.json or args.write_summary):
-        parser.error("--json and --write-summary go with --checkpoint")
+    if not args.train_dir and not args.summarize:
+        parser.error("the following arguments are required: --train-dir (or --summarize DIR ...)")
+    if args.summarize and (args.train_dir or args.checkpoint):
+        parser.error("--summarize reads its own train_dirs; leave out --train-dir and --checkpoint")
+    if not (args.checkpoint or args.summarize) and args.json:
+        parser.error("--json goes with --checkpoint or --summarize")
+    if not args.checkpoint and args.write_summary:
+        parser.error("--write-summary goes with --checkpoint")
     return args
 
 
@@ -81,25 +96,35 @@ def write_summaries(writer: SummaryWriter, result: Evaluation, class_names: list
     writer.flush()
 
 
-def evaluate(checkpoint: Checkpoint, evaluator: Evaluator, train_dir: TrainDir) -> Outcome:
-    """Evaluate one checkpoint into the outcome the recorder turns into TensorBoard points and a ledger line."""
+def evaluate(checkpoint: Checkpoint, evaluator: Evaluator, train_dir: TrainDir, config: cfg.Config) -> Outcome:
+    """Evaluate one checkpoint on every split into the outcome the recorder turns into TensorBoard points
+    and a ledger line; export it to best/ first if it is the best, from the weights in memory (the record
+    lets retention delete the file)."""
     started, wall_time = time.perf_counter(), time.time()
     record = EvalRecord(checkpoint.step, str(checkpoint.path.relative_to(train_dir.root)), "ok", wall_time, 0.0)
     record.evaluator = this_evaluator()
     try:
-        result = evaluator.evaluate_checkpoint(checkpoint.path)
-        if result.step != checkpoint.step:
-            raise CheckpointError(f"its name says step {checkpoint.step} but it holds step {result.step}")
+        step = evaluator.load_checkpoint(checkpoint.path)
+        if step != checkpoint.step:
+            raise CheckpointError(f"its name says step {checkpoint.step} but it holds step {step}")
     except FileNotFoundError:
         return skipped(checkpoint, train_dir, "deleted before it could be evaluated")
     except CheckpointError as err:
         log.error("%s: failed, %s", record.file, err)
-        record.status, record.reason, result = "failed", str(err), None
-    else:
-        log.info("step %d: %s", checkpoint.step, " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
-        record.metrics, record.per_class_f1 = result.metrics, result.per_class_f1
+        record.status, record.reason = "failed", str(err)
+        record.seconds = round(time.perf_counter() - started, 4)
+        return Outcome(record)
+    results = evaluator.evaluate_splits(step)
+    for split, result in results.items():
+        log.info("step %d %s: %s", step, split, " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
+    first = next(iter(results.values()))
+    record.metrics, record.per_class_f1 = first.metrics, first.per_class_f1
+    record.split_metrics = {split: r.metrics for split, r in results.items()}
+    export.export_if_best(
+        train_dir, evaluator.model, config, export.Candidate(step, record.file, first.metrics, record.split_metrics)
+    )
     record.seconds = round(time.perf_counter() - started, 4)
-    return Outcome(record, {} if result is None else {"val": result})
+    return Outcome(record, results)
 
 
 def skipped(checkpoint: Checkpoint, train_dir: TrainDir, reason: str) -> Outcome:
@@ -136,14 +161,16 @@ def run_daemon(args: argparse.Namespace, train_dir: TrainDir, device: torch.devi
         config = read_config(args, train_dir)
         evaluator = Evaluator.from_config(config, device)
         plot = functools.partial(write_summaries, class_names=evaluator.task.class_names)
-        with SharedTrainDir(train_dir, config, plot, runs={"val": train_dir.eval_run}) as shared:
-            return follow_checkpoints(args, shared, evaluator, watcher, stop)
+        runs = {split: train_dir.split_run(split) for split in evaluator.splits}  # one writer per split's run
+        with SharedTrainDir(train_dir, config, plot, runs) as shared:
+            return follow_checkpoints(args, shared, evaluator, config, watcher, stop)
 
 
 def follow_checkpoints(
     args: argparse.Namespace,
     shared: SharedTrainDir,
     evaluator: Evaluator,
+    config: cfg.Config,
     watcher: CheckpointWatcher,
     stop: StopRequest,
 ) -> int:
@@ -164,7 +191,7 @@ def follow_checkpoints(
             write_outcome(train_dir.outcomes, skipped(each, train_dir, "eval.policy=latest: a newer checkpoint waited"))
         if checkpoint is not None:
             with shared.claims.kept_fresh(checkpoint.step):
-                outcome = evaluate(checkpoint, evaluator, train_dir)
+                outcome = evaluate(checkpoint, evaluator, train_dir, config)
             write_outcome(train_dir.outcomes, outcome)
         if recorded or skip or checkpoint:
             idle_since = time.monotonic()
@@ -189,13 +216,6 @@ def resolve_checkpoint(choice: str, train_dir: TrainDir) -> Path:
         if not found:
             raise UsageError(f"--checkpoint latest: {train_dir.checkpoints} holds no checkpoint yet")
         return found[-1].path
-    if choice == "best":
-        if not train_dir.best_checkpoint.exists():
-            raise UsageError(
-                f"--checkpoint best: no best checkpoint yet (the eval.py daemon keeps {train_dir.best_checkpoint}); "
-                "run the daemon first, or use --checkpoint latest"
-            )
-        return train_dir.best_checkpoint
     path = Path(choice)
     if not path.is_file():
         raise UsageError(f"--checkpoint {choice}: no such file; give a checkpoint file, latest or best")
@@ -209,31 +229,37 @@ def resolve_checkpoint(choice: str, train_dir: TrainDir) -> Path:
 
 def run_adhoc(args: argparse.Namespace, train_dir: TrainDir, device: torch.device) -> int:
     config = read_config(args, train_dir)
-    path = resolve_checkpoint(args.checkpoint, train_dir)
+    best = args.checkpoint == "best"
+    path = export.best_folder(train_dir) if best else resolve_checkpoint(args.checkpoint, train_dir)
     evaluator = Evaluator.from_config(config, device)
     try:
-        result = evaluator.evaluate_checkpoint(path)
+        step = export.load_weights(evaluator.model, train_dir)["step"] if best else evaluator.load_checkpoint(path)
     except CheckpointError as err:
         print(f"eval.py: error: {path}: {err}", file=sys.stderr)
         return 1
+    results = evaluator.evaluate_splits(step)
+    first = next(iter(results.values()))
     if args.json:
-        print(
-            json.dumps(
-                {"step": result.step, "file": str(path), "metrics": result.metrics, "per_class_f1": result.per_class_f1}
-            )
-        )
+        split_metrics = {split: r.metrics for split, r in results.items()}
+        printed = {"step": step, "file": str(path), "metrics": first.metrics, "per_class_f1": first.per_class_f1}
+        print(json.dumps(printed | {"split_metrics": split_metrics}))
     else:
-        print(f"{path} (step {result.step})")
-        for name, value in result.metrics.items():
-            print(f"  {name:<16} {value:.4f}")
+        print(f"{path} (step {step})")
+        print(f"  {'':<16} " + " ".join(f"{split:>8}" for split in results))
+        for name in first.metrics:
+            print(f"  {name:<16} " + " ".join(f"{r.metrics[name]:>8.4f}" for r in results.values()))
     if args.write_summary:
-        with SummaryWriter(log_dir=str(train_dir.adhoc_run)) as writer:
-            write_summaries(writer, result, evaluator.task.class_names)
+        for split, result in results.items():
+            with SummaryWriter(log_dir=str(train_dir.split_run(split, adhoc=True))) as writer:
+                write_summaries(writer, result, evaluator.task.class_names)
     return 0
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.summarize:
+        crossval.print_summary(args.summarize, args.json)
+        return 0
     train_dir = TrainDir(Path(args.train_dir))
     device = devices.resolve(args.device)
     devices.use_fast_math(device, autotune=False)

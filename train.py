@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from shared import checkpoints, cli, dashboards, devices, health, seeding
+from shared import checkpoints, cli, dashboards, devices, health, seeding, splits
 from shared import config as cfg
 from shared.data import DataPosition, ResumableBatches, place
 from shared.errors import RunAborted, UsageError
@@ -97,7 +97,7 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
     options = config.train
     batches = iter(
         ResumableBatches(
-            place(task.train_data(), device, config.data.on_device),
+            place(splits.training_data(task), device, config.data.on_device),
             config.data.batch_size,
             config.seed,
             state.position,

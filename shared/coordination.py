@@ -27,7 +27,7 @@ from shared.evaluation import Evaluation
 from shared.files import try_lock
 from shared.layout import TrainDir, checkpoint_step
 from shared.outcomes import Outcome, OutcomeError, outcome_steps, read_outcome
-from shared.results import Ledger, LedgerTail, update_best
+from shared.results import Ledger, LedgerTail
 from shared.summaries import open_writer
 
 log = logging.getLogger("eval")
@@ -126,8 +126,6 @@ class Recorder:
             for split, evaluation in outcome.evaluations.items():
                 self.plot(self.writers[split], evaluation)
         self.ledger.append(outcome.record)
-        if outcome.record.status == "ok":
-            update_best(self.train_dir, self.ledger, self.config.eval.best_metric, self.config.eval.best_mode)
 
     def close(self) -> None:
         for writer in self.writers.values():

@@ -13,6 +13,7 @@ from pathlib import Path
 
 CHECKPOINT_RE = re.compile(r"^ckpt-(\d{9})\.pt$")
 CHECKPOINT_TEMP_RE = re.compile(r"^\.ckpt-(\d{9})\.pt\.tmp$")
+BEST_VERSION_RE = re.compile(r"^\.best-(\d{9})(\.tmp)?$")  # complete folders, and temps being written
 
 
 def checkpoint_name(step: int) -> str:
@@ -52,18 +53,27 @@ class TrainDir:
         """TensorBoard run for `eval.py --checkpoint ... --write-summary`, so the daemon's run keeps one writer."""
         return self.root / "eval_adhoc"
 
+    def split_run(self, split: str, adhoc: bool = False) -> Path:
+        """The TensorBoard run of one evaluation split: `val` in eval/ (eval_adhoc/), any other X in eval_X/."""
+        run = self.adhoc_run if adhoc else self.eval_run
+        return run if split == "val" else run.with_name(f"{run.name}_{split}")
+
     @property
     def results(self) -> Path:
         return self.eval_run / "results.jsonl"
 
     @property
-    def best_json(self) -> Path:
-        return self.eval_run / "best.json"
+    def best(self) -> Path:
+        """The best evaluated weights: a relative symlink to a complete hidden folder, switched atomically."""
+        return self.root / "best"
 
     @property
-    def best_checkpoint(self) -> Path:
-        """A hard link (or copy) of the best checkpoint; retention never looks in eval/."""
-        return self.eval_run / "best.pt"
+    def best_lock(self) -> Path:
+        """flock(2) held by an evaluator while it compares with and replaces best/."""
+        return self.root / ".best.lock"
+
+    def best_version(self, step: int, temp: bool = False) -> Path:
+        return self.root / f".best-{step:09d}{'.tmp' if temp else ''}"
 
     @property
     def finished(self) -> Path:

@@ -1,4 +1,4 @@
-"""The evaluation ledger `eval/results.jsonl` and the best checkpoint chosen from it.
+"""The evaluation ledger `eval/results.jsonl`.
 
 Only eval.py appends to the ledger, one whole line per checkpoint step, after that step's TensorBoard
 points are flushed. A line cut short by a crash is dropped on the next start; that step is then
@@ -14,8 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from shared.files import append_line, write_atomic
-from shared.layout import TrainDir
+from shared.files import append_line
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +27,8 @@ class EvalRecord:
     wall_time: float
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)  # loss, accuracy, f1_macro, ... when ok
-    per_class_f1: list[float] = field(default_factory=list)
+    per_class_f1: list[float] = field(default_factory=list)  # of the first split, as `metrics`
+    split_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # every split's, by name
     reason: str = ""  # why, when failed or skipped
     evaluator: str = ""  # host:pid of the eval.py that evaluated it (several may share a train_dir)
 
@@ -132,46 +132,3 @@ def best_record(records: list[dict[str, Any]], metric: str, mode: str) -> dict[s
         return None
     sign = 1 if mode == "max" else -1
     return max(scored, key=lambda r: (sign * r["metrics"][metric], -r["step"]))
-
-
-def read_best(train_dir: TrainDir) -> dict[str, Any] | None:
-    try:
-        return json.loads(train_dir.best_json.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def update_best(train_dir: TrainDir, ledger: Ledger, metric: str, mode: str) -> dict[str, Any] | None:
-    """Point eval/best.pt and eval/best.json at the ledger's best step, if that changed.
-
-    best.pt is a hard link (a copy where links are not possible), so deleting the original under
-    retention leaves it intact. It is replaced before best.json, so best.json never names a step
-    whose weights are not in best.pt.
-    """
-    best = best_record(list(ledger.records.values()), metric, mode)
-    current = read_best(train_dir)
-    if best is None or (current and current["step"] == best["step"] and train_dir.best_checkpoint.exists()):
-        return current
-    source = train_dir.checkpoint(best["step"])  # from the step, so no path in a file can point elsewhere
-    temp = train_dir.best_checkpoint.with_name(".best.pt.tmp")
-    temp.unlink(missing_ok=True)
-    try:
-        try:
-            os.link(source, temp)
-        except OSError:
-            write_atomic(temp, source.read_bytes())
-    except FileNotFoundError:
-        log.warning("best checkpoint %s was deleted before it could be kept; best.pt stays as it was", source)
-        return current
-    os.replace(temp, train_dir.best_checkpoint)
-    summary = {
-        "step": best["step"],
-        "metric": metric,
-        "mode": mode,
-        "value": best["metrics"][metric],
-        "file": best["file"],
-        "metrics": best["metrics"],
-    }
-    write_atomic(train_dir.best_json, (json.dumps(summary, indent=2) + "\n").encode())
-    log.info("new best checkpoint: step %d, %s=%.4f", best["step"], metric, best["metrics"][metric])
-    return summary

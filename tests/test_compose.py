@@ -191,7 +191,7 @@ def test_launcher_runs_the_compose_commands() -> None:
     args = launch.parse_args(["--config", "configs/digits.yaml", "--train-dir", "/runs/digits"])
     here = {"python": launch.sys.executable, "train.py": str(ROOT / "train.py"), "eval.py": str(ROOT / "eval.py")}
     compose = load(CPU)["services"]
-    for service in launch.services(args):
+    for service in launch.services(args, args.train_dir):
         expected = [here.get(part, part) for part in with_defaults(compose[service.name]["command"])]
         if service.name == "tensorboard":  # a container must listen on all addresses; one run, not the volume
             expected[expected.index("0.0.0.0")], expected[expected.index("/runs")] = "localhost", "/runs/digits"
@@ -219,9 +219,8 @@ def test_eval_scales_to_several_replicas(variant: str, no_env_file: Path) -> Non
 
 def test_launcher_evaluators_are_replicas_of_the_compose_eval_service() -> None:
     """launch.py --evaluators N: N copies of compose's eval command, as --scale eval=N starts."""
-    one, three = (
-        launch.services(launch.parse_args(["--train-dir", "/runs/digits", "--evaluators", n])) for n in ("1", "3")
-    )
+    args = [launch.parse_args(["--train-dir", "/runs/digits", "--evaluators", n]) for n in ("1", "3")]
+    one, three = (launch.services(a, a.train_dir) for a in args)
     single = next(s for s in one if s.name == "eval")
     replicas = [s for s in three if s.name.startswith("eval")]
     assert [s.name for s in replicas] == ["eval-0", "eval-1", "eval-2"]

@@ -95,7 +95,7 @@ def test_a_checkpoint_deleted_between_detection_and_load_is_recorded_as_skipped(
     join_as_evaluator(train_dir)
     evaluator = Evaluator(DigitsTask(DigitsModel(), DigitsData(), 0), torch.device("cpu"), 512)
     vanished = Checkpoint(100, train_dir.checkpoint(100))  # listed, then deleted before the load
-    outcome = eval_script.evaluate(vanished, evaluator, train_dir)
+    outcome = eval_script.evaluate(vanished, evaluator, train_dir, config)
     assert outcome.record.status == "skipped" and "deleted" in outcome.record.reason and not outcome.evaluations
     write_outcome(train_dir.outcomes, outcome)
     with SharedTrainDir(train_dir, config, eval_script.write_summaries, {"val": train_dir.eval_run}) as shared:
