@@ -12,8 +12,8 @@ from shared.claims import ClaimInfo, claim_step
 from shared.export import read_best
 from shared.layout import TrainDir
 from shared.outcomes import outcome_steps
-from tests.conftest import SHORT_RUN, Proc, wait_until
-from tests.test_end_to_end import assert_one_point_per_evaluated_step
+from tests.conftest import SHORT_RUN, Proc, scalar_points, wait_until
+from tests.test_end_to_end import EVAL_TAGS, assert_one_point_per_evaluated_step
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +30,7 @@ RUN = [
     "--set", "checkpoint.max_to_keep=100",
 ]  # fmt: skip
 EVAL = ["--set", "eval.batch_size=4", "--set", "eval.rescan_secs=0.5"]
+SPLITS = ["--set", "eval.splits=[val, train]", "--set", "eval.max_examples=200"]  # two runs: eval/, eval_train/
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
@@ -50,13 +51,16 @@ def claim_held_by(train_dir: TrainDir, proc: Proc) -> int | None:
 
 
 def test_three_evaluators_share_twenty_checkpoints_and_survive_a_kill(tmp_path: Path, start) -> None:
-    """3 evaluators (one on inotify, two polling), 20 checkpoints; one is SIGKILLed while it evaluates a
-    claimed checkpoint. Every checkpoint ends with one ok ledger record and one point per tag, the killed
-    one's claim is taken over by another, and more than one evaluator did the work."""
+    """3 evaluators (one on inotify, two polling; two evaluation splits), 20 checkpoints; one is SIGKILLed
+    while it evaluates a claimed checkpoint. Every checkpoint ends with one ok ledger record and one point
+    per tag in each split's run, the killed one's claim is taken over by another, and more than one
+    evaluator did the work."""
     train_dir = TrainDir(tmp_path / "run")
     train_dir.root.mkdir()
     polls = [[], ["--poll", "0.2"], ["--poll", "0.2"]]
-    evaluators = [start("eval.py", "--train-dir", str(train_dir.root), *EVAL, *poll, env=ONE_THREAD) for poll in polls]
+    evaluators = [
+        start("eval.py", "--train-dir", str(train_dir.root), *EVAL, *SPLITS, *poll, env=ONE_THREAD) for poll in polls
+    ]
     trainer = start("train.py", "--train-dir", str(train_dir.root), *RUN, env=ONE_THREAD)
     victim = evaluators[1]
     found: list[int] = []
@@ -71,6 +75,9 @@ def test_three_evaluators_share_twenty_checkpoints_and_survive_a_kill(tmp_path: 
 
     records = assert_one_point_per_evaluated_step(train_dir)
     assert [r["step"] for r in records] == list(range(10, 201, 10))
+    for tag in EVAL_TAGS:  # the second split's run too: one point per step, written by the recorder alone
+        expected = [(r["step"], pytest.approx(r["split_metrics"]["train"][tag], rel=1e-6)) for r in records]
+        assert scalar_points(train_dir.split_run("train"), tag) == expected, tag
     assert all(r["status"] == "ok" for r in records), [r for r in records if r["status"] != "ok"]
     by_step = {r["step"]: r["evaluator"] for r in records}
     assert not by_step[killed_step].endswith(f":{victim.popen.pid}"), "the killed evaluator's step was not redone"
