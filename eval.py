@@ -1,18 +1,25 @@
 """eval.py: evaluates train.py's checkpoints, as a daemon or ad hoc.
 
 As a daemon it watches a train_dir, evaluates every new checkpoint once, in step order, and writes the
-validation curves to the `eval` TensorBoard run beside train.py's `train` run:
+validation curves to the `eval` TensorBoard run beside train.py's `train` run. Several daemons may
+share a train_dir (other machines, `docker compose up --scale eval=N`): each checkpoint is evaluated by
+one of them, and one records them all (shared/coordination.py):
 
     python eval.py --train-dir runs/digits [--device cpu|cuda:N] [--poll SECS]
 
 Ad hoc it evaluates one checkpoint and prints the metrics (`--json` for one JSON object):
 
     python eval.py --train-dir runs/digits --checkpoint latest|best|PATH
+
+With --summarize it prints the mean and standard deviation of each metric over train_dirs (folds):
+
+    python eval.py --summarize runs/exp/fold-*
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -24,17 +31,19 @@ from pathlib import Path
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from shared import cli, dashboards, devices
+from shared import cli, crossval, dashboards, devices, export
 from shared import config as cfg
 from shared.checkpoints import Checkpoint, CheckpointError, list_checkpoints
+from shared.claims import this_evaluator
+from shared.coordination import SharedTrainDir, join_as_evaluator
 from shared.errors import UsageError
 from shared.evaluation import Evaluation, Evaluator
-from shared.files import exclusive_lock
 from shared.layout import METADATA, TrainDir
 from shared.metrics import SCALARS
-from shared.results import EvalRecord, Ledger, update_best
+from shared.outcomes import Outcome, write_outcome
+from shared.results import EvalRecord
 from shared.signals import StopRequest
-from shared.summaries import confusion_image, confusion_markdown, open_writer
+from shared.summaries import confusion_image, confusion_markdown
 from shared.watch import CheckpointWatcher
 
 log = logging.getLogger("eval")
@@ -42,18 +51,29 @@ log = logging.getLogger("eval")
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="eval.py", description=__doc__.split("\n\n")[0])
-    cli.add_common_options(parser)
+    cli.add_common_options(parser, train_dir_required=False)
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument(
         "--poll", type=float, metavar="SECS", help="poll every SECS, not inotify (NFS, Docker Desktop); 0: inotify"
     )
     parser.add_argument("--idle-timeout", type=float, metavar="SECS", help="exit 0 after SECS with no new checkpoint")
-    parser.add_argument("--checkpoint", metavar="PATH|latest|best", help="evaluate this one checkpoint and exit")
+    parser.add_argument(
+        "--checkpoint", metavar="PATH|latest|best", help="evaluate this one checkpoint (best: the best/ export), exit"
+    )
     parser.add_argument("--json", action="store_true", help="ad hoc: print one JSON object instead of a table")
     parser.add_argument("--write-summary", action="store_true", help="ad hoc: also write to the eval_adhoc run")
+    parser.add_argument(
+        "--summarize", nargs="+", type=Path, metavar="DIR", help="mean and std of each metric over these train_dirs"
+    )
     args = parser.parse_args(argv)
-    if not args.checkpoint and (args.json or args.write_summary):
-        parser.error("--json and --write-summary go with --checkpoint")
+    if not args.train_dir and not args.summarize:
+        parser.error("the following arguments are required: --train-dir (or --summarize DIR ...)")
+    if args.summarize and (args.train_dir or args.checkpoint):
+        parser.error("--summarize reads its own train_dirs; leave out --train-dir and --checkpoint")
+    if not (args.checkpoint or args.summarize) and args.json:
+        parser.error("--json goes with --checkpoint or --summarize")
+    if not args.checkpoint and args.write_summary:
+        parser.error("--write-summary goes with --checkpoint")
     return args
 
 
@@ -76,45 +96,44 @@ def write_summaries(writer: SummaryWriter, result: Evaluation, class_names: list
     writer.flush()
 
 
-def evaluate_and_record(
-    checkpoint: Checkpoint, evaluator: Evaluator, ledger: Ledger, writer: SummaryWriter, train_dir: TrainDir
-) -> EvalRecord:
-    """Evaluate one checkpoint; flush its TensorBoard points, then append its ledger record.
-
-    That order makes a crash safe: a step with points but no record is evaluated again on restart and
-    its old points are purged (purge_step), so it never ends up with two.
-    """
+def evaluate(checkpoint: Checkpoint, evaluator: Evaluator, train_dir: TrainDir, config: cfg.Config) -> Outcome:
+    """Evaluate one checkpoint on every split into the outcome the recorder turns into TensorBoard points
+    and a ledger line; export it to best/ first if it is the best, from the weights in memory (the record
+    lets retention delete the file)."""
     started, wall_time = time.perf_counter(), time.time()
-    relative = str(checkpoint.path.relative_to(train_dir.root))
+    record = EvalRecord(checkpoint.step, str(checkpoint.path.relative_to(train_dir.root)), "ok", wall_time, 0.0)
+    record.evaluator = this_evaluator()
     try:
-        result = evaluator.evaluate_checkpoint(checkpoint.path)
-        if result.step != checkpoint.step:
-            raise CheckpointError(f"its name says step {checkpoint.step} but it holds step {result.step}")
+        step = evaluator.load_checkpoint(checkpoint.path)
+        if step != checkpoint.step:
+            raise CheckpointError(f"its name says step {checkpoint.step} but it holds step {step}")
     except FileNotFoundError:
-        return record_skipped(checkpoint, ledger, train_dir, "deleted before it could be evaluated")
+        return skipped(checkpoint, train_dir, "deleted before it could be evaluated")
     except CheckpointError as err:
-        log.error("%s: failed, %s", relative, err)
-        seconds = round(time.perf_counter() - started, 4)
-        record = EvalRecord(checkpoint.step, relative, "failed", wall_time, seconds, reason=str(err))
-    else:
-        if checkpoint.step < ledger.next_purge_step():
-            log.warning("%s arrived after a later step was logged; recorded, but not plotted", relative)
-        else:
-            write_summaries(writer, result, evaluator.task.class_names)
-        log.info("step %d: %s", checkpoint.step, " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
-        seconds = round(time.perf_counter() - started, 4)
-        record = EvalRecord(checkpoint.step, relative, "ok", wall_time, seconds, result.metrics, result.per_class_f1)
-    ledger.append(record)
-    return record
+        log.error("%s: failed, %s", record.file, err)
+        record.status, record.reason = "failed", str(err)
+        record.seconds = round(time.perf_counter() - started, 4)
+        return Outcome(record)
+    results = evaluator.evaluate_splits(step)
+    for split, result in results.items():
+        log.info("step %d %s: %s", step, split, " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
+    first = next(iter(results.values()))
+    record.metrics, record.per_class_f1 = first.metrics, first.per_class_f1
+    record.split_metrics = {split: r.metrics for split, r in results.items()}
+    export.export_if_best(
+        train_dir, evaluator.model, config, export.Candidate(step, record.file, first.metrics, record.split_metrics)
+    )
+    record.seconds = round(time.perf_counter() - started, 4)
+    return Outcome(record, results)
 
 
-def record_skipped(checkpoint: Checkpoint, ledger: Ledger, train_dir: TrainDir, reason: str) -> EvalRecord:
-    """Record a checkpoint deliberately not evaluated, so it is accounted for rather than silently missing."""
+def skipped(checkpoint: Checkpoint, train_dir: TrainDir, reason: str) -> Outcome:
+    """A checkpoint deliberately not evaluated, recorded so it is accounted for rather than silently missing."""
     relative = str(checkpoint.path.relative_to(train_dir.root))
     log.warning("%s: skipped, %s", relative, reason)
-    record = EvalRecord(checkpoint.step, relative, "skipped", time.time(), 0.0, reason=reason)
-    ledger.append(record)
-    return record
+    return Outcome(
+        EvalRecord(checkpoint.step, relative, "skipped", time.time(), 0.0, reason=reason, evaluator=this_evaluator())
+    )
 
 
 def wait_for(
@@ -133,50 +152,60 @@ def wait_for(
 
 
 def run_daemon(args: argparse.Namespace, train_dir: TrainDir, device: torch.device) -> int:
-    """One daemon per train_dir: a second would append to the same ledger and TensorBoard run."""
-    train_dir.eval_run.mkdir(exist_ok=True)
-    with exclusive_lock(train_dir.eval_lock, f"another eval.py daemon is already evaluating {train_dir.root}"):
-        return follow_checkpoints(args, train_dir, device)
-
-
-def follow_checkpoints(args: argparse.Namespace, train_dir: TrainDir, device: torch.device) -> int:
-    ledger = Ledger(train_dir.results)  # its existence tells train.py's retention an evaluator is here
+    """Several daemons may share a train_dir: each evaluates the checkpoints it claims, one records them all."""
+    join_as_evaluator(train_dir)  # before config.yaml exists: train.py's retention then keeps checkpoints for us
     with CheckpointWatcher(train_dir, args.poll) as watcher:
         stop = StopRequest(on_stop=watcher.wake)
         if not wait_for(train_dir.config.exists, watcher, stop, args.idle_timeout, "train.py to write config.yaml"):
             return 0
         config = read_config(args, train_dir)
         evaluator = Evaluator.from_config(config, device)
-        log.info("evaluating %s on %s; %d step(s) already recorded", train_dir.root, device, len(ledger.records))
-        idle_since = time.monotonic()
-        with open_writer(train_dir.eval_run, purge_step=ledger.next_purge_step()) as writer:
-            if not ledger.records:  # a fresh eval run: it becomes the HParams session, once
-                dashboards.write_hparams(writer, config)
-            while not stop:
-                finished = train_dir.finished.exists()  # read before the scan: its checkpoints are then listed
-                pending = [c for c in list_checkpoints(train_dir.checkpoints) if c.step not in ledger]
-                if config.eval.policy == "latest" and len(pending) > 1:
-                    for checkpoint in pending[:-1]:
-                        record_skipped(checkpoint, ledger, train_dir, "eval.policy=latest: a newer checkpoint waited")
-                    pending = pending[-1:]
-                for checkpoint in pending:
-                    if stop:
-                        break
-                    record = evaluate_and_record(checkpoint, evaluator, ledger, writer, train_dir)
-                    if record.status == "ok":
-                        update_best(train_dir, ledger, config.eval.best_metric, config.eval.best_mode)
-                if pending:
-                    idle_since = time.monotonic()
-                    continue
-                if finished:
-                    log.info("training finished and every checkpoint is evaluated")
-                    return 0
-                idle = time.monotonic() - idle_since
-                if args.idle_timeout is not None and idle >= args.idle_timeout:
-                    log.info("no new checkpoint for %.0fs (--idle-timeout); exiting", idle)
-                    return 0
-                remaining_idle = math.inf if args.idle_timeout is None else args.idle_timeout - idle
-                watcher.wait(min(config.eval.rescan_secs, remaining_idle))
+        plot = functools.partial(write_summaries, class_names=evaluator.task.class_names)
+        runs = {split: train_dir.split_run(split) for split in evaluator.splits}  # one writer per split's run
+        with SharedTrainDir(train_dir, config, plot, runs) as shared:
+            return follow_checkpoints(args, shared, evaluator, config, watcher, stop)
+
+
+def follow_checkpoints(
+    args: argparse.Namespace,
+    shared: SharedTrainDir,
+    evaluator: Evaluator,
+    config: cfg.Config,
+    watcher: CheckpointWatcher,
+    stop: StopRequest,
+) -> int:
+    train_dir, done = shared.train_dir, shared.scan.ledger.steps
+    log.info(
+        "evaluating %s on %s as %s; %d step(s) already recorded",
+        train_dir.root,
+        evaluator.device,
+        this_evaluator(),
+        len(done),
+    )
+    idle_since = time.monotonic()
+    while not stop:
+        finished = train_dir.finished.exists()  # read before the scan: its checkpoints are then listed
+        recorded = shared.record_ready()
+        skip, checkpoint = shared.claim_next()
+        for each in skip:
+            write_outcome(train_dir.outcomes, skipped(each, train_dir, "eval.policy=latest: a newer checkpoint waited"))
+        if checkpoint is not None:
+            with shared.claims.kept_fresh(checkpoint.step):
+                outcome = evaluate(checkpoint, evaluator, train_dir, config)
+            write_outcome(train_dir.outcomes, outcome)
+        if recorded or skip or checkpoint:
+            idle_since = time.monotonic()
+            continue
+        if finished and shared.all_recorded():
+            log.info("training finished and every checkpoint is evaluated")
+            return 0
+        idle = time.monotonic() - idle_since
+        if args.idle_timeout is not None and idle >= args.idle_timeout:
+            log.info("no new checkpoint for %.0fs (--idle-timeout); exiting", idle)
+            return 0
+        remaining_idle = math.inf if args.idle_timeout is None else args.idle_timeout - idle
+        watcher.wait(min(shared.rescan_secs, remaining_idle))
+    shared.record_ready()  # as the recorder: what was evaluated before the stop
     log.info("stopped")
     return 0
 
@@ -187,13 +216,6 @@ def resolve_checkpoint(choice: str, train_dir: TrainDir) -> Path:
         if not found:
             raise UsageError(f"--checkpoint latest: {train_dir.checkpoints} holds no checkpoint yet")
         return found[-1].path
-    if choice == "best":
-        if not train_dir.best_checkpoint.exists():
-            raise UsageError(
-                f"--checkpoint best: no best checkpoint yet (the eval.py daemon keeps {train_dir.best_checkpoint}); "
-                "run the daemon first, or use --checkpoint latest"
-            )
-        return train_dir.best_checkpoint
     path = Path(choice)
     if not (path.is_file() or (path / METADATA).is_file()):
         raise UsageError(
@@ -209,31 +231,37 @@ def resolve_checkpoint(choice: str, train_dir: TrainDir) -> Path:
 
 def run_adhoc(args: argparse.Namespace, train_dir: TrainDir, device: torch.device) -> int:
     config = read_config(args, train_dir)
-    path = resolve_checkpoint(args.checkpoint, train_dir)
+    best = args.checkpoint == "best"
+    path = export.best_folder(train_dir) if best else resolve_checkpoint(args.checkpoint, train_dir)
     evaluator = Evaluator.from_config(config, device)
     try:
-        result = evaluator.evaluate_checkpoint(path)
+        step = export.load_weights(evaluator.model, train_dir)["step"] if best else evaluator.load_checkpoint(path)
     except CheckpointError as err:
         print(f"eval.py: error: {path}: {err}", file=sys.stderr)
         return 1
+    results = evaluator.evaluate_splits(step)
+    first = next(iter(results.values()))
     if args.json:
-        print(
-            json.dumps(
-                {"step": result.step, "file": str(path), "metrics": result.metrics, "per_class_f1": result.per_class_f1}
-            )
-        )
+        split_metrics = {split: r.metrics for split, r in results.items()}
+        printed = {"step": step, "file": str(path), "metrics": first.metrics, "per_class_f1": first.per_class_f1}
+        print(json.dumps(printed | {"split_metrics": split_metrics}))
     else:
-        print(f"{path} (step {result.step})")
-        for name, value in result.metrics.items():
-            print(f"  {name:<16} {value:.4f}")
+        print(f"{path} (step {step})")
+        print(f"  {'':<16} " + " ".join(f"{split:>8}" for split in results))
+        for name in first.metrics:
+            print(f"  {name:<16} " + " ".join(f"{r.metrics[name]:>8.4f}" for r in results.values()))
     if args.write_summary:
-        with SummaryWriter(log_dir=str(train_dir.adhoc_run)) as writer:
-            write_summaries(writer, result, evaluator.task.class_names)
+        for split, result in results.items():
+            with SummaryWriter(log_dir=str(train_dir.split_run(split, adhoc=True))) as writer:
+                write_summaries(writer, result, evaluator.task.class_names)
     return 0
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.summarize:
+        crossval.print_summary(args.summarize, args.json)
+        return 0
     train_dir = TrainDir(Path(args.train_dir))
     device = devices.resolve(args.device)
     devices.use_fast_math(device, autotune=False)

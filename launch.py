@@ -1,6 +1,7 @@
 """launch.py: train.py, eval.py and TensorBoard as three processes, the way `docker compose up` runs them.
 
     python launch.py --config configs/digits.yaml --train-dir runs/demo [--set train.steps=3000] [--port 6006]
+    python launch.py ... --evaluators 3     # three eval.py processes share the checkpoints (compose --scale eval=3)
 
 The three get the arguments and environment of the compose services (compose.cpu.yml), apart from paths
 and TensorBoard's address. Their output is streamed line by line, each line prefixed with the process's
@@ -8,6 +9,11 @@ name. Ctrl-C or SIGTERM is passed on to all three as SIGTERM (train.py saves a c
 Ctrl-C is passed on as SIGINT, which stops train.py at once. When one process fails, the others are
 stopped and launch.py exits with its code; after a clean stop it exits 0. TensorBoard keeps serving after
 training and evaluation are done, until you stop it, or, with --exit-when-done (the demo), stops then too.
+
+With --folds K it cross-validates: folds 0..K-1 one after the other, each a train.py and an eval.py in
+its own train_dir `<train-dir>/fold-<i>` (`data.folds=K`, `data.fold=i`), then prints each metric's mean
+and standard deviation over the folds (eval.py --summarize). TensorBoard is left out: run it on
+<train-dir> to compare the folds.
 """
 
 from __future__ import annotations
@@ -25,8 +31,9 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from shared import crossval
+from shared.export import read_best
 from shared.layout import TrainDir
-from shared.results import read_best
 
 HERE = Path(__file__).resolve().parent
 CPU_ONLY = {"CUDA_VISIBLE_DEVICES": "", "NVIDIA_VISIBLE_DEVICES": "void"}  # as compose.cpu.yml's eval
@@ -49,38 +56,46 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--train-gpu", metavar="N", help="the GPU train.py uses (default: cuda:0 if any)")
     parser.add_argument("--eval-gpu", metavar="N", help="evaluate on this GPU instead of the CPU")
     parser.add_argument("--poll", type=float, default=0, metavar="SECS", help="eval.py --poll (0: inotify)")
+    parser.add_argument(
+        "--evaluators", type=int, default=1, metavar="N", help="eval.py processes sharing the work (compose --scale)"
+    )
     parser.add_argument("--host", default="localhost", help="TensorBoard's address (default: localhost)")
     parser.add_argument("--port", type=int, default=6006, help="TensorBoard's port (0: a free one)")
     parser.add_argument(
         "--exit-when-done", action="store_true", help="stop TensorBoard too once training and evaluation are done"
     )
+    parser.add_argument("--folds", type=int, metavar="K", help="cross-validate: train and evaluate K folds in turn")
     parser.add_argument(
         "--stop-timeout", type=float, default=120, metavar="SECS", help="then SIGKILL, as compose's stop_grace_period"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.evaluators < 1:
+        parser.error(f"--evaluators must be >= 1, got {args.evaluators}")
+    if args.folds is not None and args.folds < 2:
+        parser.error(f"--folds: cross-validation needs at least 2 folds, got {args.folds}")
+    return args
 
 
-def services(args: argparse.Namespace) -> list[Service]:
-    """The compose services' commands, with this machine's python and paths."""
-    python, train_dir = sys.executable, str(args.train_dir)
+def services(args: argparse.Namespace, train_dir: Path, overrides: list[str] = ()) -> list[Service]:
+    """The compose services' commands, with this machine's python and paths (no TensorBoard for a fold)."""
+    python = sys.executable
     config = ["--config", args.config] if args.config else []
-    sets = [arg for override in args.overrides for arg in ("--set", override)]
-    return [
+    sets = [arg for override in [*args.overrides, *overrides] for arg in ("--set", override)]
+    evaluate = [python, str(HERE / "eval.py"), "--train-dir", str(train_dir), "--device", "auto"]
+    eval_env = {"CUDA_VISIBLE_DEVICES": args.eval_gpu} if args.eval_gpu is not None else CPU_ONLY
+    eval_names = ["eval"] if args.evaluators == 1 else [f"eval-{i}" for i in range(args.evaluators)]
+    stack = [
         Service(
             "train",
-            [python, str(HERE / "train.py"), *config, "--train-dir", train_dir, "--device", "auto", *sets],
+            [python, str(HERE / "train.py"), *config, "--train-dir", str(train_dir), "--device", "auto", *sets],
             {"CUDA_VISIBLE_DEVICES": args.train_gpu} if args.train_gpu is not None else {},
         ),
-        Service(
-            "eval",
-            [python, str(HERE / "eval.py"), "--train-dir", train_dir, "--device", "auto", "--poll", f"{args.poll:g}"],
-            {"CUDA_VISIBLE_DEVICES": args.eval_gpu} if args.eval_gpu is not None else CPU_ONLY,
-        ),
-        Service(
-            "tensorboard",
-            [python, "-m", "tensorboard.main", "--logdir", train_dir, "--host", args.host, "--port", str(args.port)],
-        ),
+        *(Service(name, [*evaluate, "--poll", f"{args.poll:g}"], eval_env) for name in eval_names),
     ]
+    if overrides:
+        return stack
+    tensorboard = [python, "-m", "tensorboard.main", "--logdir", str(train_dir), "--host", args.host]
+    return [*stack, Service("tensorboard", [*tensorboard, "--port", str(args.port)])]
 
 
 class Launcher:
@@ -97,6 +112,7 @@ class Launcher:
         self.stack, self.train_dir, self.stop_timeout, self.out = stack, train_dir, stop_timeout, out
         self.exit_when_done = exit_when_done
         self.width = max(len(s.name) for s in stack)
+        self.names = {s.name for s in stack}
         self.procs: dict[str, subprocess.Popen] = {}
         self.exits: queue.Queue[tuple[str, int]] = queue.Queue()
         self.lock = threading.Lock()
@@ -168,7 +184,7 @@ class Launcher:
             if code != 0:
                 failure = failure or code
                 self.stop(f"{name} failed")
-            elif {"train", "eval"} <= codes.keys() and self.deadline is None:
+            elif self.names - {"tensorboard"} <= codes.keys() and self.deadline is None:
                 self.say("launch", self.summary())
                 if self.exit_when_done:
                     self.stop("training and evaluation are done (--exit-when-done)")
@@ -176,14 +192,43 @@ class Launcher:
 
     def summary(self) -> str:
         best = read_best(self.train_dir)
-        found = f"best checkpoint: step {best['step']}, {best['metric']}={best['value']:.4f}; " if best else ""
-        serving = "stopping TensorBoard" if self.exit_when_done else "TensorBoard keeps serving: Ctrl-C to stop"
-        return f"training finished and every checkpoint is evaluated; {found}{serving}"
+        parts = ["training finished and every checkpoint is evaluated"]
+        if best:
+            parts.append(
+                f"best checkpoint: step {best['step']}, {best['metric']}={best['value']:.4f} in {self.train_dir.best}"
+            )
+        if "tensorboard" in self.procs:
+            parts.append("stopping TensorBoard" if self.exit_when_done else "TensorBoard keeps serving: Ctrl-C to stop")
+        return "; ".join(parts)
+
+
+def cross_validate(args: argparse.Namespace) -> int:
+    """Each fold in turn (two processes at a time suit a small machine; folds are independent train_dirs,
+    so on a bigger one they can as well run side by side by hand), then the summary over all of them."""
+    folders = [crossval.fold_folder(args.train_dir, fold) for fold in range(args.folds)]
+    for fold, folder in enumerate(folders):
+        args.train_dir.mkdir(parents=True, exist_ok=True)
+        launcher = Launcher(
+            services(args, folder, [f"data.folds={args.folds}", f"data.fold={fold}"]),
+            TrainDir(folder),
+            args.stop_timeout,
+        )
+        launcher.say("launch", f"fold {fold} of {args.folds}: {folder}")
+        code = launcher.run()
+        if code or launcher.signals:
+            return code
+    crossval.print_summary(folders, as_json=False)
+    print(f"compare the folds: tensorboard --logdir {args.train_dir}")
+    return 0
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    return Launcher(services(args), TrainDir(args.train_dir), args.stop_timeout, args.exit_when_done).run()
+    if args.folds:
+        return cross_validate(args)
+    return Launcher(
+        services(args, args.train_dir), TrainDir(args.train_dir), args.stop_timeout, args.exit_when_done
+    ).run()
 
 
 if __name__ == "__main__":

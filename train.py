@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from shared import checkpoints, cli, dashboards, devices, distributed, health, seeding
+from shared import checkpoints, cli, dashboards, devices, distributed, health, seeding, splits
 from shared import config as cfg
 from shared.data import DataPosition, ResumableBatches, place
 from shared.distributed import Distributed
@@ -105,7 +105,7 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
     options, group = config.train, state.group
     batches = iter(
         ResumableBatches(
-            place(task.train_data(), device, config.data.on_device),
+            place(splits.training_data(task), device, config.data.on_device),
             config.data.batch_size,
             config.seed,
             state.position,
@@ -180,7 +180,7 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
     if state.step >= options.steps or feedback.stopped:
         record = {"step": state.step, "wall_time": time.time(), **feedback.finished_fields()}
         write_atomic(train_dir.finished, (json.dumps(record) + "\n").encode())
-        log.info("training finished at step %d (%s)", state.step, record["reason"])
+        log.info("training finished at step %d", state.step)
     else:
         log.info("stopped at step %d; run the same command to resume", state.step)
 

@@ -37,7 +37,7 @@ from shared.results import read_records
 from shared.tasks import build_task
 
 TINY = ["model.channels=4", "model.hidden=8"]
-SETTLE = 0.05  # seconds after a record before the next checkpoint: eval.py finishes best.json and goes idle
+SETTLE = 0.05  # seconds after a record before the next checkpoint: eval.py finishes its record and goes idle
 TIMEOUT = 60.0  # seconds to wait for eval.py to start or to record one checkpoint
 
 

@@ -15,8 +15,8 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-def add_common_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--train-dir", required=True, help="the run folder train.py and eval.py share")
+def add_common_options(parser: argparse.ArgumentParser, train_dir_required: bool = True) -> None:
+    parser.add_argument("--train-dir", required=train_dir_required, help="the run folder train.py and eval.py share")
     parser.add_argument("--config", help="YAML config file (see configs/)")
     parser.add_argument(
         "--set",

@@ -78,6 +78,8 @@ class DataConfig:
     batch_size: int = field(default=64, metadata=at_least(1))
     num_workers: int = field(default=0, metadata=at_least(0))  # DataLoader workers, for file-backed data
     on_device: bool = False  # keep an in-memory (TensorDataset) training set on the training device
+    folds: int = field(default=0, metadata=at_least(0))  # cross-validation: K folds of the training set; 0/1: off
+    fold: int = field(default=0, metadata=at_least(0))  # the held-out fold (the `val` split), 0 <= fold < folds
 
 
 @dataclass
@@ -155,6 +157,11 @@ class EvalConfig:
     best_mode: Literal["max", "min"] = "max"
     rescan_secs: float = field(default=5.0, metadata=at_least(0, strict=True))
     policy: Literal["all", "latest"] = "all"  # latest: when behind, skip to the newest (recorded as skipped)
+    # Several evaluators on one train_dir: a claim not refreshed for this long is taken over (see docs/protocol.md).
+    claim_timeout_secs: float = field(default=60.0, metadata=at_least(1))
+    # Evaluated at every checkpoint, each into its own TensorBoard run; the first also scores best_metric.
+    splits: list[Literal["val", "train", "test"]] = field(default_factory=lambda: ["val"])
+    max_examples: int = field(default=0, metadata=at_least(0))  # > 0: a fixed subset of each split; 0: all
 
 
 @dataclass
@@ -385,6 +392,14 @@ def _check_combinations(config: Config) -> None:
             f"train.on_plateau.min_lr: must be below train.lr ({config.train.lr}) or no cut could happen, "
             f"got {plateau.min_lr}"
         )
+    if not config.eval.splits or len(set(config.eval.splits)) < len(config.eval.splits):
+        raise ConfigError(
+            f"eval.splits: list each split once, at least one (e.g. [val, train]); got {config.eval.splits}"
+        )
+    folds, fold = config.data.folds, config.data.fold
+    if fold >= max(folds, 1):
+        fix = f"set data.fold between 0 and {folds - 1}" if folds > 1 else "set data.folds to 2 or more first"
+        raise ConfigError(f"data.fold: must be < data.folds ({folds}), got {fold}; {fix}")
     if config.train.warmup_steps > config.train.steps:
         raise ConfigError(
             f"train.warmup_steps: must be <= train.steps ({config.train.steps}), got {config.train.warmup_steps}"

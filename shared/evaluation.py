@@ -10,12 +10,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from shared import checkpoints, devices
 from shared.config import Config
 from shared.data import place
 from shared.metrics import classification_metrics
+from shared.splits import eval_splits
 from shared.tasks import Task, build_task
 
 
@@ -32,50 +33,79 @@ class Evaluation:
 
 
 class Evaluator:
-    """Builds the model and the evaluation data once, then scores any checkpoint made for them.
+    """Builds the model and the evaluation splits once, then scores any checkpoint made for them.
 
-    In-memory data (a TensorDataset) is cut into batches by slicing, on the device when `on_device`;
-    other datasets go through a DataLoader.
+    `splits` maps names to datasets (default: the task's evaluation set as `val`); one loaded
+    checkpoint is scored on each. In-memory data (a TensorDataset) is cut into batches by slicing, on
+    the device when `on_device`; other datasets go through a DataLoader.
     """
 
     def __init__(
-        self, task: Task, device: torch.device, batch_size: int, precision: str = "fp32", on_device: bool = False
+        self,
+        task: Task,
+        device: torch.device,
+        batch_size: int,
+        precision: str = "fp32",
+        on_device: bool = False,
+        splits: dict[str, Dataset] | None = None,
     ) -> None:
         self.task, self.device, self.precision, self.batch_size = task, device, precision, batch_size
         self.model = task.build_model().to(device).eval()
         if task.channels_last and device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.data = place(task.eval_data(), device, on_device)
-        if on_device and isinstance(self.data, TensorDataset):  # NHWC once, not per batch
-            inputs, *rest = self.data.tensors
-            self.data = TensorDataset(devices.to_device(inputs, device, task.channels_last), *rest)
+        splits = splits or {"val": task.eval_data()}
+        self.splits = {name: self._place(data, on_device) for name, data in splits.items()}
+
+    def _place(self, dataset: Dataset, on_device: bool) -> Dataset:
+        data = place(dataset, self.device, on_device)
+        if on_device and isinstance(data, TensorDataset):  # NHWC once, not per batch
+            inputs, *rest = data.tensors
+            data = TensorDataset(devices.to_device(inputs, self.device, self.task.channels_last), *rest)
+        return data
 
     @classmethod
     def from_config(cls, config: Config, device: torch.device) -> Evaluator:
-        """The evaluator eval.py uses: the config's task, batch size, precision and data placement."""
+        """The evaluator eval.py uses: the config's task, splits, batch size, precision and data placement."""
         precision = devices.precision_for(device, config.eval.precision)
-        return cls(build_task(config), device, config.eval.batch_size, precision, config.data.on_device)
+        task = build_task(config)
+        named = eval_splits(task, config.eval.splits, config.eval.max_examples)
+        return cls(task, device, config.eval.batch_size, precision, config.data.on_device, named)
 
-    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if isinstance(self.data, TensorDataset):
-            return zip(*(t.split(self.batch_size) for t in self.data.tensors), strict=True)
-        return iter(DataLoader(self.data, batch_size=self.batch_size, pin_memory=self.device.type == "cuda"))
+    @property
+    def data(self) -> Dataset:
+        """The first split's data: the one whose metrics the ledger records as `metrics`."""
+        return next(iter(self.splits.values()))
 
-    def evaluate_checkpoint(self, path: Path) -> Evaluation:
-        """Raises CheckpointError for a file that cannot be used, FileNotFoundError if it vanished.
+    def batches(self, data: Dataset) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if isinstance(data, TensorDataset):
+            return zip(*(t.split(self.batch_size) for t in data.tensors), strict=True)
+        return iter(DataLoader(data, batch_size=self.batch_size, pin_memory=self.device.type == "cuda"))
 
-        The file is read on the CPU: only the weights go to the device, not the optimizer state, and the
+    def load_checkpoint(self, path: Path) -> int:
+        """Load a checkpoint's weights into the model and return its step.
+
+        Raises CheckpointError for a file that cannot be used, FileNotFoundError if it vanished. The
+        file is read on the CPU: only the weights go to the device, not the optimizer state, and the
         checks on them cost no device round trips.
         """
         state = checkpoints.load(path, map_location="cpu")
         checkpoints.restore_model(self.model, state)
-        return self.evaluate(state["step"])
+        return state["step"]
+
+    def evaluate_checkpoint(self, path: Path) -> Evaluation:
+        """The first split's scores for a checkpoint (see load_checkpoint for the errors)."""
+        return self.evaluate(self.load_checkpoint(path))
+
+    def evaluate_splits(self, step: int) -> dict[str, Evaluation]:
+        """The loaded weights scored on every split, in order."""
+        return {name: self.evaluate(step, data) for name, data in self.splits.items()}
 
     @torch.inference_mode()
-    def evaluate(self, step: int) -> Evaluation:
+    def evaluate(self, step: int, data: Dataset | None = None) -> Evaluation:
+        """The loaded weights scored on `data` (default: the first split)."""
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         predictions, targets, probabilities = [], [], []
-        for inputs, target in self.batches():
+        for inputs, target in self.batches(self.data if data is None else data):
             inputs = devices.to_device(inputs, self.device, self.task.channels_last)
             target = target.to(self.device, non_blocking=True)
             with devices.autocast(self.device, self.precision):

@@ -56,22 +56,30 @@ def append_line(path: Path, line: str) -> None:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def exclusive_lock(path: Path, what: str) -> Iterator[None]:
-    """Hold an advisory lock on `path` for the block, or raise UsageError if another process holds it.
-
-    The kernel releases the lock when the holder dies, so a crash never leaves a stale lock behind.
-    """
+def try_lock(path: Path, wait: bool = False) -> int | None:
+    """An open descriptor holding an advisory lock on `path` (with our pid written in it), or None if
+    another process holds it (with `wait`, wait for it instead). The lock lasts until the descriptor is
+    closed or the process dies: the kernel releases it, so a crash never leaves a stale lock behind."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        raise UsageError(f"{what} (pid {holder}); stop that process or choose another --train-dir") from None
+        return None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, what: str, wait: bool = False) -> Iterator[None]:
+    """Hold an advisory lock on `path` for the block, or raise UsageError if another process holds it
+    (with `wait`, wait for it instead: a short critical section several processes take turns in)."""
+    fd = try_lock(path, wait)
+    if fd is None:
+        holder = path.read_text(errors="replace").strip() or "unknown"
+        raise UsageError(f"{what} (pid {holder}); stop that process or choose another --train-dir")
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
         os.close(fd)

@@ -17,6 +17,7 @@ CHECKPOINT_RE = re.compile(r"^ckpt-(\d{9})(\.pt)?$")
 CHECKPOINT_TEMP_RE = re.compile(r"^\.ckpt-(\d{9})(\.pt)?\.tmp$")
 METADATA = ".metadata"  # DCP's index of a sharded checkpoint, written last
 SHARDED_STATE = "state.pt"  # the plain values of a sharded checkpoint (step, schedule, data position, RNG)
+BEST_VERSION_RE = re.compile(r"^\.best-(\d{9})(\.tmp)?$")  # complete folders, and temps being written
 
 
 def checkpoint_name(step: int) -> str:
@@ -69,18 +70,27 @@ class TrainDir:
         """TensorBoard run for `eval.py --checkpoint ... --write-summary`, so the daemon's run keeps one writer."""
         return self.root / "eval_adhoc"
 
+    def split_run(self, split: str, adhoc: bool = False) -> Path:
+        """The TensorBoard run of one evaluation split: `val` in eval/ (eval_adhoc/), any other X in eval_X/."""
+        run = self.adhoc_run if adhoc else self.eval_run
+        return run if split == "val" else run.with_name(f"{run.name}_{split}")
+
     @property
     def results(self) -> Path:
         return self.eval_run / "results.jsonl"
 
     @property
-    def best_json(self) -> Path:
-        return self.eval_run / "best.json"
+    def best(self) -> Path:
+        """The best evaluated weights: a relative symlink to a complete hidden folder, switched atomically."""
+        return self.root / "best"
 
     @property
-    def best_checkpoint(self) -> Path:
-        """A hard link (or copy) of the best checkpoint; retention never looks in eval/."""
-        return self.eval_run / "best.pt"
+    def best_lock(self) -> Path:
+        """flock(2) held by an evaluator while it compares with and replaces best/."""
+        return self.root / ".best.lock"
+
+    def best_version(self, step: int, temp: bool = False) -> Path:
+        return self.root / f".best-{step:09d}{'.tmp' if temp else ''}"
 
     @property
     def finished(self) -> Path:
@@ -98,8 +108,18 @@ class TrainDir:
 
     @property
     def eval_lock(self) -> Path:
-        """Held by the eval.py daemon: one daemon writes the eval run and the ledger."""
+        """Held by the recording eval.py daemon: of several evaluators, one writes the eval run and the ledger."""
         return self.eval_run / ".eval.lock"
+
+    @property
+    def claims(self) -> Path:
+        """One claim file per checkpoint an evaluator is working on (shared/claims.py)."""
+        return self.eval_run / "claims"
+
+    @property
+    def outcomes(self) -> Path:
+        """One outcome file per evaluated step waiting to be recorded (shared/outcomes.py)."""
+        return self.eval_run / "pending"
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / checkpoint_name(step)

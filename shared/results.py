@@ -1,4 +1,4 @@
-"""The evaluation ledger `eval/results.jsonl` and the best checkpoint chosen from it.
+"""The evaluation ledger `eval/results.jsonl`.
 
 Only eval.py appends to the ledger, one whole line per checkpoint step, after that step's TensorBoard
 points are flushed. A line cut short by a crash is dropped on the next start; that step is then
@@ -14,9 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from shared.errors import CheckpointError
-from shared.files import append_line, write_atomic
-from shared.layout import TrainDir
+from shared.files import append_line
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +27,10 @@ class EvalRecord:
     wall_time: float
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)  # loss, accuracy, f1_macro, ... when ok
-    per_class_f1: list[float] = field(default_factory=list)
+    per_class_f1: list[float] = field(default_factory=list)  # of the first split, as `metrics`
+    split_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # every split's, by name
     reason: str = ""  # why, when failed or skipped
+    evaluator: str = ""  # host:pid of the eval.py that evaluated it (several may share a train_dir)
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -50,7 +50,8 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 
 class LedgerTail:
-    """train.py's view of the ledger: the records appended since the last look, and the newest step.
+    """A reader's view of the ledger: the records appended since the last look, which steps are recorded,
+    and the newest (train.py, and evaluators that do not write it).
 
     The ledger only grows, so each call reads just the whole lines appended since the last one, and
     only after a stat says the file grew; a restarted evaluator only ever cuts an incomplete last line,
@@ -60,22 +61,23 @@ class LedgerTail:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._offset = 0  # bytes of whole lines already read
+        self.steps: set[int] = set()
         self.newest = -1  # the newest step read so far, whatever its status
+        self._offset = 0  # bytes of whole lines already read
 
     def poll(self) -> list[dict[str, Any]] | None:
         """The records appended since the last call, in ledger order; None if no evaluator keeps a ledger."""
         try:
             size = os.stat(self.path).st_size
             if size < self._offset:
-                self._offset, self.newest = 0, -1
+                self._offset, self.newest, self.steps = 0, -1, set()
             if size == self._offset:
                 return []
             with open(self.path, "rb") as f:
                 f.seek(self._offset)
                 appended = f.read()
         except FileNotFoundError:
-            self._offset, self.newest = 0, -1
+            self._offset, self.newest, self.steps = 0, -1, set()
             return None
         whole = appended[: appended.rfind(b"\n") + 1]
         self._offset += len(whole)
@@ -83,15 +85,22 @@ class LedgerTail:
         for line in whole.splitlines():
             try:
                 record = json.loads(line)
-                self.newest = max(self.newest, record["step"])
-                records.append(record)
+                step = record["step"]
             except (json.JSONDecodeError, KeyError, TypeError):
                 log.warning("%s: a line that is not a record; ignoring it", self.path)
+                continue
+            self.steps.add(step)
+            self.newest = max(self.newest, step)
+            records.append(record)
         return records
+
+    def update(self) -> bool:
+        """Read the lines appended since the last call into `steps`; False if there is no ledger."""
+        return self.poll() is not None
 
     def newest_step(self) -> int | None:
         """The newest recorded step, -1 if none yet, None if no evaluator keeps a ledger."""
-        return None if self.poll() is None else self.newest
+        return self.newest if self.update() else None
 
 
 def record_metric(record: dict[str, Any], split: str, metric: str) -> float | None:
@@ -143,53 +152,3 @@ def best_record(records: list[dict[str, Any]], metric: str, mode: str) -> dict[s
         return None
     sign = 1 if mode == "max" else -1
     return max(scored, key=lambda r: (sign * r["metrics"][metric], -r["step"]))
-
-
-def read_best(train_dir: TrainDir) -> dict[str, Any] | None:
-    try:
-        return json.loads(train_dir.best_json.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def update_best(train_dir: TrainDir, ledger: Ledger, metric: str, mode: str) -> dict[str, Any] | None:
-    """Point eval/best.pt and eval/best.json at the ledger's best step, if that changed.
-
-    best.pt is a hard link (a copy where links are not possible), so deleting the original under
-    retention leaves it intact; of a sharded checkpoint (a folder), a single-file copy of its weights
-    and plain state. It is replaced before best.json, so best.json never names a step whose weights
-    are not in best.pt.
-    """
-    best = best_record(list(ledger.records.values()), metric, mode)
-    current = read_best(train_dir)
-    if best is None or (current and current["step"] == best["step"] and train_dir.best_checkpoint.exists()):
-        return current
-    source = train_dir.checkpoint(best["step"])  # from the step, so no path in a file can point elsewhere
-    folder = train_dir.sharded_checkpoint(best["step"])
-    temp = train_dir.best_checkpoint.with_name(".best.pt.tmp")
-    temp.unlink(missing_ok=True)
-    try:
-        if folder.is_dir():
-            from shared import sharded  # only here: it imports torch.distributed.checkpoint (slow)
-
-            sharded.consolidate(folder, temp)
-        else:
-            try:
-                os.link(source, temp)
-            except OSError:
-                write_atomic(temp, source.read_bytes())
-    except (FileNotFoundError, CheckpointError):  # deleted by retention meanwhile
-        log.warning("best checkpoint of step %d was deleted before it could be kept; best.pt stays", best["step"])
-        return current
-    os.replace(temp, train_dir.best_checkpoint)
-    summary = {
-        "step": best["step"],
-        "metric": metric,
-        "mode": mode,
-        "value": best["metrics"][metric],
-        "file": best["file"],
-        "metrics": best["metrics"],
-    }
-    write_atomic(train_dir.best_json, (json.dumps(summary, indent=2) + "\n").encode())
-    log.info("new best checkpoint: step %d, %s=%.4f", best["step"], metric, best["metrics"][metric])
-    return summary

@@ -176,16 +176,6 @@ def load_for_eval(folder: Path) -> dict[str, Any]:
     return {**_read_state(folder), "model": weights}
 
 
-def consolidate(folder: Path, temp: Path) -> None:
-    """Write the folder's weights and plain state as one checkpoint file at `temp` (fsynced; the caller
-    renames it): what eval.py keeps as best.pt, loadable anywhere without DCP."""
-    state = load_for_eval(folder)
-    with open(temp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def load_into(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Resume: every rank reads its shards of the weights and optimizer state (resharded to this world
     size); returns the plain state (step, schedule, data position, RNG)."""

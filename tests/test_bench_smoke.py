@@ -57,3 +57,10 @@ def test_checkpoint_smoke(tmp_path: Path) -> None:
     assert "## Checkpoint cost" in text
     assert "| tiny |" in text
     assert "Disk write bandwidth with fsync" in text
+
+
+def test_poll_cost_smoke(tmp_path: Path) -> None:
+    text = run_smoke("bench.poll_cost", tmp_path / "results.md")
+    assert "## Evaluator poll cost (smoke)" in text
+    assert "| what | checkpoints | polls | median ms | p95 ms | p95 < 50 ms |" in text
+    assert "| eval.py poll: look + loop turn | 1,000 | 20 |" in text

@@ -191,7 +191,7 @@ def test_launcher_runs_the_compose_commands() -> None:
     args = launch.parse_args(["--config", "configs/digits.yaml", "--train-dir", "/runs/digits"])
     here = {"python": launch.sys.executable, "train.py": str(ROOT / "train.py"), "eval.py": str(ROOT / "eval.py")}
     compose = load(CPU)["services"]
-    for service in launch.services(args):
+    for service in launch.services(args, args.train_dir):
         expected = [here.get(part, part) for part in with_defaults(compose[service.name]["command"])]
         if service.name == "tensorboard":  # a container must listen on all addresses; one run, not the volume
             expected[expected.index("0.0.0.0")], expected[expected.index("/runs")] = "localhost", "/runs/digits"
@@ -206,3 +206,22 @@ def test_image_runs_as_a_non_root_user_and_holds_what_the_commands_need() -> Non
     copied = " ".join(re.findall(r"^COPY\s+(.+)$", dockerfile, flags=re.MULTILINE))
     for needed in ("shared", "train.py", "eval.py", "configs"):
         assert needed in copied.split(), needed
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_eval_scales_to_several_replicas(variant: str, no_env_file: Path) -> None:
+    """`docker compose up --scale eval=N`: nothing in the eval service may exist once per host or project
+    (a container name, a published port); each replica has its own hostname, which its claims carry."""
+    service = resolve(VARIANTS[variant], env_file=no_env_file)["services"]["eval"]
+    for key in ("container_name", "ports", "hostname", "network_mode", "pid"):
+        assert key not in service, f"{variant}: eval's {key} would clash between replicas"
+
+
+def test_launcher_evaluators_are_replicas_of_the_compose_eval_service() -> None:
+    """launch.py --evaluators N: N copies of compose's eval command, as --scale eval=N starts."""
+    args = [launch.parse_args(["--train-dir", "/runs/digits", "--evaluators", n]) for n in ("1", "3")]
+    one, three = (launch.services(a, a.train_dir) for a in args)
+    single = next(s for s in one if s.name == "eval")
+    replicas = [s for s in three if s.name.startswith("eval")]
+    assert [s.name for s in replicas] == ["eval-0", "eval-1", "eval-2"]
+    assert all((s.argv, s.env) == (single.argv, single.env) for s in replicas)

@@ -36,7 +36,7 @@ def launch(start: Callable[..., Proc], train_dir: TrainDir, *overrides: str) -> 
 
 
 def child_pids(output: str) -> dict[str, int]:
-    return {name: int(pid) for name, pid in re.findall(r"started (\w+) \(pid (\d+)\)", output)}
+    return {name: int(pid) for name, pid in re.findall(r"started ([\w-]+) \(pid (\d+)\)", output)}
 
 
 def assert_gone(pids: dict[str, int]) -> None:
@@ -69,15 +69,18 @@ def test_launcher_runs_all_three_and_stops_them_cleanly_on_ctrl_c(tmp_path: Path
 
 
 def test_exit_when_done_stops_tensorboard_after_evaluation(tmp_path: Path, start) -> None:
-    """What `make demo` runs: the launcher finishes by itself, exit 0, nothing left running."""
+    """What `make demo` runs: the launcher finishes by itself, exit 0, nothing left running; here with two
+    evaluators (--evaluators 2), which share the checkpoints and both exit when all are evaluated."""
     train_dir = TrainDir(tmp_path / "run")
-    launcher = launch(start, train_dir, "--exit-when-done")
+    launcher = launch(start, train_dir, "--exit-when-done", "--evaluators", "2")
     assert launcher.wait(timeout=240) == 0, launcher.output()
     output = launcher.output()
+    assert set(child_pids(output)) == {"train", "eval-0", "eval-1", "tensorboard"}
     assert "training and evaluation are done (--exit-when-done): stopping all" in output
-    assert "tensorboard exited with code 0" in output
+    for name in ("eval-0", "eval-1", "tensorboard"):
+        assert f"{name} exited with code 0" in output
     assert_gone(child_pids(output))
-    assert len(read_records(train_dir.results)) == 5
+    assert [r["step"] for r in read_records(train_dir.results)] == [40, 80, 120, 160, 200]
 
 
 def test_sigterm_mid_training_saves_a_checkpoint_and_stops_all(tmp_path: Path, start) -> None:

@@ -8,11 +8,13 @@ import pytest
 import torch
 
 import eval as eval_script
+from shared import config as cfg
 from shared.checkpoints import Checkpoint, list_checkpoints
+from shared.coordination import SharedTrainDir, join_as_evaluator
 from shared.evaluation import Evaluator
 from shared.layout import TrainDir
-from shared.results import Ledger, read_records
-from shared.summaries import open_writer
+from shared.outcomes import write_outcome
+from shared.results import read_records
 from shared.tasks.digits import DigitsData, DigitsModel, DigitsTask
 from tests.conftest import SHORT_RUN, scalar_points, wait_until
 
@@ -88,10 +90,14 @@ def test_policy_latest_jumps_to_the_newest_and_records_the_rest_as_skipped(tmp_p
 def test_a_checkpoint_deleted_between_detection_and_load_is_recorded_as_skipped(tmp_path: Path) -> None:
     train_dir = TrainDir(tmp_path / "run")
     train_dir.checkpoints.mkdir(parents=True)
-    ledger = Ledger(train_dir.results)
+    config = cfg.Config(model=DigitsModel(), data=DigitsData())
+    cfg.save(config, train_dir.config)
+    join_as_evaluator(train_dir)
     evaluator = Evaluator(DigitsTask(DigitsModel(), DigitsData(), 0), torch.device("cpu"), 512)
     vanished = Checkpoint(100, train_dir.checkpoint(100))  # listed, then deleted before the load
-    with open_writer(train_dir.eval_run, purge_step=0) as writer:
-        record = eval_script.evaluate_and_record(vanished, evaluator, ledger, writer, train_dir)
-    assert record.status == "skipped" and "deleted" in record.reason
+    outcome = eval_script.evaluate(vanished, evaluator, train_dir, config)
+    assert outcome.record.status == "skipped" and "deleted" in outcome.record.reason and not outcome.evaluations
+    write_outcome(train_dir.outcomes, outcome)
+    with SharedTrainDir(train_dir, config, eval_script.write_summaries, {"val": train_dir.eval_run}) as shared:
+        assert shared.record_ready() == 1
     assert read_records(train_dir.results)[0]["status"] == "skipped"

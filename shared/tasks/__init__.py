@@ -51,6 +51,10 @@ class Task(ABC):
     @abstractmethod
     def eval_data(self) -> Dataset: ...
 
+    def test_data(self) -> Dataset | None:
+        """A held-out test set for `eval.splits: [..., test]`; None when the task has none."""
+        return None
+
     @property
     def channels_last(self) -> bool:
         """True for convolutional models, which run faster on CUDA with NHWC memory layout."""

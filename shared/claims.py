@@ -1,0 +1,215 @@
+"""Claim files: several evaluators on one train_dir share its checkpoints, each evaluated by exactly one.
+
+An evaluator claims a step by creating `eval/claims/ckpt-<step>.claim` with O_CREAT|O_EXCL (atomic on
+local file systems and NFSv3+), holding who claimed it. While it works it refreshes the file's mtime, so
+a claim whose owner died goes quiet: it is *stale* when its owner is on this host (same hostname and pid
+namespace) and its pid is gone,
+or when its mtime is older than the claim timeout (another host, or a pid reused). A stale claim is
+taken over race-free: the taker links it to a name derived from its content, which only one taker can
+create, checks that the linked file is the one it judged stale, and only then replaces it.
+
+A claim lives until the step is in the ledger (the recording evaluator removes it), so a step whose
+result waits to be recorded stays claimed; `Claims.try_claim` callers must re-check the ledger after a
+claim succeeds, since a step may have been recorded and its claim removed since they last looked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def claim_name(step: int) -> str:
+    return f"ckpt-{step:09d}.claim"
+
+
+def claim_step(name: str) -> int | None:
+    """The step of a claim file's name, or None for any other name (tombstones included)."""
+    if name.startswith("ckpt-") and name.endswith(".claim") and name[5:-6].isdigit():
+        return int(name[5:-6])
+    return None
+
+
+def this_evaluator() -> str:
+    """The id an evaluator signs its claims and records with: host and pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class ClaimInfo:
+    """What a claim file says: who claimed the step, and a token naming this very claim."""
+
+    host: str
+    pid: int
+    started: float
+    evaluator: str
+    pid_namespace: str = ""
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @staticmethod
+    def read(path: Path) -> ClaimInfo | None:
+        return ClaimInfo.parse(path.read_bytes())
+
+    @staticmethod
+    def parse(data: bytes) -> ClaimInfo | None:
+        """The claim's content, or None while it is still empty (its O_EXCL create just happened) or unreadable."""
+        try:
+            return ClaimInfo(**json.loads(data))
+        except (ValueError, TypeError):
+            return None
+
+
+def _pid_namespace() -> str:
+    """Which pids this process sees (containers on one host share a hostname only if told to)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+class Claims:
+    """The claims folder as one evaluator sees it: claiming, keeping claims fresh, and taking over stale ones."""
+
+    def __init__(self, folder: Path, timeout: float, evaluator: str | None = None) -> None:
+        self.folder, self.timeout = folder, timeout
+        self.host, self.pid_namespace = socket.gethostname(), _pid_namespace()
+        self.evaluator = evaluator or this_evaluator()
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, step: int) -> Path:
+        return self.folder / claim_name(step)
+
+    def claimed_steps(self) -> set[int]:
+        """Steps with a claim file: those being evaluated or waiting to be recorded (a handful, not all)."""
+        return {step for name in os.listdir(self.folder) if (step := claim_step(name)) is not None}
+
+    def try_claim(self, step: int) -> bool:
+        """Claim `step` for this evaluator: create its claim, or take over a stale one. False if someone holds it."""
+        if self._create(step):
+            return True
+        return self._take_over(step) and self._create(step)
+
+    def release(self, step: int) -> None:
+        """Remove the claim (done: recorded; or given up without a result, so another may take it at once)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path(step).unlink()
+
+    def stale_reason(self, step: int) -> str | None:
+        """Why the claim on `step` is stale, or None while its owner is working (or it is gone)."""
+        seen = _Seen.look(self.path(step))
+        return None if seen is None else self._stale(seen)
+
+    def _stale(self, seen: _Seen) -> str | None:
+        info = seen.info
+        same_pids = info is not None and (info.host, info.pid_namespace) == (self.host, self.pid_namespace)
+        if info and same_pids and info.pid != os.getpid() and not _pid_alive(info.pid):
+            return f"{info.evaluator} is dead"
+        age = time.time() - seen.mtime_ns / 1e9
+        if age > self.timeout:
+            return f"{info.evaluator if info else 'its owner'} has been silent for {age:.0f}s"
+        return None
+
+    @contextlib.contextmanager
+    def kept_fresh(self, step: int) -> Iterator[None]:
+        """Refresh the claim's mtime while the block runs, so others see its owner is alive."""
+        done = threading.Event()
+
+        def refresh() -> None:
+            while not done.wait(self.timeout / 4):
+                with contextlib.suppress(FileNotFoundError):
+                    os.utime(self.path(step))
+
+        thread = threading.Thread(target=refresh, name=f"claim-{step}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
+    def _create(self, step: int) -> bool:
+        info = ClaimInfo(self.host, os.getpid(), time.time(), self.evaluator, self.pid_namespace)
+        try:
+            fd = os.open(self.path(step), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, json.dumps(asdict(info)).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return True
+
+    def _take_over(self, step: int) -> bool:
+        """Remove a stale claim on `step`, if this evaluator is the one taker that wins it."""
+        path = self.path(step)
+        seen = _Seen.look(path)
+        if seen is None:
+            return True  # gone meanwhile: free to create
+        reason = self._stale(seen)
+        if reason is None:
+            return False
+        # Only one taker can create this name, derived from the claim judged stale (its token, inode and mtime).
+        tomb = self.folder / f".{path.name}.{seen.name()}.stale"
+        try:
+            os.link(path, tomb)
+        except FileExistsError:
+            # Another evaluator is taking it over right now, or died doing so: its tomb then outlives the timeout.
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - os.stat(tomb).st_ctime > self.timeout:
+                    tomb.unlink()
+            return False
+        except FileNotFoundError:
+            return True
+        try:
+            if _Seen.look(tomb) != seen:
+                return False  # what we linked is a fresh claim made since we judged: leave it
+            if _Seen.look(path) == seen:
+                path.unlink(missing_ok=True)
+        finally:
+            tomb.unlink(missing_ok=True)
+        log.warning("step %d: taking over its claim (%s)", step, reason)
+        return True
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """One look at a claim file: its content and which file it is (inode and mtime tell a new one apart)."""
+
+    info: ClaimInfo | None
+    inode: int
+    mtime_ns: int
+
+    @staticmethod
+    def look(path: Path) -> _Seen | None:
+        try:
+            with open(path, "rb") as f:
+                stat = os.fstat(f.fileno())
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        return _Seen(ClaimInfo.parse(data), stat.st_ino, stat.st_mtime_ns)
+
+    def name(self) -> str:
+        return self.info.token if self.info else f"{self.inode}-{self.mtime_ns}"

@@ -1,0 +1,200 @@
+"""Several eval.py daemons on one train_dir: which checkpoint each evaluates, and who records the results.
+
+Every daemon is an evaluator: it claims the oldest checkpoint nobody holds (shared/claims.py), evaluates
+it and leaves its outcome in `eval/pending/` (shared/outcomes.py). One of them, the one holding the
+flock on `eval/.eval.lock`, is also the *recorder*: the only process that appends to the `eval`
+TensorBoard run and to the ledger, so each keeps one writer (two writers in one run folder lose or
+drop points). It records the outcomes in step order, each only once every earlier checkpoint is
+recorded or has its outcome waiting. Every daemon tries the lock on each turn of its loop, so when the
+recorder dies (the kernel releases its lock) another takes over. A single daemon is both roles and
+behaves as one daemon always did.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+
+from shared import dashboards
+from shared.checkpoints import Checkpoint
+from shared.claims import Claims
+from shared.config import Config
+from shared.evaluation import Evaluation
+from shared.files import try_lock
+from shared.layout import TrainDir, checkpoint_step
+from shared.outcomes import Outcome, OutcomeError, outcome_steps, read_outcome
+from shared.results import Ledger, LedgerTail
+from shared.summaries import open_writer
+
+log = logging.getLogger("eval")
+
+Plot = Callable[[SummaryWriter, Evaluation], None]
+
+
+class CheckpointScan:
+    """The checkpoints not yet in the ledger, kept up to date at a cost of one folder listing per call.
+
+    Only names new since the last listing are parsed and only ledger lines appended since the last
+    call are read, so a folder of 10,000 checkpoints costs one `listdir` and a set difference per poll
+    (bench/poll_cost.py); nothing is stat'ed, which is what makes polling cheap on NFS.
+    """
+
+    def __init__(self, train_dir: TrainDir) -> None:
+        self.folder = train_dir.checkpoints
+        self.ledger = LedgerTail(train_dir.results)
+        self.unrecorded: set[int] = set()  # listed and not in the ledger
+        self._listed: dict[str, int] = {}  # name -> step of every committed checkpoint listed
+
+    def update(self) -> None:
+        self.ledger.update()
+        self.unrecorded -= self.ledger.steps
+        try:
+            names = set(os.listdir(self.folder))
+        except FileNotFoundError:
+            names = set()
+        for name in self._listed.keys() - names:  # deleted (retention)
+            self.unrecorded.discard(self._listed.pop(name))
+        for name in names - self._listed.keys():
+            if (step := checkpoint_step(name)) is not None:
+                self._listed[name] = step
+                if step not in self.ledger.steps:
+                    self.unrecorded.add(step)
+
+    def pending(self) -> list[Checkpoint]:
+        """Unrecorded checkpoints in step order."""
+        return [Checkpoint(step, self.folder / f"ckpt-{step:09d}.pt") for step in sorted(self.unrecorded)]
+
+
+class Recorder:
+    """The elected recorder: appends outcomes, in step order, to the eval run and the ledger.
+
+    It holds the lock until its process ends, and opens the ledger (dropping a line cut short) and its
+    TensorBoard writers (one per split's run, purge_step after the newest record) only once elected, so
+    whatever a dead recorder left half done is redone under the crash rules of docs/protocol.md.
+    """
+
+    def __init__(self, train_dir: TrainDir, config: Config, plot: Plot, runs: dict[str, Path]) -> None:
+        self.train_dir, self.config, self.plot, self.runs = train_dir, config, plot, runs
+        self.lock_fd: int | None = None
+        self.ledger: Ledger | None = None
+        self.writers: dict[str, SummaryWriter] = {}
+
+    def elected(self) -> bool:
+        """Whether this process records; tries the lock (without waiting) until it gets it."""
+        if self.lock_fd is None and (fd := try_lock(self.train_dir.eval_lock)) is not None:
+            self.lock_fd = fd
+            self.ledger = Ledger(self.train_dir.results)
+            purge_step = self.ledger.next_purge_step()
+            self.writers = {split: open_writer(run, purge_step) for split, run in self.runs.items()}
+            if not self.ledger.records:  # a fresh eval run: the first split's becomes the HParams session, once
+                dashboards.write_hparams(next(iter(self.writers.values())), self.config)
+            log.info("recording results (this evaluator holds %s)", self.train_dir.eval_lock)
+        return self.lock_fd is not None
+
+    def record_ready(self, unrecorded: set[int], claims: Claims) -> int:
+        """Record every waiting outcome that no unfinished earlier checkpoint precedes; how many were recorded."""
+        if not self.elected():
+            return 0
+        assert self.ledger is not None
+        waiting = outcome_steps(self.train_dir.outcomes)
+        unfinished = [s for s in unrecorded if s not in waiting and s not in self.ledger]
+        first_gap = min(unfinished, default=None)
+        recorded = 0
+        for step in sorted(waiting):
+            if first_gap is not None and step > first_gap:
+                break  # an earlier checkpoint is still being evaluated (or waits for an evaluator)
+            if step not in self.ledger:
+                try:
+                    self._record(read_outcome(waiting[step]))
+                    recorded += 1
+                except OutcomeError as err:
+                    log.error("%s; it is removed and its checkpoint evaluated again", err)
+            waiting[step].unlink(missing_ok=True)
+            claims.release(step)
+        return recorded
+
+    def _record(self, outcome: Outcome) -> None:
+        """Points flushed first, then the ledger line: a crash between them is redone without a second point."""
+        assert self.ledger is not None
+        if outcome.evaluations and outcome.step < self.ledger.next_purge_step():
+            log.warning("%s arrived after a later step was logged; recorded, but not plotted", outcome.record.file)
+        elif outcome.evaluations:
+            for split, evaluation in outcome.evaluations.items():
+                self.plot(self.writers[split], evaluation)
+        self.ledger.append(outcome.record)
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+
+
+def join_as_evaluator(train_dir: TrainDir) -> None:
+    """Make eval/ and the ledger exist: an existing ledger tells train.py's retention an evaluator is here."""
+    train_dir.eval_run.mkdir(exist_ok=True)
+    with open(train_dir.results, "ab"):
+        pass
+
+
+class SharedTrainDir:
+    """One evaluator's part in a train_dir that several may share: scanning, claiming, recording."""
+
+    def __init__(self, train_dir: TrainDir, config: Config, plot: Plot, runs: dict[str, Path]) -> None:
+        self.train_dir = train_dir
+        self.scan = CheckpointScan(train_dir)
+        self.claims = Claims(train_dir.claims, config.eval.claim_timeout_secs)
+        self.recorder = Recorder(train_dir, config, plot, runs)
+        self.policy, self.rescan_secs = config.eval.policy, config.eval.rescan_secs
+        self.scan.update()
+
+    def __enter__(self) -> SharedTrainDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.recorder.close()
+
+    def record_ready(self) -> int:
+        """Refresh the view of the train_dir; as the recorder, record what is ready. How many were recorded."""
+        self.scan.update()
+        recorded = self.recorder.record_ready(self.scan.unrecorded, self.claims)
+        if recorded:
+            self.scan.update()
+        return recorded
+
+    def claim_next(self) -> tuple[list[Checkpoint], Checkpoint | None]:
+        """(checkpoints claimed to be recorded as skipped, the checkpoint claimed to evaluate or None).
+
+        The oldest checkpoint that is unrecorded, has no outcome waiting and no live claim; with
+        `eval.policy: latest` the newest such, the older ones claimed to be skipped.
+        """
+        waiting = outcome_steps(self.train_dir.outcomes)
+        claimed = self.claims.claimed_steps()
+        free = [
+            c
+            for c in self.scan.pending()
+            if c.step not in waiting and (c.step not in claimed or self.claims.stale_reason(c.step))
+        ]
+        skipped: list[Checkpoint] = []
+        if self.policy == "latest" and len(free) > 1:
+            skipped = [c for c in free[:-1] if self._claim(c.step)]
+            free = free[-1:]
+        return skipped, next((c for c in free if self._claim(c.step)), None)
+
+    def _claim(self, step: int) -> bool:
+        """Claim `step`, then make sure it was not recorded since the scan (its claim then gone too)."""
+        if not self.claims.try_claim(step):
+            return False
+        self.scan.ledger.update()
+        if step in self.scan.ledger.steps:
+            self.claims.release(step)
+            return False
+        return True
+
+    def all_recorded(self) -> bool:
+        """Every listed checkpoint is in the ledger and no outcome waits (to be recorded, by whoever records)."""
+        return not self.scan.unrecorded and not outcome_steps(self.train_dir.outcomes)

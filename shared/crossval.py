@@ -1,0 +1,71 @@
+"""Cross-validation results: each fold's best evaluated checkpoint, summarised as mean and standard
+deviation per metric (`eval.py --summarize runs/exp/fold-*`, and launch.py --folds at the end)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared import config as cfg
+from shared.errors import UsageError
+from shared.layout import TrainDir
+from shared.results import best_record, read_records
+
+
+def fold_folder(train_dir: Path, fold: int) -> Path:
+    """Where `launch.py --folds K` puts fold `fold`'s own train_dir."""
+    return train_dir / f"fold-{fold}"
+
+
+@dataclass
+class Summary:
+    metric: str  # eval.best_metric, which chose each fold's record
+    steps: list[tuple[str, int]]  # (train_dir, the step of its best record), in order
+    values: dict[str, list[float]]  # metric -> one value per train_dir, in order
+
+    def as_dict(self) -> dict[str, Any]:
+        stats = {name: {"mean": statistics.fmean(v), "std": _std(v)} for name, v in self.values.items()}
+        folds = [{"train_dir": folder, "step": step} for folder, step in self.steps]
+        return {"best_metric": self.metric, "folds": folds, "metrics": stats}
+
+    def table(self) -> str:
+        lines = [f"{len(self.steps)} train_dir(s), each at its best checkpoint by {self.metric}:"]
+        lines += [f"  {folder}: step {step}" for folder, step in self.steps]
+        lines += [f"  {name:<16} {statistics.fmean(v):.4f} ± {_std(v):.4f}" for name, v in self.values.items()]
+        return "\n".join(lines)
+
+
+def _std(values: list[float]) -> float:
+    """The sample standard deviation (n - 1), 0 for a single value."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(folders: list[Path]) -> Summary:
+    """Each train_dir's best record (by its own eval.best_metric and best_mode), summarised per metric.
+
+    A folder that is not a train_dir or has no successful evaluation is a UsageError naming it.
+    """
+    steps: list[tuple[str, int]] = []
+    values: dict[str, list[float]] = {}
+    metric = ""
+    for folder in folders:
+        train_dir = TrainDir(folder)
+        if not train_dir.config.is_file():
+            raise UsageError(f"--summarize {folder}: not a train_dir (no config.yaml); give train.py's --train-dir")
+        options = cfg.load(train_dir.config).eval
+        best = best_record(read_records(train_dir.results), options.best_metric, options.best_mode)
+        if best is None:
+            raise UsageError(f"--summarize {folder}: no evaluated checkpoint in {train_dir.results}; run eval.py first")
+        metric = metric or options.best_metric
+        steps.append((str(folder), best["step"]))
+        for name, value in best["metrics"].items():
+            values.setdefault(name, []).append(value)
+    return Summary(metric, steps, values)
+
+
+def print_summary(folders: list[Path], as_json: bool) -> None:
+    summary = summarize(folders)
+    print(json.dumps(summary.as_dict()) if as_json else summary.table())

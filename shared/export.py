@@ -1,0 +1,160 @@
+"""`<train_dir>/best/`: the best evaluated weights, as safetensors, with the config and metrics beside them.
+
+An evaluator exports the weights it holds in memory right after scoring a checkpoint, before that
+step's ledger record: train.py's retention may delete the checkpoint file as soon as the record is
+there, so re-reading the file later could find nothing. A crash between export and record only means
+the step is scored (and compared) again.
+
+`best` is a relative symlink to a complete hidden folder `.best-<step>`. A new best is written in full
+into `.best-<step>.tmp`, fsynced, renamed to `.best-<step>`, and then a new symlink is renamed over
+`best` (rename is atomic), so a reader sees the old best or the new one, never a mix. Several
+evaluators may share a train_dir: each compares and switches under an exclusive flock on `.best.lock`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from shared import config as cfg
+from shared.checkpoints import CheckpointError
+from shared.errors import RunAborted, UsageError
+from shared.files import exclusive_lock, fsync_dir, write_atomic
+from shared.layout import BEST_VERSION_RE, TrainDir
+from shared.tasks import build_task
+
+log = logging.getLogger(__name__)
+
+WEIGHTS, CONFIG, METRICS = "model.safetensors", "config.yaml", "metrics.json"
+
+
+@dataclass
+class Candidate:
+    """A scored checkpoint, as best/metrics.json records it."""
+
+    step: int
+    file: str  # the checkpoint it came from, relative to the train_dir (it may be gone by now)
+    metrics: dict[str, float]  # the first split's
+    split_metrics: dict[str, dict[str, float]]
+
+    def score(self, metric: str, mode: str) -> tuple[float, int]:
+        """Larger is better; at equal values the earlier step wins."""
+        return (self.metrics[metric] if mode == "max" else -self.metrics[metric], -self.step)
+
+
+def read_best(train_dir: TrainDir) -> dict[str, Any] | None:
+    """best/metrics.json, or None when there is no best yet."""
+    try:
+        return json.loads((train_dir.best / METRICS).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def export_if_best(
+    train_dir: TrainDir, model: nn.Module, config: cfg.Config, candidate: Candidate
+) -> dict[str, Any] | None:
+    """Make `model`'s weights best/ if `candidate` beats the current best by eval.best_metric.
+
+    Returns the new metrics.json contents, or None when the current best stays.
+    """
+    metric, mode = config.eval.best_metric, config.eval.best_mode
+    with exclusive_lock(train_dir.best_lock, "best/ is locked", wait=True):
+        current = read_best(train_dir)
+        if current is not None and metric in current["metrics"]:
+            held = Candidate(current["step"], current["file"], current["metrics"], current["split_metrics"])
+            if held.score(metric, mode) >= candidate.score(metric, mode):
+                return None
+        summary = {
+            "step": candidate.step,
+            "metric": metric,
+            "mode": mode,
+            "value": candidate.metrics[metric],
+            "file": candidate.file,
+            "metrics": candidate.metrics,
+            "split_metrics": candidate.split_metrics,
+            "wall_time": time.time(),
+        }
+        try:
+            _switch(train_dir, _write_version(train_dir, model, config, summary))
+        except OSError as err:  # disk full, read-only: the step has no record yet, so a restart redoes it
+            shutil.rmtree(train_dir.best_version(candidate.step, temp=True), ignore_errors=True)
+            raise RunAborted(
+                f"cannot export step {candidate.step} to {train_dir.best}: {err}; fix that and start eval.py again "
+                "(it evaluates this step again)"
+            ) from None
+    log.info("new best: step %d, %s=%.4f, exported to %s", candidate.step, metric, summary["value"], train_dir.best)
+    return summary
+
+
+def _write_version(train_dir: TrainDir, model: nn.Module, config: cfg.Config, summary: dict[str, Any]) -> Path:
+    """Write a complete, fsynced `.best-<step>` folder (through a temp name) and return it."""
+    temp, final = train_dir.best_version(summary["step"], temp=True), train_dir.best_version(summary["step"])
+    for stale in (temp, final):  # left by a crash; never the current target (its step is not this one's)
+        shutil.rmtree(stale, ignore_errors=True)
+    temp.mkdir()
+    save_model(model, str(temp / WEIGHTS))  # tied weights are stored once; any device, copied to the CPU
+    with open(temp / WEIGHTS, "rb") as f:
+        os.fsync(f.fileno())
+    cfg.save(config, temp / CONFIG)
+    write_atomic(temp / METRICS, (json.dumps(summary, indent=2) + "\n").encode())
+    fsync_dir(temp)
+    os.replace(temp, final)
+    return final
+
+
+def _switch(train_dir: TrainDir, version: Path) -> None:
+    """Point `best` at `version` with one rename, then remove every other best folder."""
+    link = train_dir.root / ".best.link.tmp"
+    link.unlink(missing_ok=True)
+    link.symlink_to(version.name)  # relative: the train_dir can be moved or mounted elsewhere
+    os.replace(link, train_dir.best)
+    fsync_dir(train_dir.root)
+    for entry in train_dir.root.iterdir():
+        if BEST_VERSION_RE.match(entry.name) and entry.name != version.name:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def best_folder(train_dir: TrainDir) -> Path:
+    """The complete folder `best` points at now, or UsageError when there is none yet."""
+    if not (train_dir.best / METRICS).exists():
+        raise UsageError(
+            f"no best checkpoint yet: the eval.py daemon exports it to {train_dir.best} once it has evaluated one; "
+            "run the daemon first, or use --checkpoint latest"
+        )
+    return train_dir.best.resolve()
+
+
+def load_weights(model: nn.Module, train_dir: TrainDir) -> dict[str, Any]:
+    """Load best/'s weights into `model` (strictly) and return its metrics.json; CheckpointError if unusable.
+
+    Another evaluator may switch `best` meanwhile and remove the folder being read: then read the new one.
+    """
+    while True:
+        folder = best_folder(train_dir)
+        try:
+            summary = json.loads((folder / METRICS).read_text())
+            load_model(model, folder / WEIGHTS, strict=True)
+            return summary
+        except FileNotFoundError as err:
+            if folder == best_folder(train_dir):  # not switched meanwhile: really missing
+                raise CheckpointError(f"{err.filename} is missing") from None
+        except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # corrupt, or another model
+            raise CheckpointError(f"{folder / WEIGHTS}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+
+
+def load_best(train_dir: str | os.PathLike) -> nn.Module:
+    """The best model of a train_dir, ready for inference: built from best/config.yaml, with its weights."""
+    root = TrainDir(Path(train_dir))
+    model = build_task(cfg.load(best_folder(root) / CONFIG)).build_model()
+    load_weights(model, root)
+    return model.eval()

@@ -1,0 +1,127 @@
+"""Claim files (shared/claims.py) and outcome files (shared/outcomes.py), on real files in a real folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.claims import ClaimInfo, Claims
+from shared.evaluation import Evaluation
+from shared.outcomes import Outcome, OutcomeError, outcome_steps, read_outcome, write_outcome
+from shared.results import EvalRecord
+from tests.conftest import ROOT, wait_until
+
+TIMEOUT = 60.0
+
+
+def foreign_claim(claims: Claims, step: int, age: float) -> None:
+    """A claim made `age` seconds ago by an evaluator on another host (its pid means nothing here)."""
+    info = ClaimInfo(host="elsewhere", pid=1, started=time.time() - age, evaluator="elsewhere:1")
+    claims.path(step).write_text(json.dumps(info.__dict__))
+    os.utime(claims.path(step), (time.time() - age, time.time() - age))
+
+
+def test_a_step_is_claimed_once(tmp_path: Path) -> None:
+    mine, theirs = Claims(tmp_path, TIMEOUT, "a"), Claims(tmp_path, TIMEOUT, "b")
+    assert mine.try_claim(100)
+    assert not theirs.try_claim(100), "a live claim (this very process) must not be taken"
+    assert ClaimInfo.read(mine.path(100)).evaluator == "a"
+    assert mine.claimed_steps() == {100}
+    mine.release(100)
+    assert theirs.try_claim(100)
+
+
+def test_a_claim_whose_owner_died_on_this_host_is_taken_over_at_once(tmp_path: Path, caplog) -> None:
+    """The owner, a real process, claims and dies; its pid is gone, so the claim is stale without a timeout."""
+    code = (
+        f"from pathlib import Path; from shared.claims import Claims; Claims(Path({str(tmp_path)!r}), 9).try_claim(7)"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+    dead = ClaimInfo.read(Claims(tmp_path, TIMEOUT).path(7))
+    claims = Claims(tmp_path, TIMEOUT, "survivor")
+    assert f"{dead.evaluator} is dead" == claims.stale_reason(7)
+    assert claims.try_claim(7)
+    assert ClaimInfo.read(claims.path(7)).evaluator == "survivor"
+    assert "step 7: taking over its claim" in caplog.text
+
+
+def test_a_foreign_claim_is_stale_only_after_the_timeout(tmp_path: Path) -> None:
+    claims = Claims(tmp_path, TIMEOUT, "here")
+    foreign_claim(claims, 5, age=TIMEOUT / 2)
+    assert claims.stale_reason(5) is None
+    assert not claims.try_claim(5)
+    foreign_claim(claims, 5, age=TIMEOUT + 5)
+    assert "elsewhere:1 has been silent for" in claims.stale_reason(5)
+    assert claims.try_claim(5)
+    assert ClaimInfo.read(claims.path(5)).evaluator == "here"
+
+
+def race_for(step: int, takers: list[Claims]) -> list[str]:
+    """Every taker calls try_claim(step) at the same moment (threads behind a barrier); who won."""
+    barrier, won = threading.Barrier(len(takers)), []
+
+    def take(claims: Claims) -> None:
+        barrier.wait()
+        if claims.try_claim(step):
+            won.append(claims.evaluator)
+
+    threads = [threading.Thread(target=take, args=(c,)) for c in takers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return won
+
+
+def test_racing_takeovers_of_one_stale_claim_have_one_winner(tmp_path: Path) -> None:
+    """Eight evaluators find the same stale claim at once; exactly one takes it, every time."""
+    for step in range(30):
+        takers = [Claims(tmp_path, TIMEOUT, f"taker-{i}") for i in range(8)]
+        foreign_claim(takers[0], step, age=TIMEOUT + 5)
+        won = race_for(step, takers)
+        assert len(won) == 1, f"step {step}: {won}"
+        assert ClaimInfo.read(takers[0].path(step)).evaluator == won[0]
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".stale")], "a takeover left its tomb"
+
+
+def test_a_claim_kept_fresh_is_never_stale(tmp_path: Path) -> None:
+    """While its owner works, the claim's mtime keeps moving; a stale-looking one is refreshed within timeout/4."""
+    claims = Claims(tmp_path, timeout=1.0)
+    assert claims.try_claim(3)
+    old = time.time() - 30
+    os.utime(claims.path(3), (old, old))
+    with claims.kept_fresh(3):
+        wait_until(lambda: claims.path(3).stat().st_mtime > old + 20, 5, "the claim to be refreshed")
+        assert Claims(tmp_path, timeout=1.0, evaluator="other").stale_reason(3) is None
+
+
+def test_an_outcome_file_round_trips(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    evaluation = Evaluation(
+        200, {"loss": 0.1, "accuracy": 0.9}, [0.8, 1.0], [[3, 1], [0, 4]], rng.integers(0, 2, 8), rng.random((8, 2))
+    )
+    record = EvalRecord(200, "checkpoints/ckpt-000000200.pt", "ok", 1.0, 0.5, evaluation.metrics, [0.8, 1.0])
+    write_outcome(tmp_path, Outcome(record, {"val": evaluation, "train": evaluation}))
+    write_outcome(tmp_path, Outcome(EvalRecord(300, "checkpoints/ckpt-000000300.pt", "skipped", 2.0, 0.0)))
+    assert sorted(outcome_steps(tmp_path)) == [200, 300]
+    back = read_outcome(outcome_steps(tmp_path)[200])
+    assert back.record == record and back.evaluations == {"val": evaluation, "train": evaluation}
+    for split in ("val", "train"):
+        assert np.array_equal(back.evaluations[split].targets, evaluation.targets)
+        assert np.array_equal(back.evaluations[split].probabilities, evaluation.probabilities)
+    assert read_outcome(outcome_steps(tmp_path)[300]).evaluations == {}
+
+
+def test_an_outcome_file_holding_a_pickle_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "step-000000100.npz"
+    np.savez(path, meta=np.array([{"a": 1}], dtype=object))  # an object array is a pickle inside the zip
+    with pytest.raises(OutcomeError, match="not a readable outcome file"):
+        read_outcome(path)

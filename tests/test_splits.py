@@ -1,0 +1,93 @@
+"""Evaluation splits and cross-validation folds: which examples each gets, and `launch.py --folds` with
+`eval.py --summarize` on real processes."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from shared import config as cfg
+from shared.crossval import fold_folder
+from shared.layout import TrainDir
+from shared.results import best_record, read_records
+from shared.splits import eval_splits, training_data, validation_data
+from shared.tasks import build_task
+from tests.custom_task import BlobsTask
+
+
+class NumberedTask(BlobsTask):
+    """Blobs whose training inputs are their own index, so a split's examples can be named."""
+
+    def train_data(self) -> TensorDataset:
+        n = self.data_config.examples
+        return TensorDataset(torch.arange(n, dtype=torch.float32)[:, None].repeat(1, 2), torch.arange(n) % 3)
+
+    def test_data(self) -> TensorDataset:
+        return self._blobs(split=2)
+
+
+def numbered(**data: int) -> NumberedTask:
+    config = cfg.resolve({"task": "tests.custom_task:BlobsTask", "data": {"examples": 90, **data}})
+    return NumberedTask(config.model, config.data, seed=0)
+
+
+def indices(dataset: TensorDataset) -> list[int]:
+    return dataset.tensors[0][:, 0].long().tolist()
+
+
+def test_folds_partition_the_training_set() -> None:
+    held_out = []
+    for fold in range(3):
+        task = numbered(folds=3, fold=fold)
+        train, val = indices(training_data(task)), indices(validation_data(task))
+        assert sorted(train + val) == list(range(90)) and len(val) == 30, fold
+        assert indices(validation_data(numbered(folds=3, fold=fold))) == val, "folds must not depend on the call"
+        held_out += val
+    assert sorted(held_out) == list(range(90)), "every example is held out exactly once"
+    assert indices(training_data(numbered())) == list(range(90)), "folds: 0 trains on everything"
+
+
+def test_train_split_and_max_examples_are_fixed_subsets() -> None:
+    task = numbered(folds=3, fold=1)
+    splits = eval_splits(task, ["val", "train"], max_examples=0)
+    assert list(splits) == ["val", "train"] and len(splits["train"]) == len(splits["val"]) == 30
+    assert set(indices(splits["train"])) <= set(indices(training_data(task)))
+    small = eval_splits(task, ["train", "val"], max_examples=7)
+    assert [len(d) for d in small.values()] == [7, 7]
+    again = eval_splits(numbered(folds=3, fold=1), ["train", "val"], max_examples=7)
+    assert [indices(d) for d in small.values()] == [indices(d) for d in again.values()]
+    assert len(eval_splits(task, ["test"], max_examples=0)["test"]) == 90
+    digits = build_task(cfg.load("configs/digits.yaml"))
+    assert len(eval_splits(digits, ["val"], 0)["val"]) == len(digits.eval_data())
+
+
+@pytest.mark.slow
+def test_launch_cross_validates_and_eval_summarizes(tmp_path: Path, start) -> None:
+    sets = ["train.steps=40", "train.warmup_steps=0", "checkpoint.every_steps=20", "model.hidden=8"]
+    launcher = start(
+        "launch.py",
+        *("--config", "configs/digits.yaml", "--train-dir", str(tmp_path / "cv"), "--folds", "2"),
+        *(arg for s in [*sets, "model.channels=4"] for arg in ("--set", s)),
+    )
+    assert launcher.wait() == 0, launcher.output()
+    folders = [fold_folder(tmp_path / "cv", fold) for fold in range(2)]
+    for fold, folder in enumerate(folders):
+        config = cfg.load(TrainDir(folder).config)
+        assert (config.data.folds, config.data.fold) == (2, fold)
+    assert "accuracy" in launcher.output() and "±" in launcher.output()
+
+    summary = start("eval.py", "--summarize", *map(str, folders), "--json")
+    assert summary.wait() == 0, summary.output()
+    printed = json.loads(summary.output())
+    bests = [best_record(read_records(TrainDir(f).results), "accuracy", "max") for f in folders]
+    assert [f["step"] for f in printed["folds"]] == [b["step"] for b in bests]
+    for metric, stats in printed["metrics"].items():
+        values = [b["metrics"][metric] for b in bests]
+        assert stats["mean"] == pytest.approx(statistics.fmean(values))
+        assert stats["std"] == pytest.approx(statistics.stdev(values))
+    assert bests[0]["metrics"] != bests[1]["metrics"], "two folds scored the same: were they the same split?"
