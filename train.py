@@ -167,7 +167,8 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
                 stop_if_not_finite(guard, saver, group, device)
                 writer.flush()  # points up to a checkpoint are on disk before it: a resume never loses them
                 saver.save(state.step, state.state_dict())
-                feedback.keep_up(state.step, saver, stop)  # train.max_eval_lag
+                if state.step < options.steps:  # after the last step there is nothing left to steer
+                    feedback.keep_up(state.step, saver, stop)  # train.max_eval_lag
 
         stop_if_not_finite(guard, saver, group, device)
         if state.step > saver.last_requested_step:

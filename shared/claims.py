@@ -149,16 +149,24 @@ class Claims:
             thread.join()
 
     def _create(self, step: int) -> bool:
+        """Write the claim under a name of its own (O_CREAT|O_EXCL), then link it onto the claim's name,
+        which fails if that exists: a claim is never seen empty, so one whose owner was killed while
+        claiming is judged by its pid at once, not by the timeout."""
         info = ClaimInfo(self.host, os.getpid(), time.time(), self.evaluator, self.pid_namespace)
-        try:
-            fd = os.open(self.path(step), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return False
+        path = self.path(step)
+        temp = path.with_name(f".{path.name}.{info.token}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             os.write(fd, json.dumps(asdict(info)).encode())
             os.fsync(fd)
         finally:
             os.close(fd)
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return False
+        finally:
+            temp.unlink()
         return True
 
     def _take_over(self, step: int) -> bool:

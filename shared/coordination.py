@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
@@ -46,27 +46,28 @@ class CheckpointScan:
     def __init__(self, train_dir: TrainDir) -> None:
         self.folder = train_dir.checkpoints
         self.ledger = LedgerTail(train_dir.results)
-        self.unrecorded: set[int] = set()  # listed and not in the ledger
+        self.unrecorded: dict[int, str] = {}  # step -> name (file, or FSDP folder): listed, not in the ledger
         self._listed: dict[str, int] = {}  # name -> step of every committed checkpoint listed
 
     def update(self) -> None:
         self.ledger.update()
-        self.unrecorded -= self.ledger.steps
+        for step in self.unrecorded.keys() & self.ledger.steps:
+            del self.unrecorded[step]
         try:
             names = set(os.listdir(self.folder))
         except FileNotFoundError:
             names = set()
         for name in self._listed.keys() - names:  # deleted (retention)
-            self.unrecorded.discard(self._listed.pop(name))
+            self.unrecorded.pop(self._listed.pop(name), None)
         for name in names - self._listed.keys():
             if (step := checkpoint_step(name)) is not None:
                 self._listed[name] = step
                 if step not in self.ledger.steps:
-                    self.unrecorded.add(step)
+                    self.unrecorded[step] = name
 
     def pending(self) -> list[Checkpoint]:
         """Unrecorded checkpoints in step order."""
-        return [Checkpoint(step, self.folder / f"ckpt-{step:09d}.pt") for step in sorted(self.unrecorded)]
+        return [Checkpoint(step, self.folder / self.unrecorded[step]) for step in sorted(self.unrecorded)]
 
 
 class Recorder:
@@ -95,7 +96,7 @@ class Recorder:
             log.info("recording results (this evaluator holds %s)", self.train_dir.eval_lock)
         return self.lock_fd is not None
 
-    def record_ready(self, unrecorded: set[int], claims: Claims) -> int:
+    def record_ready(self, unrecorded: Iterable[int], claims: Claims) -> int:
         """Record every waiting outcome that no unfinished earlier checkpoint precedes; how many were recorded."""
         if not self.elected():
             return 0

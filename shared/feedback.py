@@ -245,6 +245,7 @@ class Feedback:
             time.sleep(WAIT_POLL_SECS)
         if waited:
             log.info("waited %.1fs for eval.py", time.monotonic() - started)
+            saver.last_saved_time = time.monotonic()  # no step was taken meanwhile: not a reason for a save by time
 
     def _poll_lag(self, stop: StopRequest) -> tuple[list[dict[str, Any]] | None, list[int]]:
         """Rank 0: what the ledger gained, and the checkpoints to wait for (none on a stop request, or

@@ -31,7 +31,7 @@ CASES = [
     ("eval.py", "--train-dir {tmp}/run --checkpoint {tmp}/outside.pt", "is outside --train-dir"),
     ("eval.py", "--train-dir {tmp}/run --checkpoint best", "no best checkpoint yet"),
     ("eval.py", "--train-dir {tmp}/run --checkpoint latest --set model.channels=8", "model.channels: 32 -> 8"),
-    ("train.py", "--train-dir {tmp}/t7 --config configs/digits.yaml --set data.folds=2 --set data.fold=2", "data.fold"),
+    ("train.py", "--train-dir {tmp}/t9 --config configs/digits.yaml --set data.folds=2 --set data.fold=2", "data.fold"),
     ("eval.py", "--train-dir {tmp}/run --checkpoint latest --set eval.splits=[val,nope]", "eval.splits[1]"),
     ("eval.py", "--train-dir {tmp}/run --set eval.splits=[val,test]", "has no test_data()"),
     ("eval.py", "--summarize {tmp}/empty", "not a train_dir"),

@@ -24,7 +24,7 @@ FROZEN = """
 task: tests.custom_task:BlobsTask
 model: {hidden: 16}
 data: {batch_size: 32, examples: 300}
-train: {steps: 60, lr: 1.0e-9}
+train: {steps: 60, lr: 1.0e-9, max_eval_lag: 0}  # waits for each record, so retention deletes step 20
 checkpoint: {every_steps: 20, max_to_keep: 1}
 """
 TWO_SPLITS = ["--set", "eval.splits=[val,train]"]
