@@ -34,6 +34,16 @@ SHORT_RUN = [
 ]  # fmt: skip
 
 
+class RunsCodeWhenUnpickled:
+    """A hostile pickle payload: unpickling it touches `marker`, so a test can prove no load ran it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
 @dataclass
 class Proc:
     """A train.py or eval.py process whose combined output goes to a log file."""

@@ -15,17 +15,9 @@ from shared import checkpoints
 from shared.layout import TrainDir
 from shared.results import read_records
 from shared.tasks.digits import DigitsModel, DigitsTask
-from tests.conftest import SHORT_RUN
+from tests.conftest import SHORT_RUN, RunsCodeWhenUnpickled
 
 pytestmark = pytest.mark.slow
-
-
-class RunsCodeWhenUnpickled:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple:
-        return (os.system, (f"touch {self.marker}",))
 
 
 def good_state(train_dir: TrainDir) -> dict:

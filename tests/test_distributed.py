@@ -20,7 +20,7 @@ from shared import checkpoints
 from shared.export import load_best, read_best
 from shared.layout import METADATA, TrainDir
 from shared.results import read_records
-from tests.conftest import ROOT, Proc, scalar_points, wait_until
+from tests.conftest import ROOT, Proc, RunsCodeWhenUnpickled, scalar_points, wait_until
 from tests.test_feedback import EXPECTED, FEEDBACK_RUN, decided
 
 # Tiny: a few seconds per torchrun launch on 2 cores, most of it start-up.
@@ -114,20 +114,12 @@ def test_fsdp_folders_are_evaluated_in_one_process_and_steer_both_ranks(tmp_path
     assert isinstance(load_best(tmp_path), torch.nn.Module)  # best/: safetensors, loadable without DCP
 
 
-class _RunsCode:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple:
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_sharded_checkpoint_with_code_in_its_metadata_is_refused(tmp_path: Path) -> None:
     """A `.metadata` pickle that would run a command is refused, naming the file; the command never runs."""
     folder = tmp_path / "checkpoints" / "ckpt-000000010"
     folder.mkdir(parents=True)
     marker = tmp_path / "pwned"
-    (folder / METADATA).write_bytes(pickle.dumps(_RunsCode(marker)))
+    (folder / METADATA).write_bytes(pickle.dumps(RunsCodeWhenUnpickled(marker)))
     torch.save({"format_version": 1, "step": 10}, folder / "state.pt")
     with pytest.raises(checkpoints.CheckpointError, match=r"\.metadata.*refused.*(posix|os)\.system"):
         checkpoints.load(folder)
