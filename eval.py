@@ -31,20 +31,22 @@ from pathlib import Path
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from shared import cli, crossval, dashboards, devices, export
 from shared import config as cfg
-from shared.checkpoints import Checkpoint, CheckpointError, list_checkpoints
-from shared.claims import this_evaluator
-from shared.coordination import SharedTrainDir, join_as_evaluator
-from shared.errors import UsageError
-from shared.evaluation import Evaluation, Evaluator
-from shared.layout import METADATA, TrainDir
-from shared.metrics import SCALARS
-from shared.outcomes import Outcome, write_outcome
-from shared.results import EvalRecord
-from shared.signals import StopRequest
-from shared.summaries import confusion_image, confusion_markdown
-from shared.watch import CheckpointWatcher
+from shared.checkpoints.store import Checkpoint, CheckpointError, list_checkpoints
+from shared.evaluation import crossval, export
+from shared.evaluation.coordination import SharedTrainDir, join_as_evaluator
+from shared.evaluation.evaluator import Evaluation, Evaluator
+from shared.evaluation.watch import CheckpointWatcher
+from shared.loggers import dashboards
+from shared.loggers.tensorboard import confusion_image, confusion_markdown
+from shared.metrics.classification import SCALARS
+from shared.protocol.claims import this_evaluator
+from shared.protocol.layout import METADATA, TrainDir
+from shared.protocol.ledger import EvalRecord
+from shared.protocol.outcomes import Outcome, write_outcome
+from shared.runtime import cli, devices
+from shared.runtime.errors import UsageError
+from shared.runtime.signals import StopRequest
 
 log = logging.getLogger("eval")
 
@@ -190,7 +192,7 @@ def follow_checkpoints(
         for each in skip:
             write_outcome(train_dir.outcomes, skipped(each, train_dir, "eval.policy=latest: a newer checkpoint waited"))
         if checkpoint is not None:
-            with shared.claims.kept_fresh(checkpoint.step):
+            with shared.protocol.claims.kept_fresh(checkpoint.step):
                 outcome = evaluate(checkpoint, evaluator, train_dir, config)
             write_outcome(train_dir.outcomes, outcome)
         if recorded or skip or checkpoint:

@@ -31,9 +31,9 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from shared import crossval
-from shared.export import read_best
-from shared.layout import TrainDir
+from shared.evaluation import crossval
+from shared.evaluation.export import read_best
+from shared.protocol.layout import TrainDir
 
 HERE = Path(__file__).resolve().parent
 CPU_ONLY = {"CUDA_VISIBLE_DEVICES": "", "NVIDIA_VISIBLE_DEVICES": "void"}  # as compose.cpu.yml's eval

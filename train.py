@@ -23,19 +23,23 @@ from pathlib import Path
 
 import torch
 
-from shared import checkpoints, cli, dashboards, devices, distributed, health, seeding, splits
 from shared import config as cfg
-from shared.data import DataPosition, ResumableBatches, place
-from shared.distributed import Distributed
-from shared.errors import RunAborted, UsageError
-from shared.feedback import Feedback
-from shared.files import exclusive_lock, write_atomic
-from shared.layout import TrainDir
-from shared.progress import Progress
-from shared.signals import StopRequest
-from shared.summaries import open_writer
+from shared.checkpoints import store as checkpoints
+from shared.evaluation import splits
+from shared.loggers import dashboards
+from shared.loggers.tensorboard import open_writer
+from shared.protocol.files import exclusive_lock, write_atomic
+from shared.protocol.layout import TrainDir
+from shared.runtime import cli, devices, health, seeding
+from shared.runtime.errors import RunAborted, UsageError
+from shared.runtime.signals import StopRequest
 from shared.tasks import Task, build_task
-from shared.training import NonFiniteGuard, TrainState, build_optimizer, build_schedule, parameter_counts
+from shared.training import distributed
+from shared.training.data import DataPosition, ResumableBatches, place
+from shared.training.distributed import Distributed
+from shared.training.feedback import Feedback
+from shared.training.optim import NonFiniteGuard, TrainState, build_optimizer, build_schedule, parameter_counts
+from shared.training.progress import Progress
 
 log = logging.getLogger("train")
 

@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 
 from bench.common import add_results_option, report
-from shared import checkpoints, devices
 from shared import config as cfg
-from shared.layout import TrainDir
+from shared.checkpoints import store as checkpoints
+from shared.protocol.layout import TrainDir
+from shared.runtime import devices
 from shared.tasks.synthetic import SyntheticData, SyntheticModel, SyntheticTask
 
 SIZES = {

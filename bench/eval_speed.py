@@ -5,7 +5,7 @@ its best batch size, on the GPU and on the CPU.
     python -m bench.eval_speed --devices cpu --set data.eval_examples=1000 --repeats 2   # a CPU in minutes
     python -m bench.eval_speed --smoke         # a tiny model: seconds on a CPU, so the script never rots
 
-eval.py's figures time shared.evaluation.Evaluator, built as eval.py's build_evaluator builds it, on a
+eval.py's figures time shared.evaluation.evaluator.Evaluator, built as eval.py's build_evaluator builds it, on a
 checkpoint file shaped like train.py's (weights and optimizer state): evaluate_checkpoint (load, forward,
 loss and metrics: what the daemon does per checkpoint) and evaluate alone. The plain loop runs the same
 model with the same precision and memory layout over the eval inputs already on the device, and takes
@@ -27,12 +27,13 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from bench.common import add_results_option, device_name, report
-from shared import checkpoints, devices
 from shared import config as cfg
-from shared.evaluation import Evaluator
-from shared.layout import TrainDir
+from shared.checkpoints import store as checkpoints
+from shared.evaluation.evaluator import Evaluator
+from shared.protocol.layout import TrainDir
+from shared.runtime import devices
 from shared.tasks import build_task
-from shared.training import build_optimizer
+from shared.training.optim import build_optimizer
 
 SMOKE = ["model.width=8", "model.blocks_per_stage=[1, 1]", "data.eval_examples=512", "eval.batch_size=128"]
 BATCH_SIZES = {"cuda": [256, 512, 1024, 2048, 4096, 8192], "cpu": [16, 64, 256, 1024]}

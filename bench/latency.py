@@ -5,7 +5,7 @@ eval.py daemon starts loading it, with watchdog's native observer (inotify on Li
     python -m bench.latency --smoke          # 3 checkpoints per mode: seconds on a CPU, so the script never rots
 
 The real eval.py daemon watches a train_dir of a tiny digits model. Checkpoints are committed one at a
-time through shared.checkpoints.save (temp file, fsync, rename, as train.py does), each only after the
+time through shared.checkpoints.store.save (temp file, fsync, rename, as train.py does), each only after the
 evaluator recorded the previous one, so it is idle when each arrives. Latency is the ledger record's
 `wall_time` (taken just before eval.py loads the file) minus the time save() returned. The train_dirs
 are made under $TMPDIR: the filesystem is part of what is measured.
@@ -31,9 +31,9 @@ from watchdog.observers import Observer
 
 from bench.common import ROOT, add_results_option, report
 from shared import config as cfg
-from shared.checkpoints import save
-from shared.layout import TrainDir
-from shared.results import read_records
+from shared.checkpoints.store import save
+from shared.protocol.layout import TrainDir
+from shared.protocol.ledger import read_records
 from shared.tasks import build_task
 
 TINY = ["model.channels=4", "model.hidden=8"]

@@ -29,9 +29,9 @@ from watchdog.utils.dirsnapshot import DirectorySnapshot
 
 from bench.common import ROOT, add_results_option, report
 from shared import config as cfg
-from shared.coordination import SharedTrainDir, join_as_evaluator
-from shared.layout import TrainDir, checkpoint_name
-from shared.watch import FolderPoll
+from shared.evaluation.coordination import SharedTrainDir, join_as_evaluator
+from shared.evaluation.watch import FolderPoll
+from shared.protocol.layout import TrainDir, checkpoint_name
 
 TARGET_MS = 50.0
 

@@ -31,12 +31,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import ROOT, add_results_option, report
 from shared import config as cfg
-from shared import devices, seeding
-from shared.data import DataPosition, ResumableBatches, place
-from shared.evaluation import Evaluator
-from shared.results import read_records
+from shared.evaluation.evaluator import Evaluator
+from shared.protocol.ledger import read_records
+from shared.runtime import devices, seeding
 from shared.tasks import Task, build_task
-from shared.training import build_optimizer, build_schedule
+from shared.training.data import DataPosition, ResumableBatches, place
+from shared.training.optim import build_optimizer, build_schedule
 
 SMOKE = [
     "model.width=8",

@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 import yaml
 
-from shared.errors import UsageError
-from shared.files import write_atomic
+from shared.protocol.files import write_atomic
+from shared.runtime.errors import UsageError
 
 
 class ConfigError(UsageError):

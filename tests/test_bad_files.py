@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared import checkpoints
-from shared.layout import TrainDir
-from shared.results import read_records
+from shared.checkpoints import store as checkpoints
+from shared.protocol.layout import TrainDir
+from shared.protocol.ledger import read_records
 from shared.tasks.digits import DigitsModel, DigitsTask
 from tests.conftest import SHORT_RUN, RunsCodeWhenUnpickled
 

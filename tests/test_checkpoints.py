@@ -1,4 +1,4 @@
-"""shared.checkpoints: atomic saves, safe loads, temp-file cleanup and retention, on real files."""
+"""shared.checkpoints.store: atomic saves, safe loads, temp-file cleanup and retention, on real files."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from shared import checkpoints
-from shared.checkpoints import (
+from shared.checkpoints import store as checkpoints
+from shared.checkpoints.store import (
     FORMAT_VERSION,
     Checkpoint,
     CheckpointError,
@@ -25,8 +25,8 @@ from shared.checkpoints import (
     remove_stale_temps,
 )
 from shared.config import CheckpointConfig
-from shared.layout import TrainDir, checkpoint_name
-from shared.results import EvalRecord, Ledger
+from shared.protocol.layout import TrainDir, checkpoint_name
+from shared.protocol.ledger import EvalRecord, Ledger
 
 
 def _touch(folder: Path, *names: str) -> None:

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.claims import ClaimInfo, Claims
-from shared.evaluation import Evaluation
-from shared.outcomes import Outcome, OutcomeError, outcome_steps, read_outcome, write_outcome
-from shared.results import EvalRecord
+from shared.evaluation.evaluator import Evaluation
+from shared.protocol.claims import ClaimInfo, Claims
+from shared.protocol.ledger import EvalRecord
+from shared.protocol.outcomes import Outcome, OutcomeError, outcome_steps, read_outcome, write_outcome
 from tests.conftest import ROOT, wait_until
 
 TIMEOUT = 60.0
@@ -42,7 +42,8 @@ def test_a_step_is_claimed_once(tmp_path: Path) -> None:
 def test_a_claim_whose_owner_died_on_this_host_is_taken_over_at_once(tmp_path: Path, caplog) -> None:
     """The owner, a real process, claims and dies; its pid is gone, so the claim is stale without a timeout."""
     code = (
-        f"from pathlib import Path; from shared.claims import Claims; Claims(Path({str(tmp_path)!r}), 9).try_claim(7)"
+        "from pathlib import Path; from shared.protocol.claims import Claims; "
+        f"Claims(Path({str(tmp_path)!r}), 9).try_claim(7)"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
     dead = ClaimInfo.read(Claims(tmp_path, TIMEOUT).path(7))

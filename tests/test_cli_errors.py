@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from shared import config as cfg
-from shared.layout import TrainDir
+from shared.protocol.layout import TrainDir
 
 pytestmark = pytest.mark.slow
 

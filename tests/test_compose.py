@@ -111,7 +111,7 @@ def assert_runs_anywhere_the_same_way(services: dict[str, Any]) -> None:
             assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"], name
             assert "count" not in device, f"{name}: compose refuses count together with device_ids"
     assert services["train"]["stop_grace_period"] == "120s"
-    assert services["train"]["healthcheck"]["test"][:4] == ["CMD", "python", "-m", "shared.health"]
+    assert services["train"]["healthcheck"]["test"][:4] == ["CMD", "python", "-m", "shared.runtime.health"]
     assert services["tensorboard"]["healthcheck"]["test"][-1] == "http://localhost:6006/data/runs"
     assert services["tensorboard"]["ports"] == [{"published": 6006, "target": 6006}]
 

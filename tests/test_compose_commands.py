@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.layout import TrainDir
-from shared.results import read_records
+from shared.protocol.layout import TrainDir
+from shared.protocol.ledger import read_records
 from tests.conftest import ROOT, Proc, fetch_json, wait_until
 from tests.test_compose import CPU, VARIABLE
 

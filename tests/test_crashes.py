@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from shared import checkpoints
-from shared.layout import CHECKPOINT_TEMP_RE, TrainDir
-from shared.results import read_records
+from shared.checkpoints import store as checkpoints
+from shared.protocol.layout import CHECKPOINT_TEMP_RE, TrainDir
+from shared.protocol.ledger import read_records
 from tests.conftest import SHORT_RUN, Proc, scalar_points, wait_until
 from tests.test_end_to_end import assert_one_point_per_evaluated_step
 

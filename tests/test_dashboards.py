@@ -8,11 +8,11 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from shared import config as cfg
-from shared.dashboards import EvalLag, hparam_values, write_train_header
-from shared.files import append_line
-from shared.health import check_heartbeat
-from shared.layout import TrainDir
-from shared.summaries import open_writer
+from shared.loggers.dashboards import EvalLag, hparam_values, write_train_header
+from shared.loggers.tensorboard import open_writer
+from shared.protocol.files import append_line
+from shared.protocol.layout import TrainDir
+from shared.runtime.health import check_heartbeat
 from tests.conftest import ROOT
 
 

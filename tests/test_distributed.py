@@ -16,10 +16,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from shared import checkpoints
-from shared.export import load_best, read_best
-from shared.layout import METADATA, TrainDir
-from shared.results import read_records
+from shared.checkpoints import store as checkpoints
+from shared.evaluation.export import load_best, read_best
+from shared.protocol.layout import METADATA, TrainDir
+from shared.protocol.ledger import read_records
 from tests.conftest import ROOT, Proc, RunsCodeWhenUnpickled, scalar_points, wait_until
 from tests.test_feedback import EXPECTED, FEEDBACK_RUN, decided
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.checkpoints import list_checkpoints
-from shared.export import read_best
-from shared.layout import TrainDir
-from shared.results import best_record, read_records
+from shared.checkpoints.store import list_checkpoints
+from shared.evaluation.export import read_best
+from shared.protocol.layout import TrainDir
+from shared.protocol.ledger import best_record, read_records
 from tests.conftest import SHORT_RUN, scalar_points, wait_until
 
 pytestmark = pytest.mark.slow

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.claims import ClaimInfo, claim_step
-from shared.export import read_best
-from shared.layout import TrainDir
-from shared.outcomes import outcome_steps
+from shared.evaluation.export import read_best
+from shared.protocol.claims import ClaimInfo, claim_step
+from shared.protocol.layout import TrainDir
+from shared.protocol.outcomes import outcome_steps
 from tests.conftest import SHORT_RUN, Proc, scalar_points, wait_until
 from tests.test_end_to_end import EVAL_TAGS, assert_one_point_per_evaluated_step
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from shared import config as cfg
-from shared.evaluation import Evaluator
-from shared.export import load_best, read_best
-from shared.layout import BEST_VERSION_RE, TrainDir
-from shared.results import best_record, read_records
+from shared.evaluation.evaluator import Evaluator
+from shared.evaluation.export import load_best, read_best
+from shared.protocol.layout import BEST_VERSION_RE, TrainDir
+from shared.protocol.ledger import best_record, read_records
 from tests.conftest import scalar_points, wait_until
 
 pytestmark = pytest.mark.slow

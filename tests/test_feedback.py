@@ -17,9 +17,9 @@ import pytest
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
 from shared import config as cfg
-from shared.layout import TrainDir
-from shared.results import read_records, record_metric
-from shared.training import lr_multiplier
+from shared.protocol.layout import TrainDir
+from shared.protocol.ledger import read_records, record_metric
+from shared.training.optim import lr_multiplier
 from tests.conftest import ROOT, SHORT_RUN, Proc, process_starter, scalar_points, wait_until
 
 FEEDBACK_RUN = [

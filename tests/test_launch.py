@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.checkpoints import list_checkpoints
-from shared.layout import TrainDir
-from shared.results import read_records
+from shared.checkpoints.store import list_checkpoints
+from shared.protocol.layout import TrainDir
+from shared.protocol.ledger import read_records
 from tests.conftest import SHORT_RUN, Proc, fetch_json, tensorboard_url, wait_until
 
 pytestmark = pytest.mark.slow

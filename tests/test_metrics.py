@@ -1,4 +1,4 @@
-"""shared.metrics against scikit-learn and hand-computed values; shared.evaluation.Evaluator repeatability."""
+"""shared.metrics.classification against scikit-learn and hand-computed values; Evaluator repeatability."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from shared import checkpoints
 from shared import config as cfg
-from shared.evaluation import Evaluator
-from shared.layout import TrainDir
-from shared.metrics import SCALARS, classification_metrics
+from shared.checkpoints import store as checkpoints
+from shared.evaluation.evaluator import Evaluator
+from shared.metrics.classification import SCALARS, classification_metrics
+from shared.protocol.layout import TrainDir
 from shared.tasks import build_task
 
 REPO = Path(__file__).resolve().parent.parent

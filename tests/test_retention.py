@@ -9,12 +9,12 @@ import torch
 
 import eval as eval_script
 from shared import config as cfg
-from shared.checkpoints import Checkpoint, list_checkpoints
-from shared.coordination import SharedTrainDir, join_as_evaluator
-from shared.evaluation import Evaluator
-from shared.layout import TrainDir
-from shared.outcomes import write_outcome
-from shared.results import read_records
+from shared.checkpoints.store import Checkpoint, list_checkpoints
+from shared.evaluation.coordination import SharedTrainDir, join_as_evaluator
+from shared.evaluation.evaluator import Evaluator
+from shared.protocol.layout import TrainDir
+from shared.protocol.ledger import read_records
+from shared.protocol.outcomes import write_outcome
 from shared.tasks.digits import DigitsData, DigitsModel, DigitsTask
 from tests.conftest import SHORT_RUN, scalar_points, wait_until
 

@@ -13,9 +13,10 @@ import torch
 from torch.utils.data import TensorDataset
 
 import train
-from shared import checkpoints, cli
-from shared.data import DataPosition, ResumableBatches
-from shared.layout import CHECKPOINT_TEMP_RE, TrainDir
+from shared.checkpoints import store as checkpoints
+from shared.protocol.layout import CHECKPOINT_TEMP_RE, TrainDir
+from shared.runtime import cli
+from shared.training.data import DataPosition, ResumableBatches
 from tests.conftest import SHORT_RUN, Proc
 
 REAL_SAVE = torch.save

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from shared import cli
-from shared.checkpoints import list_checkpoints
-from shared.layout import TrainDir
-from shared.signals import StopRequest
+from shared.checkpoints.store import list_checkpoints
+from shared.protocol.layout import TrainDir
+from shared.runtime import cli
+from shared.runtime.signals import StopRequest
 from tests.conftest import SHORT_RUN, wait_until
 
 pytestmark = pytest.mark.slow

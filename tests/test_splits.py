@@ -12,10 +12,10 @@ import torch
 from torch.utils.data import TensorDataset
 
 from shared import config as cfg
-from shared.crossval import fold_folder
-from shared.layout import TrainDir
-from shared.results import best_record, read_records
-from shared.splits import eval_splits, training_data, validation_data
+from shared.evaluation.crossval import fold_folder
+from shared.evaluation.splits import eval_splits, training_data, validation_data
+from shared.protocol.layout import TrainDir
+from shared.protocol.ledger import best_record, read_records
 from shared.tasks import build_task
 from tests.custom_task import BlobsTask
 

@@ -15,9 +15,9 @@ from urllib.request import urlopen
 import pytest
 from tensorboard_data_server import server_binary
 
-from shared.checkpoints import list_checkpoints
-from shared.layout import TrainDir
-from shared.results import read_records
+from shared.checkpoints.store import list_checkpoints
+from shared.protocol.layout import TrainDir
+from shared.protocol.ledger import read_records
 from tests.conftest import ROOT, SHORT_RUN, Proc, fetch_json, keep_artifact, tensorboard_url, wait_until
 
 pytestmark = pytest.mark.slow

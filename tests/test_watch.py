@@ -1,4 +1,4 @@
-"""shared.watch.CheckpointWatcher with real watchdog observers, native (inotify) and polling."""
+"""shared.evaluation.watch.CheckpointWatcher with real watchdog observers, native (inotify) and polling."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared import checkpoints
-from shared.checkpoints import list_checkpoints
-from shared.files import write_atomic
-from shared.layout import TrainDir
-from shared.watch import CheckpointWatcher
+from shared.checkpoints import store as checkpoints
+from shared.checkpoints.store import list_checkpoints
+from shared.evaluation.watch import CheckpointWatcher
+from shared.protocol.files import write_atomic
+from shared.protocol.layout import TrainDir
 
 WAKE_TIMEOUT = 5.0  # a wake-up that should come comes within this
 QUIET = 0.5  # long enough for several polls (0.1 s) and for inotify to deliver

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from shared import config as cfg
-from shared.errors import UsageError
-from shared.layout import TrainDir
-from shared.results import best_record, read_records
+from shared.protocol.layout import TrainDir
+from shared.protocol.ledger import best_record, read_records
+from shared.runtime.errors import UsageError
 
 
 def fold_folder(train_dir: Path, fold: int) -> Path:

@@ -17,7 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from shared import config as cfg
-from shared.results import LedgerTail
+from shared.protocol.ledger import LedgerTail
 
 # The Custom Scalars tab: "is it learning, and is it overfitting?" first (train and eval loss on one chart,
 # accuracy beside it), then how training runs. Tags are regexes, so each chart shows every run with the tag.

@@ -19,16 +19,16 @@ from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
-from shared import dashboards
-from shared.checkpoints import Checkpoint
-from shared.claims import Claims
+from shared.checkpoints.store import Checkpoint
 from shared.config import Config
-from shared.evaluation import Evaluation
-from shared.files import try_lock
-from shared.layout import TrainDir, checkpoint_step
-from shared.outcomes import Outcome, OutcomeError, outcome_steps, read_outcome
-from shared.results import Ledger, LedgerTail
-from shared.summaries import open_writer
+from shared.evaluation.evaluator import Evaluation
+from shared.loggers import dashboards
+from shared.loggers.tensorboard import open_writer
+from shared.protocol.claims import Claims
+from shared.protocol.files import try_lock
+from shared.protocol.layout import TrainDir, checkpoint_step
+from shared.protocol.ledger import Ledger, LedgerTail
+from shared.protocol.outcomes import Outcome, OutcomeError, outcome_steps, read_outcome
 
 log = logging.getLogger("eval")
 

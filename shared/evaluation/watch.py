@@ -25,8 +25,8 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from shared.layout import CHECKPOINT_RE, TrainDir
-from shared.outcomes import OUTCOME_RE
+from shared.protocol.layout import CHECKPOINT_RE, TrainDir
+from shared.protocol.outcomes import OUTCOME_RE
 
 
 def _arrivals(train_dir: TrainDir) -> dict[Path, re.Pattern[str]]:

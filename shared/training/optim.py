@@ -11,11 +11,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from shared import seeding
 from shared.config import TrainConfig
-from shared.data import DataPosition
-from shared.distributed import Distributed
-from shared.feedback import Feedback
+from shared.runtime import seeding
+from shared.training.data import DataPosition
+from shared.training.distributed import Distributed
+from shared.training.feedback import Feedback
 
 
 def build_optimizer(model: nn.Module, options: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
@@ -74,7 +74,7 @@ class TrainState:
     feedback: Feedback | None = None  # its state (LR multiplier, policies) goes into each checkpoint
     step: int = 0
     group: Distributed = field(default_factory=Distributed.alone)
-    sharded: bool = False  # FSDP: weights and optimizer state are saved by shared.sharded, not in state_dict()
+    sharded: bool = False  # FSDP: weights and optimizer state are saved by checkpoints.sharded, not state_dict()
     forward: nn.Module = field(init=False)  # the model as the step calls it: DDP- or torch.compile-wrapped
 
     def __post_init__(self) -> None:
@@ -94,7 +94,7 @@ class TrainState:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if not self.sharded:  # shared.sharded.load_into restored the shards already
+        if not self.sharded:  # shared.checkpoints.sharded.load_into restored the shards already
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -1,7 +1,7 @@
 """Liveness for containers: train.py's heartbeat file, and the checks the compose health checks run.
 
-    python -m shared.health heartbeat TRAIN_DIR --max-age SECS   # exit 0 if train.py logged within SECS
-    python -m shared.health http URL                             # exit 0 if URL answers 200 (TensorBoard)
+    python -m shared.runtime.health heartbeat TRAIN_DIR --max-age SECS   # exit 0 if train.py logged within SECS
+    python -m shared.runtime.health http URL                             # exit 0 if URL answers 200 (TensorBoard)
 
 A process that is alive but stuck (a hung data loader, a dead GPU) is what a health check must catch,
 so the trainer's check reads a file train.py rewrites at every log step rather than asking whether the
@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from shared.layout import TrainDir
+from shared.protocol.layout import TrainDir
 
 
 def write_heartbeat(path: Path, step: int) -> None:
@@ -49,7 +49,7 @@ def check_http(url: str, timeout: float) -> str | None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shared.health", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m shared.runtime.health", description=__doc__.split("\n\n")[0])
     checks = parser.add_subparsers(dest="check", required=True)
     heartbeat = checks.add_parser("heartbeat", help="train.py wrote its heartbeat within --max-age seconds")
     heartbeat.add_argument("train_dir", type=Path)

@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-from shared.errors import UsageError
+from shared.runtime.errors import UsageError
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -26,13 +26,13 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from shared import config as cfg
-from shared import health
-from shared.checkpoints import PeriodicSaver, list_checkpoints
-from shared.distributed import Distributed
-from shared.files import append_line, write_atomic
-from shared.layout import TrainDir
-from shared.results import LedgerTail, read_records, record_metric
-from shared.signals import StopRequest
+from shared.checkpoints.store import PeriodicSaver, list_checkpoints
+from shared.protocol.files import append_line, write_atomic
+from shared.protocol.layout import TrainDir
+from shared.protocol.ledger import LedgerTail, read_records, record_metric
+from shared.runtime import health
+from shared.runtime.signals import StopRequest
+from shared.training.distributed import Distributed
 
 log = logging.getLogger(__name__)
 

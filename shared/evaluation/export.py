@@ -27,10 +27,10 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from shared import config as cfg
-from shared.checkpoints import CheckpointError
-from shared.errors import RunAborted, UsageError
-from shared.files import exclusive_lock, fsync_dir, write_atomic
-from shared.layout import BEST_VERSION_RE, TrainDir
+from shared.checkpoints.store import CheckpointError
+from shared.protocol.files import exclusive_lock, fsync_dir, write_atomic
+from shared.protocol.layout import BEST_VERSION_RE, TrainDir
+from shared.runtime.errors import RunAborted, UsageError
 from shared.tasks import build_task
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from shared.errors import UsageError
+from shared.runtime.errors import UsageError
 
 
 def fsync_dir(path: Path) -> None:

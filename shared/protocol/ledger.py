@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from shared.files import append_line
+from shared.protocol.files import append_line
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from shared.errors import UsageError
+from shared.runtime.errors import UsageError
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from shared.errors import RunAborted, UsageError
+from shared.runtime.errors import RunAborted, UsageError
 
 EXIT_ABORTED = 1
 EXIT_USAGE = 2

@@ -4,7 +4,7 @@ A checkpoint exists under its final name `checkpoints/ckpt-<step:09d>.pt` only o
 it is written to `.ckpt-<step>.pt.tmp` in the same folder, fsynced, renamed into place and the folder
 fsynced. Loads never unpickle arbitrary objects (`weights_only=True`). Sharded checkpoints (FSDP) are
 folders `ckpt-<step:09d>/` committed the same way (shared/sharded.py); listing, loading, retention and
-stale-temp cleanup here take both forms. shared.sharded is imported where a folder is handled: it
+stale-temp cleanup here take both forms. shared.checkpoints.sharded is imported where a folder is handled: it
 imports torch.distributed.checkpoint, which adds about half a second to every start otherwise.
 """
 
@@ -25,11 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from shared.checkpoints.snapshots import HostSnapshot
 from shared.config import CheckpointConfig
-from shared.distributed import Distributed
-from shared.errors import CheckpointError, RunAborted
-from shared.files import atomic_file, fsync_dir
-from shared.layout import (
+from shared.protocol.files import atomic_file, fsync_dir
+from shared.protocol.layout import (
     CHECKPOINT_TEMP_RE,
     TrainDir,
     checkpoint_folder,
@@ -37,8 +36,9 @@ from shared.layout import (
     checkpoint_step,
     checkpoint_temp_folder,
 )
-from shared.results import LedgerTail
-from shared.snapshots import HostSnapshot
+from shared.protocol.ledger import LedgerTail
+from shared.runtime.errors import CheckpointError, RunAborted
+from shared.training.distributed import Distributed
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     checkpoint (a folder) gives its full weights and plain state, without the optimizer state.
     """
     if os.path.isdir(path):
-        from shared import sharded
+        from shared.checkpoints import sharded
 
         return _checked(sharded.load_for_eval(Path(path)))
     if os.path.getsize(path) == 0:
@@ -122,7 +122,7 @@ def load_for_resume(
         written, now = ("fsdp", "ddp") if os.path.isdir(path) else ("ddp", "fsdp")
         raise CheckpointError(f"it was written with train.strategy={written}, not {now}; resume with {written}")
     if sharded_training:
-        from shared import sharded
+        from shared.checkpoints import sharded
 
         return _checked(sharded.load_into(Path(path), model, optimizer) | {"model": None})
     return load(path, map_location="cpu")
@@ -299,7 +299,7 @@ class PeriodicSaver:
         started = time.monotonic()
         self.last_requested_step, self.last_saved_time = step, started
         if self.shards:
-            from shared import sharded
+            from shared.checkpoints import sharded
 
             plain = {"format_version": FORMAT_VERSION, "step": step, **state}
             written = sharded.save_async(
@@ -375,7 +375,7 @@ class PeriodicSaver:
             raise OSError(f"writing the shards failed: {_first_line(err)}") from None
         if not self.group.is_main:
             return None, [], time.monotonic() - started
-        from shared import sharded
+        from shared.checkpoints import sharded
 
         path = sharded.commit(self.train_dir.checkpoints, step)
         deleted = apply_retention(self.train_dir.checkpoints, self.policy, self.ledger.newest_step())

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.evaluation import Evaluation
-from shared.files import atomic_file
-from shared.results import EvalRecord
+from shared.evaluation.evaluator import Evaluation
+from shared.protocol.files import atomic_file
+from shared.protocol.ledger import EvalRecord
 
 OUTCOME_RE = re.compile(r"^step-(\d{9})\.npz$")
 _ARRAYS = ("targets", "probabilities")

@@ -12,18 +12,19 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from shared import checkpoints, devices
+from shared.checkpoints import store as checkpoints
 from shared.config import Config
-from shared.data import place
-from shared.metrics import classification_metrics
-from shared.splits import eval_splits
+from shared.evaluation.splits import eval_splits
+from shared.metrics.classification import classification_metrics
+from shared.runtime import devices
 from shared.tasks import Task, build_task
+from shared.training.data import place
 
 
 @dataclass
 class Evaluation:
     step: int
-    metrics: dict[str, float]  # loss and the scalars in shared.metrics.SCALARS
+    metrics: dict[str, float]  # loss and the scalars in shared.metrics.classification.SCALARS
     per_class_f1: list[float]
     confusion_matrix: list[list[int]]
     # For the PR curves: the true class and the softmax of the outputs, per example. Left out of ==

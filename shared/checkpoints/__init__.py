@@ -1,0 +1,1 @@
+"""Checkpoints: their format and validated loading, the store, retention, saving, sharded folders."""

@@ -1,0 +1,1 @@
+"""Where summaries go: TensorBoard runs and what its dashboards show."""
