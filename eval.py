@@ -192,7 +192,7 @@ def follow_checkpoints(
         for each in skip:
             write_outcome(train_dir.outcomes, skipped(each, train_dir, "eval.policy=latest: a newer checkpoint waited"))
         if checkpoint is not None:
-            with shared.protocol.claims.kept_fresh(checkpoint.step):
+            with shared.claims.kept_fresh(checkpoint.step):
                 outcome = evaluate(checkpoint, evaluator, train_dir, config)
             write_outcome(train_dir.outcomes, outcome)
         if recorded or skip or checkpoint:
