@@ -32,7 +32,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from shared import config as cfg
-from shared.checkpoints.store import Checkpoint, CheckpointError, list_checkpoints
+from shared.checkpoints.store import Checkpoint, list_checkpoints
 from shared.evaluation import crossval, export
 from shared.evaluation.coordination import SharedTrainDir, join_as_evaluator
 from shared.evaluation.evaluator import Evaluation, Evaluator
@@ -45,7 +45,7 @@ from shared.protocol.layout import METADATA, TrainDir
 from shared.protocol.ledger import EvalRecord
 from shared.protocol.outcomes import Outcome, write_outcome
 from shared.runtime import cli, devices
-from shared.runtime.errors import UsageError
+from shared.runtime.errors import CheckpointError, UsageError
 from shared.runtime.signals import StopRequest
 
 log = logging.getLogger("eval")

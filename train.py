@@ -24,14 +24,16 @@ from pathlib import Path
 import torch
 
 from shared import config as cfg
-from shared.checkpoints import store as checkpoints
+from shared.checkpoints.format import load_for_resume
+from shared.checkpoints.saver import PeriodicSaver
+from shared.checkpoints.store import list_checkpoints, remove_stale_temps
 from shared.evaluation import splits
 from shared.loggers import dashboards
 from shared.loggers.tensorboard import open_writer
 from shared.protocol.files import exclusive_lock, write_atomic
 from shared.protocol.layout import TrainDir
 from shared.runtime import cli, devices, health, seeding
-from shared.runtime.errors import RunAborted, UsageError
+from shared.runtime.errors import CheckpointError, RunAborted, UsageError
 from shared.runtime.signals import StopRequest
 from shared.tasks import Task, build_task
 from shared.training import distributed
@@ -120,7 +122,7 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
         )
     )
     shards = (state.model, state.optimizer) if state.sharded else None
-    saver = checkpoints.PeriodicSaver(train_dir, config.checkpoint, state.step, group, shards)
+    saver = PeriodicSaver(train_dir, config.checkpoint, state.step, group, shards)
     guard = NonFiniteGuard(device, check_grad_norm=not state.scaler.is_enabled())
     stop, stopping = StopRequest(), False
     progress = Progress(state.step, options.steps, shown=group.is_main)
@@ -195,9 +197,7 @@ def write_heartbeat(train_dir: TrainDir, step: int, group: Distributed) -> None:
         health.write_heartbeat(train_dir.heartbeat, step)
 
 
-def stop_if_not_finite(
-    guard: NonFiniteGuard, saver: checkpoints.PeriodicSaver, group: Distributed, device: torch.device
-) -> None:
+def stop_if_not_finite(guard: NonFiniteGuard, saver: PeriodicSaver, group: Distributed, device: torch.device) -> None:
     """Abort before logging or saving anything computed from NaN/Inf (train.nan_policy=stop), on every rank."""
     bad_step = group.earliest(guard.first_bad_step(), device)
     if bad_step is not None:
@@ -215,16 +215,16 @@ def resume(state: TrainState, train_dir: TrainDir) -> None:
     """
     newest = None
     if state.group.is_main:
-        for temp in checkpoints.remove_stale_temps(train_dir.checkpoints):
+        for temp in remove_stale_temps(train_dir.checkpoints):
             log.info("removed %s, left by an interrupted save", temp.name)
-        found = checkpoints.list_checkpoints(train_dir.checkpoints)
+        found = list_checkpoints(train_dir.checkpoints)
         newest = found[-1].path if found else None
     newest = state.group.broadcast(newest)
     if newest is None:
         return
     try:
-        state.load_state_dict(checkpoints.load_for_resume(newest, state.model, state.optimizer, state.sharded))
-    except (checkpoints.CheckpointError, KeyError) as err:
+        state.load_state_dict(load_for_resume(newest, state.model, state.optimizer, state.sharded))
+    except (CheckpointError, KeyError) as err:
         raise UsageError(
             f"cannot resume from {newest}: {err}; move it out of the checkpoints folder to resume from the one before"
         ) from None

@@ -19,7 +19,9 @@ import torch
 
 from bench.common import add_results_option, report
 from shared import config as cfg
-from shared.checkpoints import store as checkpoints
+from shared.checkpoints.retention import RetentionPolicy, apply_retention
+from shared.checkpoints.saver import PeriodicSaver
+from shared.checkpoints.store import save
 from shared.protocol.layout import TrainDir
 from shared.runtime import devices
 from shared.tasks.synthetic import SyntheticData, SyntheticModel, SyntheticTask
@@ -76,12 +78,12 @@ def measure(model_config: SyntheticModel, device: torch.device, folder: Path, re
         if device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        checkpoints.save(sync_dir, step, state())  # torch.save, fsync, rename: what the loop waits for
+        save(sync_dir, step, state())  # torch.save, fsync, rename: what the loop waits for
         sync_secs.append(time.perf_counter() - started)
-        checkpoints.apply_retention(sync_dir.checkpoints, checkpoints.RetentionPolicy(1), None)
+        apply_retention(sync_dir.checkpoints, RetentionPolicy(1), None)
 
     options = cfg.CheckpointConfig(max_to_keep=1, async_save=True)
-    saver = checkpoints.PeriodicSaver(TrainDir(folder / "async"), options, last_saved_step=0)
+    saver = PeriodicSaver(TrainDir(folder / "async"), options, last_saved_step=0)
     blocked, total = [], []
     for step in range(1, repeats + 1):
         if device.type == "cuda":

@@ -28,7 +28,7 @@ from torch.utils.data import TensorDataset
 
 from bench.common import add_results_option, device_name, report
 from shared import config as cfg
-from shared.checkpoints import store as checkpoints
+from shared.checkpoints.store import save
 from shared.evaluation.evaluator import Evaluator
 from shared.protocol.layout import TrainDir
 from shared.runtime import devices
@@ -49,7 +49,7 @@ def write_checkpoint(config: cfg.Config, root: Path) -> Path:
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()
-    return checkpoints.save(train_dir, 0, {"model": model.state_dict(), "optimizer": optimizer.state_dict()})
+    return save(train_dir, 0, {"model": model.state_dict(), "optimizer": optimizer.state_dict()})
 
 
 def sync(device: torch.device) -> None:

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.checkpoints import store as checkpoints
+from shared.checkpoints.format import load
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records
+from shared.runtime.errors import CheckpointError
 from shared.tasks.digits import DigitsModel, DigitsTask
 from tests.conftest import SHORT_RUN, RunsCodeWhenUnpickled
 
@@ -115,8 +116,8 @@ def test_a_hostile_pickle_is_refused_before_any_code_runs(tmp_path: Path) -> Non
     train_dir = TrainDir(tmp_path / "run")
     train_dir.checkpoints.mkdir(parents=True)
     hostile_pickle(train_dir, train_dir.checkpoint(5))
-    with pytest.raises(checkpoints.CheckpointError, match="refused to load"):
-        checkpoints.load(train_dir.checkpoint(5))
+    with pytest.raises(CheckpointError, match="refused to load"):
+        load(train_dir.checkpoint(5))
     assert not (tmp_path / "pwned").exists()
     # The payload is real: plain unpickling would have run it.
     torch.load(train_dir.checkpoint(5), weights_only=False)

@@ -1,4 +1,4 @@
-"""shared.checkpoints.store: atomic saves, safe loads, temp-file cleanup and retention, on real files."""
+"""shared.checkpoints format, store and retention: atomic saves, safe loads, temp-file cleanup, on real files."""
 
 from __future__ import annotations
 
@@ -13,20 +13,14 @@ import pytest
 import torch
 from torch import nn
 
-from shared.checkpoints import store as checkpoints
-from shared.checkpoints.store import (
-    FORMAT_VERSION,
-    Checkpoint,
-    CheckpointError,
-    PeriodicSaver,
-    RetentionPolicy,
-    apply_retention,
-    list_checkpoints,
-    remove_stale_temps,
-)
+from shared.checkpoints.format import FORMAT_VERSION, load, restore_model
+from shared.checkpoints.retention import RetentionPolicy, apply_retention
+from shared.checkpoints.saver import PeriodicSaver
+from shared.checkpoints.store import Checkpoint, list_checkpoints, remove_stale_temps, save
 from shared.config import CheckpointConfig
 from shared.protocol.layout import TrainDir, checkpoint_name
 from shared.protocol.ledger import EvalRecord, Ledger
+from shared.runtime.errors import CheckpointError
 
 
 def _touch(folder: Path, *names: str) -> None:
@@ -36,7 +30,7 @@ def _touch(folder: Path, *names: str) -> None:
 
 
 def _save_tiny(train_dir: TrainDir, step: int) -> Path:
-    return checkpoints.save(train_dir, step, {"model": {"w": torch.tensor([float(step)])}})
+    return save(train_dir, step, {"model": {"w": torch.tensor([float(step)])}})
 
 
 def test_save_then_load_round_trips(tmp_path: Path) -> None:
@@ -48,11 +42,11 @@ def test_save_then_load_round_trips(tmp_path: Path) -> None:
         "optimizer": {"lr": 0.1, "betas": (0.9, 0.99), "names": ["a", "b"]},
         "position": {"epoch": 2, "batch": 7},
     }
-    path = checkpoints.save(train_dir, 7, state)
+    path = save(train_dir, 7, state)
     assert path == train_dir.checkpoints / "ckpt-000000007.pt"
     assert os.listdir(train_dir.checkpoints) == ["ckpt-000000007.pt"]  # no temp left behind
 
-    loaded = checkpoints.load(path)
+    loaded = load(path)
     assert loaded["step"] == 7
     assert loaded["format_version"] == FORMAT_VERSION
     assert loaded["optimizer"] == state["optimizer"]
@@ -62,16 +56,16 @@ def test_save_then_load_round_trips(tmp_path: Path) -> None:
         assert torch.equal(loaded["model"][name], tensor)
 
     other = nn.Linear(4, 3)
-    checkpoints.restore_model(other, loaded)
+    restore_model(other, loaded)
     assert torch.equal(other.weight, model.weight)
 
 
 def test_save_replaces_an_existing_checkpoint(tmp_path: Path) -> None:
     """Saving the same step again replaces the file whole."""
     train_dir = TrainDir(tmp_path)
-    checkpoints.save(train_dir, 5, {"model": {"w": torch.zeros(3)}})
-    checkpoints.save(train_dir, 5, {"model": {"w": torch.ones(3)}})
-    assert torch.equal(checkpoints.load(train_dir.checkpoint(5))["model"]["w"], torch.ones(3))
+    save(train_dir, 5, {"model": {"w": torch.zeros(3)}})
+    save(train_dir, 5, {"model": {"w": torch.ones(3)}})
+    assert torch.equal(load(train_dir.checkpoint(5))["model"]["w"], torch.ones(3))
 
 
 def test_list_checkpoints_sorts_by_step_and_skips_other_names(tmp_path: Path) -> None:
@@ -125,7 +119,7 @@ def test_reader_never_sees_a_partial_checkpoint(tmp_path: Path) -> None:
         while not done.is_set():
             for checkpoint in list_checkpoints(train_dir.checkpoints):
                 try:
-                    state = checkpoints.load(checkpoint.path)
+                    state = load(checkpoint.path)
                     weights = state["model"]["w"]
                     if state["step"] != checkpoint.step or weights.numel() != 1 << 20:
                         failures.append(f"{checkpoint.path.name}: wrong contents")
@@ -143,7 +137,7 @@ def test_reader_never_sees_a_partial_checkpoint(tmp_path: Path) -> None:
     policy = RetentionPolicy(max_to_keep=3)
     try:
         for step in range(1, 41):
-            checkpoints.save(train_dir, step, {"model": {"w": torch.full((1 << 20,), float(step))}})
+            save(train_dir, step, {"model": {"w": torch.full((1 << 20,), float(step))}})
             apply_retention(train_dir.checkpoints, policy, None)
     finally:
         done.set()
@@ -155,7 +149,7 @@ def test_reader_never_sees_a_partial_checkpoint(tmp_path: Path) -> None:
 
 
 def _corrupt_files(tmp_path: Path) -> dict[str, Path]:
-    good = checkpoints.save(TrainDir(tmp_path / "good"), 3, {"model": {"w": torch.randn(20_000)}})
+    good = save(TrainDir(tmp_path / "good"), 3, {"model": {"w": torch.randn(20_000)}})
     data = good.read_bytes()
     files = {
         "truncated-half": data[: len(data) // 2],
@@ -181,7 +175,7 @@ def test_load_refuses_damaged_files(tmp_path: Path, name: str, reason: str) -> N
     """A cut-short or empty checkpoint raises CheckpointError with the reason, not a torch error."""
     path = _corrupt_files(tmp_path)[name]
     with pytest.raises(CheckpointError, match=reason):
-        checkpoints.load(path)
+        load(path)
 
 
 @pytest.mark.parametrize(
@@ -200,7 +194,7 @@ def test_load_refuses_garbage(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / checkpoint_name(1)
     path.write_bytes(content)
     with pytest.raises(CheckpointError):
-        checkpoints.load(path)
+        load(path)
 
 
 @pytest.mark.parametrize(
@@ -219,7 +213,7 @@ def test_load_refuses_foreign_contents(tmp_path: Path, state: object, reason: st
     path = tmp_path / checkpoint_name(1)
     torch.save(state, path)
     with pytest.raises(CheckpointError, match=reason):
-        checkpoints.load(path)
+        load(path)
 
 
 class _RunsCode:
@@ -246,30 +240,30 @@ def test_load_refuses_pickles_that_run_code(tmp_path: Path, writer: str) -> None
     assert (tmp_path / "control").exists()
 
     with pytest.raises(CheckpointError, match="refused to load"):
-        checkpoints.load(path)
+        load(path)
     assert not marker.exists()
 
 
 def test_load_lets_a_vanished_file_raise_file_not_found(tmp_path: Path) -> None:
     """A file deleted before it is read raises FileNotFoundError, so the evaluator can record it as skipped."""
     with pytest.raises(FileNotFoundError):
-        checkpoints.load(tmp_path / checkpoint_name(1))
+        load(tmp_path / checkpoint_name(1))
 
 
 def test_restore_model_refuses_a_shape_mismatch() -> None:
     """Weights of another shape raise CheckpointError naming the cause, not RuntimeError."""
     state = {"model": nn.Linear(5, 3).state_dict(), "step": 1}
     with pytest.raises(CheckpointError, match="does not fit this model"):
-        checkpoints.restore_model(nn.Linear(4, 3), state)
+        restore_model(nn.Linear(4, 3), state)
 
 
 def test_restore_model_refuses_missing_and_extra_keys() -> None:
     """Loading is strict: a state dict for another architecture is refused."""
     weights = nn.Linear(4, 3).state_dict()
     with pytest.raises(CheckpointError, match="does not fit"):
-        checkpoints.restore_model(nn.Linear(4, 3), {"model": {"weight": weights["weight"]}})
+        restore_model(nn.Linear(4, 3), {"model": {"weight": weights["weight"]}})
     with pytest.raises(CheckpointError, match="does not fit"):
-        checkpoints.restore_model(nn.Linear(4, 3), {"model": {**weights, "extra": torch.zeros(1)}})
+        restore_model(nn.Linear(4, 3), {"model": {**weights, "extra": torch.zeros(1)}})
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
@@ -280,7 +274,7 @@ def test_restore_model_refuses_non_finite_weights_and_leaves_model_alone(bad: fl
     model = nn.Linear(4, 3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(CheckpointError, match="'bias' holds NaN or Inf"):
-        checkpoints.restore_model(model, {"model": weights, "step": 1})
+        restore_model(model, {"model": weights, "step": 1})
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, before[name])
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.checkpoints import store as checkpoints
+from shared.checkpoints.format import load
+from shared.checkpoints.store import list_checkpoints
 from shared.protocol.layout import CHECKPOINT_TEMP_RE, TrainDir
 from shared.protocol.ledger import read_records
 from tests.conftest import SHORT_RUN, Proc, scalar_points, wait_until
@@ -27,13 +28,13 @@ def temp_files(train_dir: TrainDir) -> list[str]:
 
 
 def newest_step(train_dir: TrainDir) -> int:
-    found = checkpoints.list_checkpoints(train_dir.checkpoints)
+    found = list_checkpoints(train_dir.checkpoints)
     return found[-1].step if found else 0
 
 
 def assert_every_checkpoint_loads(train_dir: TrainDir) -> None:
-    for checkpoint in checkpoints.list_checkpoints(train_dir.checkpoints):
-        checkpoints.load(checkpoint.path)  # raises CheckpointError on a partial file
+    for checkpoint in list_checkpoints(train_dir.checkpoints):
+        load(checkpoint.path)  # raises CheckpointError on a partial file
 
 
 def kill_trainer_at_some_moment(trainer: Proc, train_dir: TrainDir, rng: random.Random) -> int:
@@ -122,7 +123,7 @@ def test_eval_killed_anywhere_records_each_step_once(tmp_path: Path, start) -> N
     final = start("eval.py", "--train-dir", str(train_dir.root), "--idle-timeout", "2")
     assert final.wait() == 0, final.output()
     records = assert_one_point_per_evaluated_step(train_dir)
-    saved = [c.step for c in checkpoints.list_checkpoints(train_dir.checkpoints)]
+    saved = [c.step for c in list_checkpoints(train_dir.checkpoints)]
     assert [r["step"] for r in records] == saved, "a checkpoint is missing from, or repeated in, the ledger"
     assert all(r["status"] == "ok" for r in records)
     print(f"kills survived by eval.py: {KILLS}; checkpoints: {len(saved)}; records lost: 0; duplicated: 0")

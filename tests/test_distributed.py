@@ -16,10 +16,13 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from shared.checkpoints import store as checkpoints
+from shared.checkpoints.format import load
+from shared.checkpoints.retention import RetentionPolicy, apply_retention
+from shared.checkpoints.store import list_checkpoints, remove_stale_temps
 from shared.evaluation.export import load_best, read_best
 from shared.protocol.layout import METADATA, TrainDir
 from shared.protocol.ledger import read_records
+from shared.runtime.errors import CheckpointError
 from tests.conftest import ROOT, Proc, RunsCodeWhenUnpickled, scalar_points, wait_until
 from tests.test_feedback import EXPECTED, FEEDBACK_RUN, decided
 
@@ -70,7 +73,7 @@ def test_ddp_stopped_by_sigterm_resumes_to_the_same_losses(tmp_path: Path, start
     first.signal(signal.SIGTERM)
     first.wait()
     assert uninterrupted.wait() == 0
-    stopped_at = checkpoints.list_checkpoints(split / "checkpoints")[-1].step
+    stopped_at = list_checkpoints(split / "checkpoints")[-1].step
     assert stopped_at < 150, "the run finished before the signal; nothing was resumed"
     assert not (split / "finished.json").exists()
     assert "stopping at the next safe point" in first.output()
@@ -94,7 +97,7 @@ def test_fsdp_folders_are_evaluated_in_one_process_and_steer_both_ranks(tmp_path
     assert [(d["eval_step"], d["applied_step"], d["action"]) for d in decided(train_dir)] == EXPECTED
     assert json.loads(train_dir.finished.read_text())["reason"] == "early_stop"
 
-    found = checkpoints.list_checkpoints(train_dir.checkpoints)
+    found = list_checkpoints(train_dir.checkpoints)
     assert [c.step for c in found] == [40, 80, 120, 160, 170]
     for checkpoint in found:
         assert {METADATA, "state.pt", "__0_0.distcp", "__1_0.distcp"} <= set(os.listdir(checkpoint.path))
@@ -121,8 +124,8 @@ def test_sharded_checkpoint_with_code_in_its_metadata_is_refused(tmp_path: Path)
     marker = tmp_path / "pwned"
     (folder / METADATA).write_bytes(pickle.dumps(RunsCodeWhenUnpickled(marker)))
     torch.save({"format_version": 1, "step": 10}, folder / "state.pt")
-    with pytest.raises(checkpoints.CheckpointError, match=r"\.metadata.*refused.*(posix|os)\.system"):
-        checkpoints.load(folder)
+    with pytest.raises(CheckpointError, match=r"\.metadata.*refused.*(posix|os)\.system"):
+        load(folder)
     assert not marker.exists()
 
 
@@ -137,8 +140,8 @@ def test_folder_checkpoints_are_listed_cleaned_and_retired(tmp_path: Path) -> No
         else:
             path.mkdir(parents=True)
             (path / "__0_0.distcp").write_bytes(b"x")
-    assert [c.step for c in checkpoints.list_checkpoints(folder)] == [10, 20, 30]
-    assert [p.name for p in checkpoints.remove_stale_temps(folder)] == [".ckpt-000000040.tmp"]
-    deleted = checkpoints.apply_retention(folder, checkpoints.RetentionPolicy(max_to_keep=1), last_evaluated=None)
+    assert [c.step for c in list_checkpoints(folder)] == [10, 20, 30]
+    assert [p.name for p in remove_stale_temps(folder)] == [".ckpt-000000040.tmp"]
+    deleted = apply_retention(folder, RetentionPolicy(max_to_keep=1), last_evaluated=None)
     assert deleted == [10, 20]
     assert sorted(os.listdir(folder)) == ["ckpt-000000030.pt", "ckpt-5"]

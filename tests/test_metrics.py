@@ -9,7 +9,7 @@ import torch
 from sklearn import metrics as skm
 
 from shared import config as cfg
-from shared.checkpoints import store as checkpoints
+from shared.checkpoints.store import save
 from shared.evaluation.evaluator import Evaluator
 from shared.metrics.classification import SCALARS, classification_metrics
 from shared.protocol.layout import TrainDir
@@ -80,7 +80,7 @@ def digits_evaluator() -> tuple[Evaluator, cfg.Config]:
 def _random_checkpoint(train_dir: TrainDir, config: cfg.Config, step: int, seed: int) -> Path:
     torch.manual_seed(seed)
     model = build_task(config).build_model()
-    return checkpoints.save(train_dir, step, {"model": model.state_dict()})
+    return save(train_dir, step, {"model": model.state_dict()})
 
 
 def test_evaluator_is_repeatable(tmp_path: Path, digits_evaluator: tuple[Evaluator, cfg.Config]) -> None:

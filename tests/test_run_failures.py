@@ -13,7 +13,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 import train
-from shared.checkpoints import store as checkpoints
+from shared.checkpoints.format import load
+from shared.checkpoints.store import list_checkpoints
 from shared.protocol.layout import CHECKPOINT_TEMP_RE, TrainDir
 from shared.runtime import cli
 from shared.training.data import DataPosition, ResumableBatches
@@ -45,9 +46,9 @@ def run_train(*argv: str) -> int:
 def assert_intact(train_dir: TrainDir) -> list[int]:
     """Every committed checkpoint loads and no temp file is left; returns the steps on disk."""
     assert not [n for n in os.listdir(train_dir.checkpoints) if CHECKPOINT_TEMP_RE.match(n)]
-    found = checkpoints.list_checkpoints(train_dir.checkpoints)
+    found = list_checkpoints(train_dir.checkpoints)
     for checkpoint in found:
-        checkpoints.load(checkpoint.path)
+        load(checkpoint.path)
     return [c.step for c in found]
 
 
@@ -98,7 +99,7 @@ def train_on_poisoned_data(tmp_path: Path, start, train: str, checkpoint: str) -
 
 
 def assert_finite_weights(path: Path) -> None:
-    weights = checkpoints.load(path)["model"]
+    weights = load(path)["model"]
     assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point()), path
 
 

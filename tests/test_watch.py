@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.checkpoints import store as checkpoints
-from shared.checkpoints.store import list_checkpoints
+from shared.checkpoints.store import list_checkpoints, save
 from shared.evaluation.watch import CheckpointWatcher
 from shared.protocol.files import write_atomic
 from shared.protocol.layout import TrainDir
@@ -37,7 +36,7 @@ def watcher(train_dir: TrainDir, poll_secs: float | None) -> Iterator[Checkpoint
 
 
 def _write_temp(train_dir: TrainDir, step: int) -> Path:
-    """A checkpoint temp file, written the way checkpoints.save writes one (before its rename)."""
+    """A checkpoint temp file, written the way store.save writes one (before its rename)."""
     temp = train_dir.checkpoints / f".ckpt-{step:09d}.pt.tmp"
     with open(temp, "wb") as f:
         torch.save({"format_version": 1, "step": step, "model": {"w": torch.zeros(50_000)}}, f)
@@ -99,9 +98,9 @@ def test_wake_and_wait_reset(train_dir: TrainDir, watcher: CheckpointWatcher) ->
     ids=["native", "polling"],
 )
 def test_wakes_on_each_real_save(train_dir: TrainDir, watcher: CheckpointWatcher) -> None:
-    """Every checkpoints.save (temp, fsync, rename, all quicker than one poll) wakes the watcher."""
+    """Every store.save (temp, fsync, rename, all quicker than one poll) wakes the watcher."""
     for step in (100, 200, 300):
-        checkpoints.save(train_dir, step, {"model": {"w": torch.zeros(10)}})
+        save(train_dir, step, {"model": {"w": torch.zeros(10)}})
         assert watcher.wait(1.0), f"no wake-up for step {step}"
 
 
@@ -109,7 +108,7 @@ def test_checkpoints_present_before_start_are_found_by_the_scan(tmp_path: Path, 
     """Checkpoints saved before the watcher started raise no event; the evaluator's scan finds them, in order."""
     train_dir = TrainDir(tmp_path / "run")
     for step in (300, 100, 200):
-        checkpoints.save(train_dir, step, {"model": {"w": torch.zeros(10)}})
+        save(train_dir, step, {"model": {"w": torch.zeros(10)}})
     _write_temp(train_dir, 400)  # a save cut short is not listed
     with CheckpointWatcher(train_dir, poll_secs) as watcher:
         assert not watcher.wait(QUIET)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from shared.checkpoints import store as checkpoints
+from shared.checkpoints.format import load, restore_model
 from shared.config import Config
 from shared.evaluation.splits import eval_splits
 from shared.metrics.classification import classification_metrics
@@ -89,8 +89,8 @@ class Evaluator:
         file is read on the CPU: only the weights go to the device, not the optimizer state, and the
         checks on them cost no device round trips.
         """
-        state = checkpoints.load(path, map_location="cpu")
-        checkpoints.restore_model(self.model, state)
+        state = load(path, map_location="cpu")
+        restore_model(self.model, state)
         return state["step"]
 
     def evaluate_checkpoint(self, path: Path) -> Evaluation:

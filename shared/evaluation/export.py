@@ -27,10 +27,9 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from shared import config as cfg
-from shared.checkpoints.store import CheckpointError
 from shared.protocol.files import exclusive_lock, fsync_dir, write_atomic
 from shared.protocol.layout import BEST_VERSION_RE, TrainDir
-from shared.runtime.errors import RunAborted, UsageError
+from shared.runtime.errors import CheckpointError, RunAborted, UsageError
 from shared.tasks import build_task
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,8 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from shared import config as cfg
-from shared.checkpoints.store import PeriodicSaver, list_checkpoints
+from shared.checkpoints.saver import PeriodicSaver
+from shared.checkpoints.store import list_checkpoints
 from shared.protocol.files import append_line, write_atomic
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import LedgerTail, read_records, record_metric

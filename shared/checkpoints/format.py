@@ -1,0 +1,130 @@
+"""What a checkpoint holds, and loading one with every check a reader needs before it trusts it.
+
+Contents (`format_version` 1) are tensors and plain values only, so `torch.load(weights_only=True)` reads
+them and nothing else; a file that asks to import anything (the way a pickle runs code) is refused before
+anything runs. Loading returns the state or raises CheckpointError with the reason for one log line; a
+sharded checkpoint (FSDP folder) is read through shared.checkpoints.sharded, imported only where a folder
+is handled: it imports torch.distributed.checkpoint, which adds about half a second to every start.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from shared.runtime.errors import CheckpointError
+
+FORMAT_VERSION = 1
+
+
+def stamped(step: int, state: dict[str, Any]) -> dict[str, Any]:
+    """`state` as a checkpoint of `step` stores it: with the format version and the step it holds."""
+    return {"format_version": FORMAT_VERSION, "step": step, **state}
+
+
+def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint's state, or CheckpointError saying why it cannot be used.
+
+    FileNotFoundError passes through: the caller decides what a vanished file means. A sharded
+    checkpoint (a folder) gives its full weights and plain state, without the optimizer state.
+    """
+    if os.path.isdir(path):
+        from shared.checkpoints import sharded
+
+        return checked(sharded.load_for_eval(Path(path)))
+    if os.path.getsize(path) == 0:
+        raise CheckpointError("empty file (0 bytes)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(_unpickling_reason(err)) from None
+    except Exception as err:  # corrupt bytes surface as many exception types (KeyError, struct.error, ...)
+        raise CheckpointError(
+            f"not a readable checkpoint (truncated or corrupt?): {type(err).__name__}: {first_line(err)}"
+        ) from None
+    return checked(state)
+
+
+def checked(state: Any) -> dict[str, Any]:
+    """`state` if it has what every trainval checkpoint has, else CheckpointError saying what is wrong."""
+    if not isinstance(state, dict) or "model" not in state or "step" not in state:
+        raise CheckpointError("not a trainval checkpoint: no 'model' and 'step' entries")
+    if not isinstance(state["step"], int) or isinstance(state["step"], bool) or state["step"] < 0:
+        raise CheckpointError(f"its step {state['step']!r} is not a non-negative integer")
+    version = state.get("format_version")
+    if not isinstance(version, int):
+        raise CheckpointError("not a trainval checkpoint: no integer 'format_version'")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"format version {version!r} is newer than this trainval reads ({FORMAT_VERSION}); upgrade trainval"
+        )
+    return state
+
+
+def load_for_resume(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, sharded_training: bool
+) -> dict[str, Any]:
+    """What TrainState.load_state_dict takes. A sharded checkpoint (folder) restores the model's and the
+    optimizer's shards here, resharded to this run's world size; a file is read whole by every rank, on
+    the CPU: the RNG states must stay there, and loading the weights copies them to the device."""
+    if os.path.isdir(path) != sharded_training:
+        written, now = ("fsdp", "ddp") if os.path.isdir(path) else ("ddp", "fsdp")
+        raise CheckpointError(f"it was written with train.strategy={written}, not {now}; resume with {written}")
+    if sharded_training:
+        from shared.checkpoints import sharded
+
+        return checked(sharded.load_into(Path(path), model, optimizer) | {"model": None})
+    return load(path, map_location="cpu")
+
+
+def restore_model(model: nn.Module, state: dict[str, Any]) -> None:
+    """Load weights strictly, refusing wrong shapes, missing or extra keys, and non-finite values."""
+    weights = state["model"]
+    if not isinstance(weights, dict):
+        raise CheckpointError("its 'model' entry is not a state dict")
+    expected = model.state_dict()
+    missing, unexpected = sorted(expected.keys() - weights.keys()), sorted(weights.keys() - expected.keys())
+    misfits = [
+        f"{name}: {tuple(weights[name].shape)} in the file, {tuple(tensor.shape)} in the model"
+        for name, tensor in expected.items()
+        if name in weights and (not torch.is_tensor(weights[name]) or weights[name].shape != tensor.shape)
+    ]
+    problems = misfits[:3]
+    if unexpected:
+        problems.insert(0, f"unexpected keys {_brief(unexpected)}")
+    if missing:
+        problems.insert(0, f"missing keys {_brief(missing)}")
+    if problems:
+        raise CheckpointError("does not fit this model (another model config?): " + "; ".join(problems))
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"weight {name!r} holds NaN or Inf values")
+    model.load_state_dict(weights, strict=True)
+
+
+def _unpickling_reason(err: pickle.UnpicklingError) -> str:
+    """The substance of torch's weights-only refusal, without its advice to load with weights_only=False."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    detail = " ".join(line for line in lines if not line.startswith(boilerplate)) or "unpickling failed"
+    if "GLOBAL" in detail:  # the file asks to import something: the way pickles run code
+        return f"refused to load: it holds objects other than tensors and plain values ({detail})"
+    return f"not a readable checkpoint (truncated or corrupt?): {detail}"
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's message, first line only: for one log line."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _brief(value: object, limit: int = 200) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[:limit] + "..."

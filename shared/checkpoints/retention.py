@@ -1,0 +1,117 @@
+"""Which checkpoints train.py keeps after each commit: a policy made of small rules, each keeping some.
+
+A rule looks at the committed steps (and at what the evaluator has done, from its ledger) and names the
+steps it keeps; the policy keeps what any rule keeps and retires the rest. Rules run in order and each
+sees what the earlier ones kept, so a rule such as "keep up to N unevaluated" spends its allowance only
+on steps nothing else keeps. A new rule is a class with a `keep` method, added to `RetentionPolicy.rules`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from shared.checkpoints.store import list_checkpoints, retire
+from shared.protocol.files import fsync_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvaluatorProgress:
+    """What the ledger says about the evaluator; `newest` is None when no evaluator keeps a ledger."""
+
+    newest: int | None  # the newest recorded step (-1: none yet), whatever its status
+
+    def unevaluated(self, steps: Sequence[int]) -> list[int]:
+        """The steps the evaluator has not reached yet (none without an evaluator: nobody waits for them)."""
+        return [] if self.newest is None else [s for s in steps if s > self.newest]
+
+
+class Rule(Protocol):
+    def keep(self, steps: Sequence[int], progress: EvaluatorProgress, kept: frozenset[int]) -> set[int]:
+        """The steps (sorted, committed) this rule keeps, given what the rules before it kept."""
+        ...
+
+
+@dataclass(frozen=True)
+class KeepLatest:
+    """The newest `n`: train.py resumes from the newest, so `n` >= 1."""
+
+    n: int
+
+    def keep(self, steps: Sequence[int], progress: EvaluatorProgress, kept: frozenset[int]) -> set[int]:
+        return set(steps[-self.n :])
+
+
+@dataclass(frozen=True)
+class KeepEveryNSteps:
+    """Every multiple of `n` steps, for good (0: none)."""
+
+    n: int
+
+    def keep(self, steps: Sequence[int], progress: EvaluatorProgress, kept: frozenset[int]) -> set[int]:
+        return {s for s in steps if s % self.n == 0} if self.n > 0 else set()
+
+
+@dataclass(frozen=True)
+class KeepUnevaluated:
+    """Up to `limit` of the oldest steps the evaluator has not reached and no other rule keeps, so a slower
+    evaluator still gets them; the limit bounds the disk a stalled or abandoned evaluator can cost."""
+
+    limit: int
+
+    def keep(self, steps: Sequence[int], progress: EvaluatorProgress, kept: frozenset[int]) -> set[int]:
+        return set([s for s in progress.unevaluated(steps) if s not in kept][: self.limit])
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """checkpoint.max_to_keep, keep_every_n_steps and max_unevaluated, as rules in that order."""
+
+    max_to_keep: int
+    keep_every_n_steps: int = 0
+    max_unevaluated: int = 0
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return (
+            KeepLatest(self.max_to_keep),
+            KeepEveryNSteps(self.keep_every_n_steps),
+            KeepUnevaluated(self.max_unevaluated),
+        )
+
+    def to_delete(self, steps: Sequence[int], last_evaluated: int | None) -> tuple[list[int], list[int]]:
+        """(steps to delete, of those the ones the evaluator has not reached yet)."""
+        steps, progress = sorted(steps), EvaluatorProgress(last_evaluated)
+        kept: set[int] = set()
+        for rule in self.rules:
+            kept |= rule.keep(steps, progress, frozenset(kept))
+        delete = [s for s in steps if s not in kept]
+        return delete, progress.unevaluated(delete)
+
+
+def apply_retention(folder: Path, policy: RetentionPolicy, last_evaluated: int | None) -> list[int]:
+    """Retire what the policy lets go, after the newest checkpoint is committed; return the retired steps."""
+    checkpoints = list_checkpoints(folder)
+    delete, unevaluated = policy.to_delete([c.step for c in checkpoints], last_evaluated)
+    if unevaluated:
+        log.warning(
+            "checkpoint.max_unevaluated=%d reached: deleting steps %s before the evaluator reached them",
+            policy.max_unevaluated,
+            unevaluated,
+        )
+    deleted = []
+    for checkpoint in checkpoints:
+        if checkpoint.step in delete:
+            try:
+                retire(checkpoint)
+                deleted.append(checkpoint.step)
+            except OSError as err:  # a retention failure never costs a checkpoint; the next save tries again
+                log.warning("could not delete %s: %s", checkpoint.path.name, err.strerror)
+    if deleted:
+        fsync_dir(folder)
+    return deleted

@@ -1,0 +1,191 @@
+"""When train.py saves, and what a failed save means: the periodic saver.
+
+Saves come every N steps and/or seconds, written in a background thread when `checkpoint.async_save`
+(the loop only copies its state to host buffers, shared.checkpoints.snapshots), each followed by
+retention once committed. A failed save removes its temp file and leaves older checkpoints intact: the
+saver warns and retries at the next interval, and stops the run after `checkpoint.max_save_failures`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from shared.checkpoints.format import first_line, stamped
+from shared.checkpoints.retention import RetentionPolicy, apply_retention
+from shared.checkpoints.snapshots import HostSnapshot
+from shared.checkpoints.store import save
+from shared.config import CheckpointConfig
+from shared.protocol.layout import TrainDir, checkpoint_folder, checkpoint_name
+from shared.protocol.ledger import LedgerTail
+from shared.runtime.errors import RunAborted
+from shared.training.distributed import Distributed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Save:
+    step: int
+    future: Future  # of (path, deleted steps, seconds writing)
+    final: bool  # a failure of this one ends the run
+    blocked: float  # seconds the training loop spent on it
+
+
+class PeriodicSaver:
+    """When train.py saves (every N steps and/or seconds), the writing (in a background thread when
+    `checkpoint.async_save`), retention after each commit, and what a failed save means.
+
+    At most one save is in flight; the next one first waits for it. Outcomes are settled in the training
+    thread, so a failure can stop the run there. Under torchrun every rank calls `save` at the same
+    steps: with `shards` (FSDP: the model and optimizer) all ranks write their shards, else rank 0 alone
+    writes the file; rank 0 alone commits and applies retention.
+    """
+
+    def __init__(
+        self,
+        train_dir: TrainDir,
+        options: CheckpointConfig,
+        last_saved_step: int,
+        group: Distributed | None = None,
+        shards: tuple[nn.Module, torch.optim.Optimizer] | None = None,
+    ) -> None:
+        self.train_dir, self.options = train_dir, options
+        self.group, self.shards = group or Distributed.alone(), shards
+        self.policy = RetentionPolicy(options.max_to_keep, options.keep_every_n_steps, options.max_unevaluated)
+        self.last_saved_step = self.last_requested_step = last_saved_step
+        self.last_saved_time = time.monotonic()
+        self.failures = 0  # failed saves in a row
+        self.ledger = LedgerTail(train_dir.results)  # read by the writing thread only
+        self.snapshot = HostSnapshot()
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="checkpoint") if options.async_save else None
+        self.in_flight: _Save | None = None
+
+    def due(self, step: int) -> bool:
+        return self.due_by_steps(step) or self.due_by_time()
+
+    def due_by_steps(self, step: int) -> bool:
+        return bool(self.options.every_steps and step % self.options.every_steps == 0)
+
+    def due_by_time(self) -> bool:
+        """By this process's clock: under torchrun train.py agrees it between the ranks first."""
+        return bool(self.options.every_secs and time.monotonic() - self.last_saved_time >= self.options.every_secs)
+
+    def save(self, step: int, state: dict[str, Any], *, final: bool = False) -> None:
+        """Write `state` as the checkpoint for `step`. Asynchronously, the loop blocks only for the
+        snapshot (and for the previous save, if it is still writing); a final save is waited for."""
+        self.wait()
+        started = time.monotonic()
+        self.last_requested_step, self.last_saved_time = step, started
+        if self.shards:
+            from shared.checkpoints import sharded
+
+            written = sharded.save_async(
+                self.train_dir.checkpoints, step, *self.shards, stamped(step, state), self.group.checkpoint_group
+            )
+            job = functools.partial(self._commit_sharded, step, written)
+        elif not self.group.is_main:
+            job = functools.partial(self._nothing_to_write, step)
+        elif self.writer is None:
+            job = functools.partial(self._write, step, state, None)
+        else:
+            job = functools.partial(self._write, step, *self.snapshot.take(state))
+        if self.writer is None:
+            future: Future = Future()
+            try:
+                future.set_result(job())
+            except OSError as err:
+                future.set_exception(err)
+        else:
+            future = self.writer.submit(job)
+        self.in_flight = _Save(step, future, final, time.monotonic() - started)
+        if final or self.writer is None:
+            self.wait()
+
+    def wait(self) -> None:
+        """Let the save in flight finish and settle its outcome."""
+        if self.in_flight is None:
+            return
+        pending, self.in_flight = self.in_flight, None
+        if not pending.future.done():
+            started = time.monotonic()
+            wait_for_futures([pending.future])
+            log.info("waited %.2fs for the save of step %d to finish", time.monotonic() - started, pending.step)
+        try:
+            path, deleted, seconds = pending.future.result()
+        except OSError as err:
+            self._failed(pending.step, err, pending.final)
+            return
+        self.failures = 0
+        self.last_saved_step = pending.step
+        if path is None:  # a rank other than 0: rank 0 reports the save
+            return
+        log.info(
+            "saved %s (the loop blocked %.3fs, writing took %.2fs)%s",
+            path.name,
+            pending.blocked,
+            seconds,
+            f"; retention deleted steps {deleted}" if deleted else "",
+        )
+
+    def close(self) -> None:
+        """At the end of training: the save in flight must commit, or the run fails."""
+        if self.in_flight is not None:
+            self.in_flight.final = True
+        self.wait()
+        if self.writer is not None:
+            self.writer.shutdown()
+
+    def _write(self, step: int, state: dict[str, Any], ready: torch.cuda.Event | None) -> tuple[Path, list[int], float]:
+        started = time.monotonic()
+        if ready is not None:
+            ready.synchronize()  # the snapshot's device-to-host copies are done
+        path = save(self.train_dir, step, state)
+        deleted = apply_retention(self.train_dir.checkpoints, self.policy, self.ledger.newest_step())
+        return path, deleted, time.monotonic() - started
+
+    def _commit_sharded(self, step: int, written: Future) -> tuple[Path | None, list[int], float]:
+        """Wait until every rank's shards and DCP's metadata are written; then rank 0 commits the folder."""
+        started = time.monotonic()
+        try:
+            written.result()
+        except Exception as err:  # DCP gathers every rank's failure into one exception
+            raise OSError(f"writing the shards failed: {first_line(err)}") from None
+        if not self.group.is_main:
+            return None, [], time.monotonic() - started
+        from shared.checkpoints import sharded
+
+        path = sharded.commit(self.train_dir.checkpoints, step)
+        deleted = apply_retention(self.train_dir.checkpoints, self.policy, self.ledger.newest_step())
+        return path, deleted, time.monotonic() - started
+
+    def _nothing_to_write(self, step: int) -> tuple[None, list[int], float]:
+        return None, [], 0.0
+
+    def _failed(self, step: int, err: OSError, final: bool) -> None:
+        """The temp file is gone and older checkpoints are intact: warn and retry, or stop the run."""
+        self.failures += 1
+        name = checkpoint_folder if self.shards else checkpoint_name
+        newest = name(self.last_saved_step) if self.last_saved_step else "none yet"
+        what = f"could not save the checkpoint for step {step}: {err.strerror or err} ({err.filename or ''})"
+        if final or self.failures >= self.options.max_save_failures:
+            raise RunAborted(
+                f"{what}; {self.failures} failed save(s) in a row. The newest complete checkpoint is {newest}. "
+                "Free disk space or fix the folder's permissions, then run the same command to resume"
+            ) from None
+        log.warning(
+            "%s; the newest complete checkpoint is still %s; retrying at the next interval (%d/%d failures)",
+            what,
+            newest,
+            self.failures,
+            self.options.max_save_failures,
+        )
