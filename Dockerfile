@@ -2,10 +2,13 @@
 # It installs the project as the README does: torch first, then the project.
 FROM python:3.11-slim
 
-# The default PyPI torch wheel carries CUDA. For a small CPU-only image:
-#   --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu   (or TORCH_INDEX in .env)
+# Where torch comes from is chosen by scripts/torch-index, as `make` chooses it: TORCH_INDEX=auto picks
+# PyPI's CUDA build where nvidia-smi sees a GPU (which a plain `docker build` never does) and PyTorch's
+# CPU index elsewhere; a URL, or empty for PyPI, overrides. The compose files pass PyPI (TORCH_INDEX in
+# .env), since their trainer gets a GPU; for a small CPU-only image:
+#   --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ARG TORCH=torch
-ARG TORCH_INDEX=https://pypi.org/simple
+ARG TORCH_INDEX=auto
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -15,7 +18,9 @@ RUN useradd --create-home --uid 1000 trainval
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY shared ./shared
-RUN pip install --index-url "$TORCH_INDEX" --extra-index-url https://pypi.org/simple "$TORCH" \
+COPY scripts/torch-index ./scripts/
+RUN index="$(TORCH_INDEX="$TORCH_INDEX" scripts/torch-index)" \
+    && pip install ${index:+--index-url "$index"} "$TORCH" \
     && pip install .
 COPY train.py eval.py ./
 COPY configs ./configs

@@ -1,40 +1,51 @@
-# Two commands for a newcomer: `make demo` (set up, then train + evaluate digits beside TensorBoard)
-# and `make test` (set up, then lint and run the whole test suite).
+# Two commands for a newcomer: `make demo` (set up, then train + evaluate digits, then TensorBoard until
+# Ctrl-C) and `make test` (set up, then the system tools, lint and the whole test suite: what CI runs).
 
 PYTHON ?= python3
 VENV ?= .venv
-# The CPU wheel keeps set-up small; on a GPU machine use e.g. `make demo TORCH=torch` for a CUDA build.
 TORCH ?= torch==2.13.0
+# Where torch comes from (scripts/torch-index, which the Dockerfile uses too): `auto` takes PyPI's CUDA
+# build where nvidia-smi sees a GPU and PyTorch's CPU wheel index elsewhere; a URL, or empty for pip's own
+# index (`make test TORCH_INDEX=`), overrides.
+TORCH_INDEX ?= auto
+TORCH_INDEX_URL := $(shell TORCH_INDEX='$(TORCH_INDEX)' scripts/torch-index)
 DEMO_DIR ?= runs/demo
 PORT ?= 6006
 PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install -q --disable-pip-version-check
 
 .PHONY: demo test lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)"
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PIP) $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) "$(TORCH)"
+	$(PIP) -e '.[dev]'
 	touch $@
 
+# train.py, eval.py and TensorBoard as three processes (launch.py, as `docker compose up` runs them) until
+# every checkpoint is evaluated; then the best checkpoint's table, then TensorBoard until Ctrl-C (not under
+# CI=true, so CI's `make demo` finishes by itself).
 demo: $(VENV)/.installed
 	rm -rf $(DEMO_DIR)
-	@# train.py, eval.py and TensorBoard as three processes, as `docker compose up` runs them; TensorBoard
-	@# serves on http://localhost:$(PORT) while they run, and all three stop once evaluation is done.
 	$(PY) launch.py --config configs/digits.yaml --train-dir $(DEMO_DIR) --port $(PORT) --exit-when-done
 	@echo
 	@echo "Evaluated $$(wc -l < $(DEMO_DIR)/eval/results.jsonl) checkpoints; the best one:"
 	@$(PY) eval.py --train-dir $(DEMO_DIR) --checkpoint best
 	@echo
-	@echo "Look at the curves: $(VENV)/bin/tensorboard --logdir $(DEMO_DIR), then open http://localhost:$(PORT)"
-	@echo "(or run '$(PY) launch.py --train-dir $(DEMO_DIR)', which keeps TensorBoard serving until Ctrl-C)."
-	@echo "Start on the 'Custom Scalars' tab: train and eval loss on one chart, accuracy beside it."
+	@if [ -n "$$CI" ]; then \
+		echo "CI=$$CI: not serving TensorBoard; to look at the curves: $(VENV)/bin/tensorboard --logdir $(DEMO_DIR)"; \
+	else \
+		echo "TensorBoard serves the curves until Ctrl-C: open http://localhost:$(PORT)/#custom_scalars"; \
+		echo "(the Custom Scalars tab: train and eval loss on one chart, accuracy beside it)"; \
+		$(VENV)/bin/tensorboard --logdir $(DEMO_DIR) --port $(PORT) 2>/dev/null; \
+	fi
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 test: lint
+	scripts/system-tools
 	$(PY) -m pytest
 
 clean:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Files a test keeps for people to look at (screenshots); listed at the end of the pytest run.
 ARTIFACTS = ROOT / "test-artifacts"
 _kept: list[Path] = []
+# The skip reason of a test that needs a system tool this machine lacks; the summary counts them per tool.
+MISSING_TOOL = "system tool missing: "
 
 # A few seconds of digits training with checkpoints often enough to give the evaluator work.
 SHORT_RUN = [
@@ -153,7 +157,26 @@ def keep_artifact(name: str) -> Path:
     return _kept[-1]
 
 
+def system_tool(name: str, *aliases: str) -> str:
+    """The path of a system program (`name`, the Debian package, or one of its aliases), or skip the test."""
+    for program in (name, *aliases):
+        if path := shutil.which(program):
+            return path
+    pytest.skip(f"{MISSING_TOOL}{name} (`make test` installs it as root; else: sudo apt-get install {name})")
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for path in _kept:
         if path.exists():
             terminalreporter.write_line(f"test artifact: {path}")
+    missing: Counter[str] = Counter()
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
+        if reason.startswith(f"Skipped: {MISSING_TOOL}"):
+            missing[reason.removeprefix(f"Skipped: {MISSING_TOOL}").split()[0]] += 1
+    if missing:
+        tools = ", ".join(f"{count} for {tool}" for tool, count in sorted(missing.items()))
+        terminalreporter.write_line(
+            f"skipped {sum(missing.values())} tests for want of a system tool ({tools}): run `make test` as root"
+            " on Debian/Ubuntu to install them"
+        )

@@ -3,7 +3,6 @@ HTTP JSON API under both of its loaders, and its scalars dashboard drawn by head
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -18,7 +17,16 @@ from tensorboard_data_server import server_binary
 from shared.checkpoints.store import list_checkpoints
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records
-from tests.conftest import ROOT, SHORT_RUN, Proc, fetch_json, keep_artifact, tensorboard_url, wait_until
+from tests.conftest import (
+    ROOT,
+    SHORT_RUN,
+    Proc,
+    fetch_json,
+    keep_artifact,
+    system_tool,
+    tensorboard_url,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -168,9 +176,7 @@ def chart_runs(page: Any, card_selector: str, title: str) -> set[str]:
 
 
 def test_browser_shows_train_and_eval_loss_on_one_chart(train_dir: TrainDir, tensorboard) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("no chromium here (.ci/run installs Debian's: apt-get install chromium)")
+    chromium = system_tool("chromium", "chromium-browser")
     playwright = pytest.importorskip("playwright.sync_api", reason="the dev extra installs playwright")
     url = tensorboard(train_dir.root, "auto")
     until("both runs", lambda: sorted(fetch_json(f"{url}/data/runs")), ["eval", "train"])
