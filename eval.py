@@ -19,6 +19,7 @@ With --summarize it prints the mean and standard deviation of each metric over t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import logging
@@ -35,15 +36,15 @@ from shared import config as cfg
 from shared.checkpoints.store import Checkpoint, list_checkpoints
 from shared.evaluation import crossval, export
 from shared.evaluation.coordination import SharedTrainDir, join_as_evaluator
-from shared.evaluation.evaluator import Evaluation, Evaluator
+from shared.evaluation.evaluator import Evaluator
 from shared.evaluation.watch import CheckpointWatcher
 from shared.loggers import dashboards
 from shared.loggers.tensorboard import confusion_image, confusion_markdown
 from shared.metrics.classification import SCALARS
 from shared.protocol.claims import this_evaluator
 from shared.protocol.layout import METADATA, TrainDir
-from shared.protocol.ledger import EvalRecord
-from shared.protocol.outcomes import Outcome, write_outcome
+from shared.protocol.outcomes import write_outcome
+from shared.protocol.results import EvalResult, SplitResult
 from shared.runtime import cli, devices
 from shared.runtime.errors import CheckpointError, UsageError
 from shared.runtime.signals import StopRequest
@@ -89,22 +90,21 @@ def read_config(args: argparse.Namespace, train_dir: TrainDir) -> cfg.Config:
     return config
 
 
-def write_summaries(writer: SummaryWriter, result: Evaluation, class_names: list[str]) -> None:
+def write_summaries(writer: SummaryWriter, step: int, result: SplitResult, class_names: list[str]) -> None:
     for tag in ("loss", *SCALARS):
-        writer.add_scalar(tag, result.metrics[tag], result.step)
-    writer.add_image("confusion_matrix", confusion_image(result.confusion_matrix), result.step, dataformats="HWC")
-    writer.add_text("confusion_matrix", confusion_markdown(result.confusion_matrix, class_names), result.step)
-    dashboards.write_pr_curves(writer, result.targets, result.probabilities, class_names, result.step)
+        writer.add_scalar(tag, result.metrics[tag], step)
+    writer.add_image("confusion_matrix", confusion_image(result.confusion_matrix), step, dataformats="HWC")
+    writer.add_text("confusion_matrix", confusion_markdown(result.confusion_matrix, class_names), step)
+    dashboards.write_pr_curves(writer, result.targets, result.probabilities, class_names, step)
     writer.flush()
 
 
-def evaluate(checkpoint: Checkpoint, evaluator: Evaluator, train_dir: TrainDir, config: cfg.Config) -> Outcome:
-    """Evaluate one checkpoint on every split into the outcome the recorder turns into TensorBoard points
+def evaluate(checkpoint: Checkpoint, evaluator: Evaluator, train_dir: TrainDir, config: cfg.Config) -> EvalResult:
+    """Evaluate one checkpoint on every split into the result the recorder turns into TensorBoard points
     and a ledger line; export it to best/ first if it is the best, from the weights in memory (the record
     lets retention delete the file)."""
     started, wall_time = time.perf_counter(), time.time()
-    record = EvalRecord(checkpoint.step, str(checkpoint.path.relative_to(train_dir.root)), "ok", wall_time, 0.0)
-    record.evaluator = this_evaluator()
+    file = str(checkpoint.path.relative_to(train_dir.root))
     try:
         step = evaluator.load_checkpoint(checkpoint.path)
         if step != checkpoint.step:
@@ -112,30 +112,22 @@ def evaluate(checkpoint: Checkpoint, evaluator: Evaluator, train_dir: TrainDir, 
     except FileNotFoundError:
         return skipped(checkpoint, train_dir, "deleted before it could be evaluated")
     except CheckpointError as err:
-        log.error("%s: failed, %s", record.file, err)
-        record.status, record.reason = "failed", str(err)
-        record.seconds = round(time.perf_counter() - started, 4)
-        return Outcome(record)
-    results = evaluator.evaluate_splits(step)
-    for split, result in results.items():
-        log.info("step %d %s: %s", step, split, " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
-    first = next(iter(results.values()))
-    record.metrics, record.per_class_f1 = first.metrics, first.per_class_f1
-    record.split_metrics = {split: r.metrics for split, r in results.items()}
-    export.export_if_best(
-        train_dir, evaluator.model, config, export.Candidate(step, record.file, first.metrics, record.split_metrics)
-    )
-    record.seconds = round(time.perf_counter() - started, 4)
-    return Outcome(record, results)
+        log.error("%s: failed, %s", file, err)
+        result = EvalResult(checkpoint.step, file, "failed", reason=str(err))
+    else:
+        result = evaluator.evaluate(step, file)
+        for split, scores in result.splits.items():
+            log.info("step %d %s: %s", step, split, " ".join(f"{k}={v:.4f}" for k, v in scores.metrics.items()))
+        export.export_if_best(train_dir, evaluator.model, config, result)
+    seconds = round(time.perf_counter() - started, 4)
+    return dataclasses.replace(result, wall_time=wall_time, seconds=seconds, evaluator=this_evaluator())
 
 
-def skipped(checkpoint: Checkpoint, train_dir: TrainDir, reason: str) -> Outcome:
+def skipped(checkpoint: Checkpoint, train_dir: TrainDir, reason: str) -> EvalResult:
     """A checkpoint deliberately not evaluated, recorded so it is accounted for rather than silently missing."""
     relative = str(checkpoint.path.relative_to(train_dir.root))
     log.warning("%s: skipped, %s", relative, reason)
-    return Outcome(
-        EvalRecord(checkpoint.step, relative, "skipped", time.time(), 0.0, reason=reason, evaluator=this_evaluator())
-    )
+    return EvalResult(checkpoint.step, relative, "skipped", time.time(), reason=reason, evaluator=this_evaluator())
 
 
 def wait_for(
@@ -190,11 +182,11 @@ def follow_checkpoints(
         recorded = shared.record_ready()
         skip, checkpoint = shared.claim_next()
         for each in skip:
-            write_outcome(train_dir.outcomes, skipped(each, train_dir, "eval.policy=latest: a newer checkpoint waited"))
+            write_outcome(train_dir.pending, skipped(each, train_dir, "eval.policy=latest: a newer checkpoint waited"))
         if checkpoint is not None:
             with shared.claims.kept_fresh(checkpoint.step):
-                outcome = evaluate(checkpoint, evaluator, train_dir, config)
-            write_outcome(train_dir.outcomes, outcome)
+                result = evaluate(checkpoint, evaluator, train_dir, config)
+            write_outcome(train_dir.pending, result)
         if recorded or skip or checkpoint:
             idle_since = time.monotonic()
             continue
@@ -241,21 +233,19 @@ def run_adhoc(args: argparse.Namespace, train_dir: TrainDir, device: torch.devic
     except CheckpointError as err:
         print(f"eval.py: error: {path}: {err}", file=sys.stderr)
         return 1
-    results = evaluator.evaluate_splits(step)
-    first = next(iter(results.values()))
+    result = evaluator.evaluate(step, str(path))
     if args.json:
-        split_metrics = {split: r.metrics for split, r in results.items()}
-        printed = {"step": step, "file": str(path), "metrics": first.metrics, "per_class_f1": first.per_class_f1}
-        print(json.dumps(printed | {"split_metrics": split_metrics}))
+        record = result.to_record()
+        print(json.dumps({key: record[key] for key in ("step", "file", "metrics", "per_class_f1", "split_metrics")}))
     else:
         print(f"{path} (step {step})")
-        print(f"  {'':<16} " + " ".join(f"{split:>8}" for split in results))
-        for name in first.metrics:
-            print(f"  {name:<16} " + " ".join(f"{r.metrics[name]:>8.4f}" for r in results.values()))
+        print(f"  {'':<16} " + " ".join(f"{split:>8}" for split in result.splits))
+        for name in result.metrics:
+            print(f"  {name:<16} " + " ".join(f"{r.metrics[name]:>8.4f}" for r in result.splits.values()))
     if args.write_summary:
-        for split, result in results.items():
+        for split, scores in result.splits.items():
             with SummaryWriter(log_dir=str(train_dir.split_run(split, adhoc=True))) as writer:
-                write_summaries(writer, result, evaluator.task.class_names)
+                write_summaries(writer, step, scores, evaluator.task.class_names)
     return 0
 
 

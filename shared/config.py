@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
+from shared.metrics.direction import higher_is_better
 from shared.protocol.files import write_atomic
 from shared.runtime.errors import UsageError
 
@@ -63,7 +64,7 @@ def resolved_mode(metric: str, mode: str) -> str:
     """`auto` (as in Keras) is min for loss and max for the others."""
     if mode != "auto":
         return mode
-    return "min" if metric == "loss" else "max"
+    return "max" if higher_is_better(metric) else "min"
 
 
 @dataclass

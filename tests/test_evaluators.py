@@ -36,7 +36,7 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 def claim_held_by(train_dir: TrainDir, proc: Proc) -> int | None:
     """A step `proc` has claimed and is still evaluating (no outcome yet), or None."""
-    waiting = outcome_steps(train_dir.outcomes)
+    waiting = outcome_steps(train_dir.pending)
     for name in os.listdir(train_dir.claims) if train_dir.claims.exists() else []:
         step = claim_step(name)
         if step is None or step in waiting:
@@ -84,6 +84,6 @@ def test_three_evaluators_share_twenty_checkpoints_and_survive_a_kill(tmp_path: 
     survivors = evaluators[0].output() + evaluators[2].output()
     assert f"step {killed_step}: taking over its claim" in survivors
     assert len(set(by_step.values())) > 1, f"one evaluator did all the work: {by_step}"
-    assert not outcome_steps(train_dir.outcomes), "an outcome was left unrecorded"
+    assert not outcome_steps(train_dir.pending), "an outcome was left unrecorded"
     assert not [n for n in os.listdir(train_dir.claims) if claim_step(n) is not None], "a claim outlived its record"
     assert read_best(train_dir)["step"] in by_step  # exported by whichever evaluator scored it, under a flock

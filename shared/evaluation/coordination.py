@@ -21,18 +21,18 @@ from torch.utils.tensorboard import SummaryWriter
 
 from shared.checkpoints.store import Checkpoint
 from shared.config import Config
-from shared.evaluation.evaluator import Evaluation
 from shared.loggers import dashboards
 from shared.loggers.tensorboard import open_writer
 from shared.protocol.claims import Claims
 from shared.protocol.files import try_lock
 from shared.protocol.layout import TrainDir, checkpoint_step
 from shared.protocol.ledger import Ledger, LedgerTail
-from shared.protocol.outcomes import Outcome, OutcomeError, outcome_steps, read_outcome
+from shared.protocol.outcomes import OutcomeError, outcome_steps, read_outcome
+from shared.protocol.results import EvalResult, SplitResult
 
 log = logging.getLogger("eval")
 
-Plot = Callable[[SummaryWriter, Evaluation], None]
+Plot = Callable[[SummaryWriter, int, SplitResult], None]  # a split's summaries at a step
 
 
 class CheckpointScan:
@@ -91,7 +91,7 @@ class Recorder:
             self.ledger = Ledger(self.train_dir.results)
             purge_step = self.ledger.next_purge_step()
             self.writers = {split: open_writer(run, purge_step) for split, run in self.runs.items()}
-            if not self.ledger.records:  # a fresh eval run: the first split's becomes the HParams session, once
+            if not self.ledger.results:  # a fresh eval run: the first split's becomes the HParams session, once
                 dashboards.write_hparams(next(iter(self.writers.values())), self.config)
             log.info("recording results (this evaluator holds %s)", self.train_dir.eval_lock)
         return self.lock_fd is not None
@@ -101,7 +101,7 @@ class Recorder:
         if not self.elected():
             return 0
         assert self.ledger is not None
-        waiting = outcome_steps(self.train_dir.outcomes)
+        waiting = outcome_steps(self.train_dir.pending)
         unfinished = [s for s in unrecorded if s not in waiting and s not in self.ledger]
         first_gap = min(unfinished, default=None)
         recorded = 0
@@ -118,15 +118,15 @@ class Recorder:
             claims.release(step)
         return recorded
 
-    def _record(self, outcome: Outcome) -> None:
+    def _record(self, result: EvalResult) -> None:
         """Points flushed first, then the ledger line: a crash between them is redone without a second point."""
         assert self.ledger is not None
-        if outcome.evaluations and outcome.step < self.ledger.next_purge_step():
-            log.warning("%s arrived after a later step was logged; recorded, but not plotted", outcome.record.file)
-        elif outcome.evaluations:
-            for split, evaluation in outcome.evaluations.items():
-                self.plot(self.writers[split], evaluation)
-        self.ledger.append(outcome.record)
+        if result.splits and result.step < self.ledger.next_purge_step():
+            log.warning("%s arrived after a later step was logged; recorded, but not plotted", result.file)
+        elif result.splits:
+            for split, scores in result.splits.items():
+                self.plot(self.writers[split], result.step, scores)
+        self.ledger.append(result)
 
     def close(self) -> None:
         for writer in self.writers.values():
@@ -173,7 +173,7 @@ class SharedTrainDir:
         The oldest checkpoint that is unrecorded, has no outcome waiting and no live claim; with
         `eval.policy: latest` the newest such, the older ones claimed to be skipped.
         """
-        waiting = outcome_steps(self.train_dir.outcomes)
+        waiting = outcome_steps(self.train_dir.pending)
         claimed = self.claims.claimed_steps()
         free = [
             c
@@ -198,4 +198,4 @@ class SharedTrainDir:
 
     def all_recorded(self) -> bool:
         """Every listed checkpoint is in the ledger and no outcome waits (to be recorded, by whoever records)."""
-        return not self.scan.unrecorded and not outcome_steps(self.train_dir.outcomes)
+        return not self.scan.unrecorded and not outcome_steps(self.train_dir.pending)

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from shared import config as cfg
+from shared.metrics.direction import higher_is_better
 from shared.protocol.layout import TrainDir
-from shared.protocol.ledger import best_record, read_records
+from shared.protocol.ledger import read_results
+from shared.protocol.results import best_of
 from shared.runtime.errors import UsageError
 
 
@@ -44,7 +46,7 @@ def _std(values: list[float]) -> float:
 
 
 def summarize(folders: list[Path]) -> Summary:
-    """Each train_dir's best record (by its own eval.best_metric and best_mode), summarised per metric.
+    """Each train_dir's best record (by its own eval.best_metric), summarised per metric.
 
     A folder that is not a train_dir or has no successful evaluation is a UsageError naming it.
     """
@@ -56,12 +58,12 @@ def summarize(folders: list[Path]) -> Summary:
         if not train_dir.config.is_file():
             raise UsageError(f"--summarize {folder}: not a train_dir (no config.yaml); give train.py's --train-dir")
         options = cfg.load(train_dir.config).eval
-        best = best_record(read_records(train_dir.results), options.best_metric, options.best_mode)
+        best = best_of(read_results(train_dir.results), options.best_metric, higher_is_better(options.best_metric))
         if best is None:
             raise UsageError(f"--summarize {folder}: no evaluated checkpoint in {train_dir.results}; run eval.py first")
         metric = metric or options.best_metric
-        steps.append((str(folder), best["step"]))
-        for name, value in best["metrics"].items():
+        steps.append((str(folder), best.step))
+        for name, value in best.metrics.items():
             values.setdefault(name, []).append(value)
     return Summary(metric, steps, values)
 

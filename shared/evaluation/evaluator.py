@@ -3,12 +3,11 @@ exactly the same numbers for the same checkpoint."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -16,21 +15,10 @@ from shared.checkpoints.format import load, restore_model
 from shared.config import Config
 from shared.evaluation.splits import eval_splits
 from shared.metrics.classification import classification_metrics
+from shared.protocol.results import EvalResult, SplitResult
 from shared.runtime import devices
 from shared.tasks import Task, build_task
 from shared.training.data import place
-
-
-@dataclass
-class Evaluation:
-    step: int
-    metrics: dict[str, float]  # loss and the scalars in shared.metrics.classification.SCALARS
-    per_class_f1: list[float]
-    confusion_matrix: list[list[int]]
-    # For the PR curves: the true class and the softmax of the outputs, per example. Left out of ==
-    # (arrays do not compare to one bool); the fields above already say whether two results agree.
-    targets: np.ndarray | None = field(default=None, compare=False, repr=False)
-    probabilities: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 class Evaluator:
@@ -72,11 +60,6 @@ class Evaluator:
         named = eval_splits(task, config.eval.splits, config.eval.max_examples)
         return cls(task, device, config.eval.batch_size, precision, config.data.on_device, named)
 
-    @property
-    def data(self) -> Dataset:
-        """The first split's data: the one whose metrics the ledger records as `metrics`."""
-        return next(iter(self.splits.values()))
-
     def batches(self, data: Dataset) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if isinstance(data, TensorDataset):
             return zip(*(t.split(self.batch_size) for t in data.tensors), strict=True)
@@ -93,20 +76,18 @@ class Evaluator:
         restore_model(self.model, state)
         return state["step"]
 
-    def evaluate_checkpoint(self, path: Path) -> Evaluation:
-        """The first split's scores for a checkpoint (see load_checkpoint for the errors)."""
-        return self.evaluate(self.load_checkpoint(path))
-
-    def evaluate_splits(self, step: int) -> dict[str, Evaluation]:
-        """The loaded weights scored on every split, in order."""
-        return {name: self.evaluate(step, data) for name, data in self.splits.items()}
+    def evaluate(self, step: int, file: str = "") -> EvalResult:
+        """The loaded weights (of checkpoint `step`, in `file`) scored on every split, in order."""
+        started, wall_time = time.perf_counter(), time.time()
+        splits = {name: self.score(data) for name, data in self.splits.items()}
+        return EvalResult(step, file, "ok", wall_time, round(time.perf_counter() - started, 4), splits)
 
     @torch.inference_mode()
-    def evaluate(self, step: int, data: Dataset | None = None) -> Evaluation:
-        """The loaded weights scored on `data` (default: the first split)."""
+    def score(self, data: Dataset) -> SplitResult:
+        """The loaded weights scored on one split's `data`."""
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         predictions, targets, probabilities = [], [], []
-        for inputs, target in self.batches(self.data if data is None else data):
+        for inputs, target in self.batches(data):
             inputs = devices.to_device(inputs, self.device, self.task.channels_last)
             target = target.to(self.device, non_blocking=True)
             with devices.autocast(self.device, self.precision):
@@ -121,11 +102,6 @@ class Evaluator:
         metrics = {"loss": float(loss_sum) / len(y_true)} | {
             k: v for k, v in scores.items() if k not in ("per_class_f1", "confusion_matrix")
         }
-        return Evaluation(
-            step,
-            metrics,
-            scores["per_class_f1"],
-            scores["confusion_matrix"],
-            y_true,
-            torch.cat(probabilities).cpu().numpy(),
+        return SplitResult(
+            metrics, scores["per_class_f1"], scores["confusion_matrix"], y_true, torch.cat(probabilities).cpu().numpy()
         )

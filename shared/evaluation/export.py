@@ -18,7 +18,6 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,10 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from shared import config as cfg
+from shared.metrics.direction import higher_is_better
 from shared.protocol.files import exclusive_lock, fsync_dir, write_atomic
 from shared.protocol.layout import BEST_VERSION_RE, TrainDir
+from shared.protocol.results import EvalResult, RecordError
 from shared.runtime.errors import CheckpointError, RunAborted, UsageError
 from shared.tasks import build_task
 
@@ -37,18 +38,13 @@ log = logging.getLogger(__name__)
 WEIGHTS, CONFIG, METRICS = "model.safetensors", "config.yaml", "metrics.json"
 
 
-@dataclass
-class Candidate:
-    """A scored checkpoint, as best/metrics.json records it."""
-
-    step: int
-    file: str  # the checkpoint it came from, relative to the train_dir (it may be gone by now)
-    metrics: dict[str, float]  # the first split's
-    split_metrics: dict[str, dict[str, float]]
-
-    def score(self, metric: str, mode: str) -> tuple[float, int]:
-        """Larger is better; at equal values the earlier step wins."""
-        return (self.metrics[metric] if mode == "max" else -self.metrics[metric], -self.step)
+def held_best(train_dir: TrainDir) -> EvalResult | None:
+    """The result best/ holds now, or None when there is none yet (or its metrics.json is no result)."""
+    summary = read_best(train_dir)
+    try:
+        return None if summary is None else EvalResult.from_record(summary | {"status": "ok"})
+    except RecordError:
+        return None
 
 
 def read_best(train_dir: TrainDir) -> dict[str, Any] | None:
@@ -60,27 +56,27 @@ def read_best(train_dir: TrainDir) -> dict[str, Any] | None:
 
 
 def export_if_best(
-    train_dir: TrainDir, model: nn.Module, config: cfg.Config, candidate: Candidate
+    train_dir: TrainDir, model: nn.Module, config: cfg.Config, candidate: EvalResult
 ) -> dict[str, Any] | None:
     """Make `model`'s weights best/ if `candidate` beats the current best by eval.best_metric.
 
     Returns the new metrics.json contents, or None when the current best stays.
     """
-    metric, mode = config.eval.best_metric, config.eval.best_mode
+    metric = config.eval.best_metric
+    upwards = higher_is_better(metric)
     with exclusive_lock(train_dir.best_lock, "best/ is locked", wait=True):
-        current = read_best(train_dir)
-        if current is not None and metric in current["metrics"]:
-            held = Candidate(current["step"], current["file"], current["metrics"], current["split_metrics"])
-            if held.score(metric, mode) >= candidate.score(metric, mode):
-                return None
+        held = held_best(train_dir)
+        if held is not None and not candidate.beats(held, metric, upwards):
+            return None
+        record = candidate.to_record()
         summary = {
             "step": candidate.step,
             "metric": metric,
-            "mode": mode,
-            "value": candidate.metrics[metric],
+            "mode": "max" if upwards else "min",
+            "value": candidate.value(metric),
             "file": candidate.file,
-            "metrics": candidate.metrics,
-            "split_metrics": candidate.split_metrics,
+            "metrics": record["metrics"],
+            "split_metrics": record["split_metrics"],
             "wall_time": time.time(),
         }
         try:

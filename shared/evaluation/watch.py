@@ -31,7 +31,7 @@ from shared.protocol.outcomes import OUTCOME_RE
 
 def _arrivals(train_dir: TrainDir) -> dict[Path, re.Pattern[str]]:
     """Folders whose new names wake the evaluator: committed checkpoints, and outcomes for the recorder."""
-    return {train_dir.checkpoints: CHECKPOINT_RE, train_dir.outcomes: OUTCOME_RE}
+    return {train_dir.checkpoints: CHECKPOINT_RE, train_dir.pending: OUTCOME_RE}
 
 
 class _WakeOnArrival(FileSystemEventHandler):

@@ -117,12 +117,9 @@ class TrainDir:
         return self.eval_run / "claims"
 
     @property
-    def outcomes(self) -> Path:
-        """One outcome file per evaluated step waiting to be recorded (shared/outcomes.py)."""
+    def pending(self) -> Path:
+        """One outcome file per evaluated step waiting to be recorded (shared/protocol/outcomes.py)."""
         return self.eval_run / "pending"
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / checkpoint_name(step)
-
-    def sharded_checkpoint(self, step: int) -> Path:
-        return self.checkpoints / checkpoint_folder(step)

@@ -1,8 +1,11 @@
-"""The evaluation ledger `eval/results.jsonl`.
+"""The evaluation ledger `eval/results.jsonl`: one line per checkpoint step, an EvalResult each.
 
 Only eval.py appends to the ledger, one whole line per checkpoint step, after that step's TensorBoard
 points are flushed. A line cut short by a crash is dropped on the next start; that step is then
-evaluated again and its points replaced (see shared/summaries.py on purge_step).
+evaluated again and its points replaced (see shared/loggers/tensorboard.py on purge_step). Every reader
+checks each line's shape: a line that is not a result (garbage, a bare number, no integer step, bytes
+that are not UTF-8) is skipped with one warning, so its step counts as not evaluated and is evaluated
+again.
 """
 
 from __future__ import annotations
@@ -10,47 +13,63 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from shared.protocol.files import append_line
+from shared.protocol.results import EvalResult, RecordError
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class EvalRecord:
-    step: int
-    file: str  # relative to the train_dir
-    status: Literal["ok", "failed", "skipped"]
-    wall_time: float
-    seconds: float
-    metrics: dict[str, float] = field(default_factory=dict)  # loss, accuracy, f1_macro, ... when ok
-    per_class_f1: list[float] = field(default_factory=list)  # of the first split, as `metrics`
-    split_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # every split's, by name
-    reason: str = ""  # why, when failed or skipped
-    evaluator: str = ""  # host:pid of the eval.py that evaluated it (several may share a train_dir)
-
-
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """Every complete record; a last line without its newline is a write cut short and is ignored."""
+    """Every complete JSON line of an append-only file; a last line without its newline is a write cut
+    short and is ignored, a line that is not JSON is skipped with a warning."""
+    return [record for _, record in _json_lines(path) if record is not _NOT_JSON]
+
+
+def read_results(path: Path) -> list[EvalResult]:
+    """Every result in the ledger, in ledger order; lines that are not results are skipped with a warning."""
+    results = []
+    for number, record in _json_lines(path):
+        if (result := _result(record, f"{path}:{number}")) is not None:
+            results.append(result)
+    return results
+
+
+_NOT_JSON = object()
+
+
+def _json_lines(path: Path) -> list[tuple[int, Any]]:
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         return []
-    lines = text.split("\n")[:-1]  # the part after the last newline is incomplete (or empty)
-    records = []
-    for number, line in enumerate(lines, 1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            log.warning("%s:%d is not a JSON record; ignoring it", path, number)
-    return records
+    lines = data.split(b"\n")[:-1]  # the part after the last newline is incomplete (or empty)
+    return [(number, _parse(line, f"{path}:{number}")) for number, line in enumerate(lines, 1)]
+
+
+def _parse(line: bytes, where: str) -> Any:
+    try:
+        return json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        log.warning("%s is not a JSON record; ignoring it", where)
+        return _NOT_JSON
+
+
+def _result(record: Any, where: str) -> EvalResult | None:
+    """The line's result, or None (warned) when it is not one: its step is then evaluated again."""
+    if record is _NOT_JSON:
+        return None
+    try:
+        return EvalResult.from_record(record)
+    except RecordError as err:
+        log.warning("%s is not an evaluation record (%s); ignoring it, so its step is evaluated again", where, err)
+        return None
 
 
 class LedgerTail:
-    """A reader's view of the ledger: the records appended since the last look, which steps are recorded,
+    """A reader's view of the ledger: the results appended since the last look, which steps are recorded,
     and the newest (train.py, and evaluators that do not write it).
 
     The ledger only grows, so each call reads just the whole lines appended since the last one, and
@@ -64,52 +83,40 @@ class LedgerTail:
         self.steps: set[int] = set()
         self.newest = -1  # the newest step read so far, whatever its status
         self._offset = 0  # bytes of whole lines already read
+        self._lines = 0  # whole lines already read, to name a bad one
 
-    def poll(self) -> list[dict[str, Any]] | None:
-        """The records appended since the last call, in ledger order; None if no evaluator keeps a ledger."""
+    def poll(self) -> list[EvalResult] | None:
+        """The results appended since the last call, in ledger order; None if no evaluator keeps a ledger."""
         try:
             size = os.stat(self.path).st_size
             if size < self._offset:
-                self._offset, self.newest, self.steps = 0, -1, set()
+                self._forget()
             if size == self._offset:
                 return []
             with open(self.path, "rb") as f:
                 f.seek(self._offset)
                 appended = f.read()
         except FileNotFoundError:
-            self._offset, self.newest, self.steps = 0, -1, set()
+            self._forget()
             return None
         whole = appended[: appended.rfind(b"\n") + 1]
         self._offset += len(whole)
-        records = []
+        results = []
         for line in whole.splitlines():
-            try:
-                record = json.loads(line)
-                step = record["step"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                log.warning("%s: a line that is not a record; ignoring it", self.path)
-                continue
-            self.steps.add(step)
-            self.newest = max(self.newest, step)
-            records.append(record)
-        return records
+            self._lines += 1
+            where = f"{self.path}:{self._lines}"
+            if (result := _result(_parse(line, where), where)) is not None:
+                self.steps.add(result.step)
+                self.newest = max(self.newest, result.step)
+                results.append(result)
+        return results
 
     def update(self) -> bool:
         """Read the lines appended since the last call into `steps`; False if there is no ledger."""
         return self.poll() is not None
 
-    def newest_step(self) -> int | None:
-        """The newest recorded step, -1 if none yet, None if no evaluator keeps a ledger."""
-        return self.newest if self.update() else None
-
-
-def record_metric(record: dict[str, Any], split: str, metric: str) -> float | None:
-    """`metric` on `split` from an ok record: from `split_metrics` when the record has it (several
-    evaluation splits), else from `metrics` for the default split `val`; None when it is not there."""
-    value = record.get("split_metrics", {}).get(split, {}).get(metric)
-    if value is None and split == "val":
-        value = record.get("metrics", {}).get(metric)
-    return value
+    def _forget(self) -> None:
+        self._offset, self._lines, self.newest, self.steps = 0, 0, -1, set()
 
 
 class Ledger:
@@ -119,19 +126,18 @@ class Ledger:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._drop_incomplete_line()
-        self.records: dict[int, dict[str, Any]] = {r["step"]: r for r in read_records(path)}
+        self.results: dict[int, EvalResult] = {r.step: r for r in read_results(path)}
 
     def __contains__(self, step: int) -> bool:
-        return step in self.records
+        return step in self.results
 
     def next_purge_step(self) -> int:
         """Points at or after this step were written without a record; the writer drops them."""
-        return max(self.records, default=-1) + 1
+        return max(self.results, default=-1) + 1
 
-    def append(self, record: EvalRecord) -> None:
-        line = json.dumps(asdict(record), sort_keys=True)
-        append_line(self.path, line)
-        self.records[record.step] = json.loads(line)
+    def append(self, result: EvalResult) -> None:
+        append_line(self.path, json.dumps(result.to_record(), sort_keys=True))
+        self.results[result.step] = result
 
     def _drop_incomplete_line(self) -> None:
         try:
@@ -143,12 +149,3 @@ class Ledger:
         if end < len(data):
             log.warning("dropping an incomplete last line of %s (a write cut short)", self.path)
             os.truncate(self.path, end)
-
-
-def best_record(records: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
-    """The best successful record by `metric`; the earliest step wins a tie."""
-    scored = [r for r in records if r["status"] == "ok" and metric in r["metrics"]]
-    if not scored:
-        return None
-    sign = 1 if mode == "max" else -1
-    return max(scored, key=lambda r: (sign * r["metrics"][metric], -r["step"]))

@@ -1,0 +1,147 @@
+"""The result of evaluating one checkpoint: one type from the evaluator to the outcome files, the ledger,
+best/, train.py's feedback and retention, and the fold summary.
+
+An `EvalResult` holds the step, its status (`ok`, `failed`, `skipped`), why when not ok, its timings,
+the evaluator that made it and, when ok, each split's metrics by name (any names), in eval.splits
+order: the first split is the one eval.best_metric scores. On disk it is a ledger line whose keys stay
+as they always were: `metrics` (the first split's), `per_class_f1` (the first split's), `split_metrics`
+(every split's), `step`, `file`, `status`, `wall_time`, `seconds`, `reason`, `evaluator`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+Status = Literal["ok", "failed", "skipped"]
+STATUSES = ("ok", "failed", "skipped")
+
+
+class RecordError(ValueError):
+    """A ledger line that is JSON but not a result (a bare number, no integer step, ...): the reason."""
+
+
+def is_better(value: float, than: float, higher_is_better: bool, min_delta: float = 0.0) -> bool:
+    """Whether `value` improves on `than` by more than `min_delta` in the metric's direction (NaN never does)."""
+    return value > than + min_delta if higher_is_better else value < than - min_delta
+
+
+@dataclass
+class SplitResult:
+    """One split's scores. Beside the scalar metrics, what the summaries draw: the per-class F1 and the
+    confusion matrix, and for the PR curves each example's true class and class probabilities (these
+    travel in outcome files only; a result read from the ledger has none)."""
+
+    metrics: dict[str, float]
+    per_class_f1: list[float] = field(default_factory=list)
+    confusion_matrix: list[list[int]] = field(default_factory=list)
+    # Left out of == (arrays do not compare to one bool); the fields above already say whether two agree.
+    targets: np.ndarray | None = field(default=None, compare=False, repr=False)
+    probabilities: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass
+class EvalResult:
+    step: int
+    file: str  # the checkpoint, relative to the train_dir (it may be gone by now)
+    status: Status
+    # When and how long, and by whom: not part of what a result says about its checkpoint (left out of ==).
+    wall_time: float = field(default=0.0, compare=False)
+    seconds: float = field(default=0.0, compare=False)
+    splits: dict[str, SplitResult] = field(default_factory=dict)  # in eval.splits order; empty unless ok
+    reason: str = ""  # why, when failed or skipped
+    evaluator: str = field(default="", compare=False)  # host:pid of the eval.py that made it
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The first split's metrics (empty unless ok)."""
+        return next(iter(self.splits.values())).metrics if self.splits else {}
+
+    def value(self, metric: str, split: str | None = None) -> float | None:
+        """`metric` on `split` (default: the first split), or None when the result does not have it."""
+        scores = self.splits.get(split) if split is not None else next(iter(self.splits.values()), None)
+        return None if scores is None else scores.metrics.get(metric)
+
+    def beats(self, other: EvalResult, metric: str, higher_is_better: bool) -> bool:
+        """Better than `other` by the first split's `metric`; at an equal value the earlier step wins."""
+        mine, theirs = self.value(metric), other.value(metric)
+        if mine is None or theirs is None:
+            return theirs is None and mine is not None
+        if mine == theirs:
+            return self.step < other.step
+        return is_better(mine, theirs, higher_is_better)
+
+    def to_record(self) -> dict[str, Any]:
+        """The ledger line's fields."""
+        first = next(iter(self.splits.values()), None)
+        return {
+            "step": self.step,
+            "file": self.file,
+            "status": self.status,
+            "wall_time": self.wall_time,
+            "seconds": self.seconds,
+            "metrics": self.metrics,
+            "per_class_f1": first.per_class_f1 if first else [],
+            "split_metrics": {name: split.metrics for name, split in self.splits.items()},
+            "reason": self.reason,
+            "evaluator": self.evaluator,
+        }
+
+    @classmethod
+    def from_record(cls, record: Any) -> EvalResult:
+        """The result a ledger line holds; RecordError naming what is wrong when it is not one."""
+        if not isinstance(record, dict):
+            raise RecordError(f"a JSON {type(record).__name__}, not an object")
+        step = record.get("step")
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise RecordError(f"its step {step!r} is not a non-negative integer")
+        if record.get("status") not in STATUSES:
+            raise RecordError(f"step {step}: its status {record.get('status')!r} is none of {', '.join(STATUSES)}")
+        first, by_split = _scores(record.get("metrics", {}), step), record.get("split_metrics") or {}
+        if not isinstance(by_split, dict):
+            raise RecordError(f"step {step}: its split_metrics is not an object")
+        splits = {name: _scores(scores, step) for name, scores in by_split.items()} or ({"val": first} if first else {})
+        # JSON keeps the splits sorted by name: the first split is the one whose metrics are `metrics`.
+        primary = next((name for name, scores in splits.items() if scores == first), None)
+        ordered = {name: SplitResult(splits[name]) for name in sorted(splits, key=lambda name: name != primary)}
+        per_class = record.get("per_class_f1") or []
+        if ordered and isinstance(per_class, list):
+            next(iter(ordered.values())).per_class_f1 = [float(v) for v in per_class if _is_number(v)]
+        return cls(
+            step,
+            str(record.get("file", "")),
+            record["status"],
+            _number(record.get("wall_time")),
+            _number(record.get("seconds")),
+            ordered,
+            str(record.get("reason", "")),
+            str(record.get("evaluator", "")),
+        )
+
+
+def best_of(results: Iterable[EvalResult], metric: str, higher_is_better: bool) -> EvalResult | None:
+    """The best ok result by the first split's `metric`; the earliest step wins a tie."""
+    best: EvalResult | None = None
+    for result in results:
+        scored = result.status == "ok" and result.value(metric) is not None
+        if scored and (best is None or result.beats(best, metric, higher_is_better)):
+            best = result
+    return best
+
+
+def _scores(value: Any, step: int) -> dict[str, float]:
+    if not isinstance(value, Mapping) or not all(_is_number(v) for v in value.values()):
+        raise RecordError(f"step {step}: its metrics are not an object of numbers")
+    return {str(name): float(v) for name, v in value.items()}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> float:
+    return float(value) if _is_number(value) and math.isfinite(value) else 0.0
