@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.utils.tensorboard import SummaryWriter
 
 from shared import config as cfg
 from shared.checkpoints.format import load_for_resume
@@ -33,15 +34,16 @@ from shared.loggers.tensorboard import open_writer
 from shared.protocol.files import exclusive_lock, write_atomic
 from shared.protocol.layout import TrainDir
 from shared.runtime import cli, devices, health, seeding
-from shared.runtime.errors import CheckpointError, RunAborted, UsageError
+from shared.runtime.errors import CheckpointError, UsageError
 from shared.runtime.signals import StopRequest
 from shared.tasks import Task, build_task
 from shared.training import distributed
 from shared.training.data import DataPosition, ResumableBatches, place
 from shared.training.distributed import Distributed
 from shared.training.feedback import Feedback
+from shared.training.ledger_reader import LedgerReader
 from shared.training.optim import NonFiniteGuard, TrainState, build_optimizer, build_schedule, parameter_counts
-from shared.training.progress import Progress
+from shared.training.progress import Progress, TrainLog
 
 log = logging.getLogger("train")
 
@@ -108,77 +110,38 @@ def train_step(
 
 
 def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir, device: torch.device) -> None:
-    options, group = config.train, state.group
-    batches = iter(
-        ResumableBatches(
-            place(splits.training_data(task), device, config.data.on_device),
-            config.data.batch_size,
-            config.seed,
-            state.position,
-            num_workers=config.data.num_workers,
-            pin_memory=device.type == "cuda",
-            rank=group.rank,
-            world_size=group.world_size,
-        )
-    )
-    shards = (state.model, state.optimizer) if state.sharded else None
-    saver = PeriodicSaver(train_dir, config.checkpoint, state.step, group, shards)
-    guard = NonFiniteGuard(device, check_grad_norm=not state.scaler.is_enabled())
+    options, group, feedback = config.train, state.group, state.feedback
+    batches = training_batches(config, task, state, device)
     stop, stopping = StopRequest(), False
+    ledger = LedgerReader(train_dir, group)  # the evaluator's results: for retention, feedback and eval_lag
+    guard = NonFiniteGuard(device, not state.scaler.is_enabled(), options.nan_policy == "stop", group)
     progress = Progress(state.step, options.steps, shown=group.is_main)
-    feedback = state.feedback
     feedback.begin()
-    interval_loss, interval_examples, interval_start = torch.zeros((), device=device), 0, time.perf_counter()
-
     with open_writer(train_dir.train_run, purge_step=state.step + 1, enabled=group.is_main) as writer:
+        saver = periodic_saver(config, train_dir, state, ledger, stop, guard, writer)
+        train_log = TrainLog(writer, progress, guard, group, device)
         dashboards.write_train_header(writer, config, state.step)
-        eval_lag = dashboards.EvalLag(train_dir.results)
         write_heartbeat(train_dir, state.step, group)
         while state.step < options.steps and not stopping and not feedback.stopped:
             result = train_step(state, batches, task, device, options)
             state.step += 1
-            if options.nan_policy == "stop":
-                guard.observe(state.step, result.loss, result.grad_norm)
-            interval_loss += result.loss
-            interval_examples += result.examples
+            guard.observe(state.step, result.loss, result.grad_norm)
+            train_log.add(result.loss, result.examples)
             progress.advance()
-
             at_log_step = state.step % config.log.every_steps == 0
             if at_log_step:
-                stop_if_not_finite(guard, saver, group, device)
-                elapsed = time.perf_counter() - interval_start
-                # Summed over the ranks (host syncs at log steps only): the mean loss, all ranks' examples.
-                loss_sum, examples = group.sum_(
-                    torch.stack([interval_loss, interval_loss.new_tensor(interval_examples)])
-                )
-                scalars = {
-                    "loss": loss_sum.item() / group.world_size / config.log.every_steps,
-                    "learning_rate": result.lr,
-                    "grad_norm": result.grad_norm.item(),
-                    "examples_per_sec": examples.item() / elapsed,
-                }
-                for tag, value in scalars.items():
-                    writer.add_scalar(tag, value, state.step)
-                progress.report(state.step, scalars)
-                eval_lag.log(writer, state.step)
-                feedback.at_log_step(state.step, state.scheduler, writer)  # may cut the LR, or stop
+                train_log.write(state.step, result.lr, result.grad_norm, saver.last_saved_step)
+                ledger.poll()
+                if (lag := ledger.lag(state.step)) is not None:
+                    writer.add_scalar("eval_lag", lag, state.step)
+                feedback.at_log_step(state.step, ledger.take(), state.scheduler, writer)  # may cut the LR, or stop
                 write_heartbeat(train_dir, state.step, group)
-                interval_loss.zero_()
-                interval_examples, interval_start = 0, time.perf_counter()
-
             save_by_time = False
             if at_log_step or not group.enabled:  # under torchrun, what one rank decides alone is agreed here
                 stopping, save_by_time = group.agree([bool(stop), saver.due_by_time()], device)
             if saver.due_by_steps(state.step) or save_by_time:
-                stop_if_not_finite(guard, saver, group, device)
-                writer.flush()  # points up to a checkpoint are on disk before it: a resume never loses them
-                saver.save(state.step, state.state_dict())
-                if state.step < options.steps:  # after the last step there is nothing left to steer
-                    feedback.keep_up(state.step, saver, stop)  # train.max_eval_lag
-
-        stop_if_not_finite(guard, saver, group, device)
+                saver.save(state.step, state.state_dict(), final=state.step >= options.steps)
         if state.step > saver.last_requested_step:
-            writer.flush()
             saver.save(state.step, state.state_dict(), final=True)
         saver.close()
     progress.close()
@@ -192,20 +155,44 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
         log.info("stopped at step %d; run the same command to resume", state.step)
 
 
+def periodic_saver(
+    config: cfg.Config,
+    train_dir: TrainDir,
+    state: TrainState,
+    ledger: LedgerReader,
+    stop: StopRequest,
+    guard: NonFiniteGuard,
+    writer: SummaryWriter,
+) -> PeriodicSaver:
+    """Saves as checkpoint.* says, each after the NaN check and a flush of the train run, and waits for a
+    lagging evaluator after each (train.max_eval_lag)."""
+    shards = (state.model, state.optimizer) if state.sharded else None
+    lag = config.train.max_eval_lag
+    return PeriodicSaver(
+        train_dir, config.checkpoint, state.step, state.group, shards, ledger=ledger, max_eval_lag=lag, stop=stop,
+        guard=guard, flush=writer.flush,
+    )  # fmt: skip
+
+
+def training_batches(config: cfg.Config, task: Task, state: TrainState, device: torch.device) -> Iterator:
+    """This rank's share of the training data, in batches, from where the resumed state left off."""
+    return iter(
+        ResumableBatches(
+            place(splits.training_data(task), device, config.data.on_device),
+            config.data.batch_size,
+            config.seed,
+            state.position,
+            num_workers=config.data.num_workers,
+            pin_memory=device.type == "cuda",
+            rank=state.group.rank,
+            world_size=state.group.world_size,
+        )
+    )
+
+
 def write_heartbeat(train_dir: TrainDir, step: int, group: Distributed) -> None:
     if group.is_main:
         health.write_heartbeat(train_dir.heartbeat, step)
-
-
-def stop_if_not_finite(guard: NonFiniteGuard, saver: PeriodicSaver, group: Distributed, device: torch.device) -> None:
-    """Abort before logging or saving anything computed from NaN/Inf (train.nan_policy=stop), on every rank."""
-    bad_step = group.earliest(guard.first_bad_step(), device)
-    if bad_step is not None:
-        raise RunAborted(
-            f"the loss or gradient norm became NaN/Inf at step {bad_step}; stopped without saving, so the newest "
-            f"checkpoint (step {saver.last_saved_step}) predates it. Lower train.lr, set train.grad_clip_norm, "
-            "check the data, or set train.nan_policy=skip_step to skip such steps"
-        )
 
 
 def resume(state: TrainState, train_dir: TrainDir) -> None:

@@ -6,7 +6,7 @@ its best batch size, on the GPU and on the CPU.
     python -m bench.eval_speed --smoke         # a tiny model: seconds on a CPU, so the script never rots
 
 eval.py's figures time shared.evaluation.evaluator.Evaluator, built as eval.py's build_evaluator builds it, on a
-checkpoint file shaped like train.py's (weights and optimizer state): evaluate_checkpoint (load, forward,
+checkpoint file shaped like train.py's (weights and optimizer state): load_checkpoint then evaluate (load, forward,
 loss and metrics: what the daemon does per checkpoint) and evaluate alone. The plain loop runs the same
 model with the same precision and memory layout over the eval inputs already on the device, and takes
 only the argmax. Each figure is the median of --repeats runs after one warm-up run.
@@ -81,12 +81,13 @@ def measure(
 ) -> tuple[list[list[object]], str]:
     """Table rows for one device, and the plain loop's whole batch-size sweep for the notes."""
     evaluator = Evaluator.from_config(config, device)
-    if not isinstance(evaluator.data, TensorDataset):
+    data = next(iter(evaluator.splits.values()))
+    if not isinstance(data, TensorDataset):
         raise SystemExit("bench.eval_speed: the plain loop needs a task whose eval data is an in-memory TensorDataset")
-    examples = len(evaluator.data)
-    per_checkpoint = median_seconds(lambda: evaluator.evaluate_checkpoint(path), device, repeats)
+    examples = len(data)
+    per_checkpoint = median_seconds(lambda: evaluator.evaluate(evaluator.load_checkpoint(path)), device, repeats)
     evaluate_only = median_seconds(lambda: evaluator.evaluate(0), device, repeats)
-    inputs = devices.to_device(evaluator.data.tensors[0], device, evaluator.task.channels_last)
+    inputs = devices.to_device(data.tensors[0], device, evaluator.task.channels_last)
     sweep = {}
     for size in sorted({min(size, examples) for size in batch_sizes}):
         run = functools.partial(plain_pass, evaluator.model, inputs, size, device, evaluator.precision)

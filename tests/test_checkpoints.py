@@ -19,7 +19,8 @@ from shared.checkpoints.saver import PeriodicSaver
 from shared.checkpoints.store import Checkpoint, list_checkpoints, remove_stale_temps, save
 from shared.config import CheckpointConfig
 from shared.protocol.layout import TrainDir, checkpoint_name
-from shared.protocol.ledger import EvalRecord, Ledger
+from shared.protocol.ledger import Ledger
+from shared.protocol.results import EvalResult
 from shared.runtime.errors import CheckpointError
 
 
@@ -368,15 +369,15 @@ def test_periodic_saver_due_by_steps(tmp_path: Path, every_steps: int, due_steps
     """With every_secs=0, a save is due exactly at multiples of every_steps (never when it is 0)."""
     saver = PeriodicSaver(TrainDir(tmp_path), CheckpointConfig(every_steps=every_steps, every_secs=0), 0)
     candidates = [1, 2, 3, 99, 100, 101, 150, 200, 1000]
-    assert [s for s in candidates if saver.due(s)] == due_steps
+    assert [s for s in candidates if saver.due_by_steps(s)] == due_steps
 
 
 def test_periodic_saver_due_by_time(tmp_path: Path) -> None:
     """With every_secs set, a save becomes due once that much time has passed since the last one."""
     saver = PeriodicSaver(TrainDir(tmp_path), CheckpointConfig(every_steps=0, every_secs=60), 0)
-    assert not saver.due(7)
+    assert not saver.due_by_time()
     saver.last_saved_time -= 61
-    assert saver.due(7)
+    assert saver.due_by_time()
 
 
 @pytest.mark.parametrize("async_save", [True, False])
@@ -384,7 +385,7 @@ def test_periodic_saver_keeps_what_the_evaluator_has_not_reached(tmp_path: Path,
     """PeriodicSaver.save reads the evaluator's ledger and protects the oldest unevaluated steps."""
     train_dir = TrainDir(tmp_path)
     ledger = Ledger(train_dir.results)
-    ledger.append(EvalRecord(step=100, file="checkpoints/ckpt-000000100.pt", status="ok", wall_time=0, seconds=0))
+    ledger.append(EvalResult(step=100, file="checkpoints/ckpt-000000100.pt", status="ok", wall_time=0, seconds=0))
     options = CheckpointConfig(every_steps=100, max_to_keep=1, max_unevaluated=1, async_save=async_save)
     saver = PeriodicSaver(train_dir, options, last_saved_step=0)
     for step in (100, 200, 300, 400):

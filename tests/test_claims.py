@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.evaluation.evaluator import Evaluation
 from shared.protocol.claims import ClaimInfo, Claims
-from shared.protocol.ledger import EvalRecord
-from shared.protocol.outcomes import Outcome, OutcomeError, outcome_steps, read_outcome, write_outcome
+from shared.protocol.outcomes import OutcomeError, outcome_steps, read_outcome, write_outcome
+from shared.protocol.results import EvalResult, SplitResult
 from tests.conftest import ROOT, wait_until
 
 TIMEOUT = 60.0
@@ -106,19 +105,19 @@ def test_a_claim_kept_fresh_is_never_stale(tmp_path: Path) -> None:
 
 def test_an_outcome_file_round_trips(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    evaluation = Evaluation(
-        200, {"loss": 0.1, "accuracy": 0.9}, [0.8, 1.0], [[3, 1], [0, 4]], rng.integers(0, 2, 8), rng.random((8, 2))
+    evaluation = SplitResult(
+        {"loss": 0.1, "accuracy": 0.9}, [0.8, 1.0], [[3, 1], [0, 4]], rng.integers(0, 2, 8), rng.random((8, 2))
     )
-    record = EvalRecord(200, "checkpoints/ckpt-000000200.pt", "ok", 1.0, 0.5, evaluation.metrics, [0.8, 1.0])
-    write_outcome(tmp_path, Outcome(record, {"val": evaluation, "train": evaluation}))
-    write_outcome(tmp_path, Outcome(EvalRecord(300, "checkpoints/ckpt-000000300.pt", "skipped", 2.0, 0.0)))
+    record = EvalResult(200, "checkpoints/ckpt-000000200.pt", "ok", 1.0, 0.5, {"val": evaluation, "train": evaluation})
+    write_outcome(tmp_path, record)
+    write_outcome(tmp_path, EvalResult(300, "checkpoints/ckpt-000000300.pt", "skipped", 2.0, 0.0))
     assert sorted(outcome_steps(tmp_path)) == [200, 300]
     back = read_outcome(outcome_steps(tmp_path)[200])
-    assert back.record == record and back.evaluations == {"val": evaluation, "train": evaluation}
+    assert back.to_record() == record.to_record() and back.splits == {"val": evaluation, "train": evaluation}
     for split in ("val", "train"):
-        assert np.array_equal(back.evaluations[split].targets, evaluation.targets)
-        assert np.array_equal(back.evaluations[split].probabilities, evaluation.probabilities)
-    assert read_outcome(outcome_steps(tmp_path)[300]).evaluations == {}
+        assert np.array_equal(back.splits[split].targets, evaluation.targets)
+        assert np.array_equal(back.splits[split].probabilities, evaluation.probabilities)
+    assert read_outcome(outcome_steps(tmp_path)[300]).splits == {}
 
 
 def test_an_outcome_file_holding_a_pickle_is_refused(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ import pytest
 from shared.checkpoints.store import list_checkpoints
 from shared.evaluation.export import read_best
 from shared.protocol.layout import TrainDir
-from shared.protocol.ledger import best_record, read_records
+from shared.protocol.ledger import read_records, read_results
+from shared.protocol.results import best_of
 from tests.conftest import SHORT_RUN, scalar_points, wait_until
 
 pytestmark = pytest.mark.slow
@@ -65,7 +66,7 @@ def test_train_and_eval_daemon_end_to_end(tmp_path: Path, start) -> None:
 
     best = read_best(train_dir)
     assert best["value"] == max(r["metrics"]["accuracy"] for r in records)
-    assert best["step"] == best_record(records, "accuracy", "max")["step"]
+    assert best["step"] == best_of(read_results(train_dir.results), "accuracy", higher_is_better=True).step
     assert [p.name for p in train_dir.root.glob(".best-*")] == [f".best-{best['step']:09d}"]  # earlier ones removed
 
     # Ad hoc evaluation of a checkpoint gives exactly the numbers the daemon recorded for its step.

@@ -12,7 +12,8 @@ from shared import config as cfg
 from shared.evaluation.evaluator import Evaluator
 from shared.evaluation.export import load_best, read_best
 from shared.protocol.layout import BEST_VERSION_RE, TrainDir
-from shared.protocol.ledger import best_record, read_records
+from shared.protocol.ledger import read_records, read_results
+from shared.protocol.results import best_of
 from tests.conftest import scalar_points, wait_until
 
 pytestmark = pytest.mark.slow
@@ -46,7 +47,7 @@ def test_best_outlives_retention_and_two_splits_share_tags(tmp_path: Path, start
 
     records = read_records(train_dir.results)
     assert [r["step"] for r in records] == [20, 40, 60] and all(r["status"] == "ok" for r in records), records
-    expected = best_record(records, "accuracy", "max")
+    expected = best_of(read_results(train_dir.results), "accuracy", higher_is_better=True).to_record()
     assert expected["step"] == 20, "an update changed a prediction: this run no longer tests what it says"
     assert not train_dir.checkpoint(expected["step"]).exists(), "retention kept the best's file: proves nothing"
     best = read_best(train_dir)

@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.plugin_event_accumulator import EventA
 
 from shared import config as cfg
 from shared.protocol.layout import TrainDir
-from shared.protocol.ledger import read_records, record_metric
+from shared.protocol.ledger import read_records, read_results
 from shared.training.optim import lr_multiplier
 from tests.conftest import ROOT, SHORT_RUN, Proc, process_starter, scalar_points, wait_until
 
@@ -73,9 +73,9 @@ def test_plateau_cuts_the_lr_at_the_expected_evaluation(uninterrupted: tuple[Tra
     train_dir, _, _ = uninterrupted
     decisions = decided(train_dir)
     assert [(d["eval_step"], d["applied_step"], d["action"]) for d in decisions] == EXPECTED
-    ledger = {r["step"]: r for r in read_records(train_dir.results)}
+    ledger = {r.step: r for r in read_results(train_dir.results)}
     assert [d["values"]["on_plateau"] for d in decisions] == [
-        record_metric(ledger[step], "val", "loss") for step, _, _ in EXPECTED
+        ledger[step].value("loss", "val") for step, _, _ in EXPECTED
     ]
     cut = decisions[2]
     assert cut["lr_multiplier"] == pytest.approx(0.1) and cut["new_lr"] == pytest.approx(0.1 * cut["old_lr"])

@@ -91,14 +91,15 @@ def test_evaluator_is_repeatable(tmp_path: Path, digits_evaluator: tuple[Evaluat
     first = _random_checkpoint(train_dir, config, 100, seed=1)
     second = _random_checkpoint(train_dir, config, 200, seed=2)
 
-    a = evaluator.evaluate_checkpoint(first)
-    b = evaluator.evaluate_checkpoint(second)
-    again = evaluator.evaluate_checkpoint(first)
-    fresh = Evaluator(evaluator.task, torch.device("cpu"), batch_size=64).evaluate_checkpoint(first)
+    a = evaluator.evaluate(evaluator.load_checkpoint(first))
+    b = evaluator.evaluate(evaluator.load_checkpoint(second))
+    again = evaluator.evaluate(evaluator.load_checkpoint(first))
+    fresh_evaluator = Evaluator(evaluator.task, torch.device("cpu"), batch_size=64)
+    fresh = fresh_evaluator.evaluate(fresh_evaluator.load_checkpoint(first))
 
     assert (a.step, b.step) == (100, 200)
     assert set(a.metrics) == {"loss", *SCALARS}
     assert again == a
     assert fresh == a
     assert b.metrics != a.metrics
-    assert sum(map(sum, a.confusion_matrix)) == len(evaluator.task.eval_data())
+    assert sum(map(sum, a.splits["val"].confusion_matrix)) == len(evaluator.task.eval_data())

@@ -96,7 +96,7 @@ def test_a_checkpoint_deleted_between_detection_and_load_is_recorded_as_skipped(
     evaluator = Evaluator(DigitsTask(DigitsModel(), DigitsData(), 0), torch.device("cpu"), 512)
     vanished = Checkpoint(100, train_dir.checkpoint(100))  # listed, then deleted before the load
     outcome = eval_script.evaluate(vanished, evaluator, train_dir, config)
-    assert outcome.record.status == "skipped" and "deleted" in outcome.record.reason and not outcome.evaluations
+    assert outcome.status == "skipped" and "deleted" in outcome.reason and not outcome.splits
     write_outcome(train_dir.pending, outcome)
     with SharedTrainDir(train_dir, config, eval_script.write_summaries, {"val": train_dir.eval_run}) as shared:
         assert shared.record_ready() == 1

@@ -15,7 +15,8 @@ from shared import config as cfg
 from shared.evaluation.crossval import fold_folder
 from shared.evaluation.splits import eval_splits, training_data, validation_data
 from shared.protocol.layout import TrainDir
-from shared.protocol.ledger import best_record, read_records
+from shared.protocol.ledger import read_results
+from shared.protocol.results import best_of
 from shared.tasks import build_task
 from tests.custom_task import BlobsTask
 
@@ -84,7 +85,7 @@ def test_launch_cross_validates_and_eval_summarizes(tmp_path: Path, start) -> No
     summary = start("eval.py", "--summarize", *map(str, folders), "--json")
     assert summary.wait() == 0, summary.output()
     printed = json.loads(summary.output())
-    bests = [best_record(read_records(TrainDir(f).results), "accuracy", "max") for f in folders]
+    bests = [best_of(read_results(TrainDir(f).results), "accuracy", True).to_record() for f in folders]
     assert [f["step"] for f in printed["folds"]] == [b["step"] for b in bests]
     for metric, stats in printed["metrics"].items():
         values = [b["metrics"][metric] for b in bests]

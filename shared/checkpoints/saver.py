@@ -2,8 +2,11 @@
 
 Saves come every N steps and/or seconds, written in a background thread when `checkpoint.async_save`
 (the loop only copies its state to host buffers, shared.checkpoints.snapshots), each followed by
-retention once committed. A failed save removes its temp file and leaves older checkpoints intact: the
-saver warns and retries at the next interval, and stops the run after `checkpoint.max_save_failures`.
+retention once committed. Before a save the saver makes sure nothing computed from a NaN/Inf loss is
+saved, and flushes train.py's summaries, so a resume never loses the points up to its checkpoint. After
+one it waits while the evaluator lags more than `train.max_eval_lag` checkpoints behind. A failed save
+removes its temp file and leaves older checkpoints intact: the saver warns and retries at the next
+interval, and stops the run after `checkpoint.max_save_failures`.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass
@@ -23,14 +27,19 @@ from torch import nn
 from shared.checkpoints.format import first_line, stamped
 from shared.checkpoints.retention import RetentionPolicy, apply_retention
 from shared.checkpoints.snapshots import HostSnapshot
-from shared.checkpoints.store import save
+from shared.checkpoints.store import list_checkpoints, save
 from shared.config import CheckpointConfig
 from shared.protocol.layout import TrainDir, checkpoint_folder, checkpoint_name
-from shared.protocol.ledger import LedgerTail
+from shared.runtime import health
 from shared.runtime.errors import RunAborted
+from shared.runtime.signals import StopRequest
 from shared.training.distributed import Distributed
+from shared.training.ledger_reader import LedgerReader
+from shared.training.optim import NonFiniteGuard
 
 log = logging.getLogger(__name__)
+
+WAIT_POLL_SECS = 0.2  # how often train.max_eval_lag re-reads the ledger while it waits
 
 
 @dataclass
@@ -58,20 +67,24 @@ class PeriodicSaver:
         last_saved_step: int,
         group: Distributed | None = None,
         shards: tuple[nn.Module, torch.optim.Optimizer] | None = None,
+        *,
+        ledger: LedgerReader | None = None,
+        max_eval_lag: int | None = None,
+        stop: StopRequest | None = None,
+        guard: NonFiniteGuard | None = None,
+        flush: Callable[[], None] = lambda: None,
     ) -> None:
         self.train_dir, self.options = train_dir, options
         self.group, self.shards = group or Distributed.alone(), shards
         self.policy = RetentionPolicy(options.max_to_keep, options.keep_every_n_steps, options.max_unevaluated)
+        self.ledger = ledger or LedgerReader(train_dir, self.group)
+        self.max_eval_lag, self.stop, self.guard, self.flush = max_eval_lag, stop, guard, flush
         self.last_saved_step = self.last_requested_step = last_saved_step
         self.last_saved_time = time.monotonic()
         self.failures = 0  # failed saves in a row
-        self.ledger = LedgerTail(train_dir.results)  # read by the writing thread only
         self.snapshot = HostSnapshot()
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="checkpoint") if options.async_save else None
         self.in_flight: _Save | None = None
-
-    def due(self, step: int) -> bool:
-        return self.due_by_steps(step) or self.due_by_time()
 
     def due_by_steps(self, step: int) -> bool:
         return bool(self.options.every_steps and step % self.options.every_steps == 0)
@@ -82,8 +95,13 @@ class PeriodicSaver:
 
     def save(self, step: int, state: dict[str, Any], *, final: bool = False) -> None:
         """Write `state` as the checkpoint for `step`. Asynchronously, the loop blocks only for the
-        snapshot (and for the previous save, if it is still writing); a final save is waited for."""
+        snapshot (and for the previous save, if it is still writing); a final save is waited for, and
+        after any other one the evaluator if it lags too far behind. Every rank calls it at the same steps."""
+        if self.guard is not None:
+            self.guard.check(self.last_saved_step)  # nothing computed from NaN/Inf is saved
+        self.flush()  # the points up to a checkpoint are on disk before it: a resume never loses them
         self.wait()
+        self.ledger.poll()  # retention keeps what the evaluator has not reached by now
         started = time.monotonic()
         self.last_requested_step, self.last_saved_time = step, started
         if self.shards:
@@ -92,13 +110,13 @@ class PeriodicSaver:
             written = sharded.save_async(
                 self.train_dir.checkpoints, step, *self.shards, stamped(step, state), self.group.checkpoint_group
             )
-            job = functools.partial(self._commit_sharded, step, written)
+            job = functools.partial(self._commit_sharded, step, written, self.ledger.newest)
         elif not self.group.is_main:
             job = functools.partial(self._nothing_to_write, step)
         elif self.writer is None:
-            job = functools.partial(self._write, step, state, None)
+            job = functools.partial(self._write, step, state, None, self.ledger.newest)
         else:
-            job = functools.partial(self._write, step, *self.snapshot.take(state))
+            job = functools.partial(self._write, step, *self.snapshot.take(state), self.ledger.newest)
         if self.writer is None:
             future: Future = Future()
             try:
@@ -110,6 +128,8 @@ class PeriodicSaver:
         self.in_flight = _Save(step, future, final, time.monotonic() - started)
         if final or self.writer is None:
             self.wait()
+        if not final:
+            self._wait_for_evaluator(step)
 
     def wait(self) -> None:
         """Let the save in flight finish and settle its outcome."""
@@ -145,15 +165,55 @@ class PeriodicSaver:
         if self.writer is not None:
             self.writer.shutdown()
 
-    def _write(self, step: int, state: dict[str, Any], ready: torch.cuda.Event | None) -> tuple[Path, list[int], float]:
+    def _wait_for_evaluator(self, step: int) -> None:
+        """train.max_eval_lag: after a save, wait while more checkpoints than that await evaluation.
+
+        Only checkpoints on disk count, so one deleted by retention (checkpoint.max_unevaluated) can never
+        be waited for; without a ledger there is no evaluator to wait for. Under torchrun rank 0 decides
+        at each poll and the other ranks follow it poll by poll: no collective waits long.
+        """
+        lag = self.max_eval_lag
+        if lag is None:
+            return
+        self.wait()  # committed, so the evaluator can reach it
+        started, waited = time.monotonic(), False
+        while True:
+            self.ledger.poll()
+            behind = self.group.broadcast(self._behind(lag) if self.group.is_main else None)
+            if not behind:
+                break
+            if not waited:
+                log.info("waiting for eval.py: %s not evaluated yet (train.max_eval_lag=%d)", behind, lag)
+                waited = True
+            if self.group.is_main:
+                health.write_heartbeat(self.train_dir.heartbeat, step)  # waiting on purpose is not being stuck
+            time.sleep(WAIT_POLL_SECS)
+        if waited:
+            log.info("waited %.1fs for eval.py", time.monotonic() - started)
+            self.last_saved_time = time.monotonic()  # no step was taken meanwhile: not a reason for a save by time
+
+    def _behind(self, lag: int) -> list[int]:
+        """Rank 0: the checkpoints to wait for (none on a stop request, or without a ledger, or when no more
+        than train.max_eval_lag await evaluation)."""
+        newest = self.ledger.newest
+        if self.stop or newest is None:
+            return []
+        behind = [c.step for c in list_checkpoints(self.train_dir.checkpoints) if c.step > newest]
+        return behind if len(behind) > lag else []
+
+    def _write(
+        self, step: int, state: dict[str, Any], ready: torch.cuda.Event | None, evaluated: int | None
+    ) -> tuple[Path, list[int], float]:
         started = time.monotonic()
         if ready is not None:
             ready.synchronize()  # the snapshot's device-to-host copies are done
         path = save(self.train_dir, step, state)
-        deleted = apply_retention(self.train_dir.checkpoints, self.policy, self.ledger.newest_step())
+        deleted = apply_retention(self.train_dir.checkpoints, self.policy, evaluated)
         return path, deleted, time.monotonic() - started
 
-    def _commit_sharded(self, step: int, written: Future) -> tuple[Path | None, list[int], float]:
+    def _commit_sharded(
+        self, step: int, written: Future, evaluated: int | None
+    ) -> tuple[Path | None, list[int], float]:
         """Wait until every rank's shards and DCP's metadata are written; then rank 0 commits the folder."""
         started = time.monotonic()
         try:
@@ -165,7 +225,7 @@ class PeriodicSaver:
         from shared.checkpoints import sharded
 
         path = sharded.commit(self.train_dir.checkpoints, step)
-        deleted = apply_retention(self.train_dir.checkpoints, self.policy, self.ledger.newest_step())
+        deleted = apply_retention(self.train_dir.checkpoints, self.policy, evaluated)
         return path, deleted, time.monotonic() - started
 
     def _nothing_to_write(self, step: int) -> tuple[None, list[int], float]:

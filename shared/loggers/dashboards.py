@@ -1,14 +1,13 @@
 """What TensorBoard shows beyond the per-step scalars, written into the two existing runs only.
 
-`train/` (train.py) gets the custom-scalars overview layout, the resolved config as text and `eval_lag`;
-`eval/` (the eval.py daemon) gets the HParams session and the PR curves. Nothing here opens a writer of
-its own: a new writer would mean a new run folder (a "stray run") or two writers in one (lost points).
+`train/` (train.py) gets the custom-scalars overview layout and the resolved config as text (its
+`eval_lag` comes from shared.training.ledger_reader); `eval/` (the eval.py daemon) gets the HParams
+session and the PR curves. Nothing here opens a writer of its own: a new writer would mean a new run
+folder (a "stray run") or two writers in one (lost points).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,6 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from shared import config as cfg
-from shared.protocol.ledger import LedgerTail
 
 # The Custom Scalars tab: "is it learning, and is it overfitting?" first (train and eval loss on one chart,
 # accuracy beside it), then how training runs. Tags are regexes, so each chart shows every run with the tag.
@@ -81,28 +79,3 @@ def write_pr_curves(
         return
     for index, name in enumerate(class_names):
         writer.add_pr_curve(f"pr_curve/{name}", targets == index, probabilities[:, index], step)
-
-
-@dataclass
-class EvalLag:
-    """train.py's view of how far the evaluator is behind: current step minus the ledger's newest step.
-
-    train.py writes it (not eval.py) because it must keep moving when the evaluator stalls or dies,
-    which is exactly when it matters. Each call reads only what the ledger gained since the last one.
-    """
-
-    ledger: Path
-    _tail: LedgerTail = field(init=False)
-
-    def __post_init__(self) -> None:
-        self._tail = LedgerTail(self.ledger)
-
-    def at(self, step: int) -> int | None:
-        """The lag at `step`, or None while no evaluator keeps a ledger (nothing to measure)."""
-        newest = self._tail.newest_step()
-        return None if newest is None else step - max(newest, 0)
-
-    def log(self, writer: SummaryWriter, step: int) -> None:
-        lag = self.at(step)
-        if lag is not None:
-            writer.add_scalar("eval_lag", lag, step)

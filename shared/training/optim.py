@@ -13,6 +13,7 @@ from torch import nn
 
 from shared.config import TrainConfig
 from shared.runtime import seeding
+from shared.runtime.errors import RunAborted
 from shared.training.data import DataPosition
 from shared.training.distributed import Distributed
 from shared.training.feedback import Feedback
@@ -109,22 +110,32 @@ class TrainState:
 
 
 class NonFiniteGuard:
-    """Remembers the first step whose loss (or, without a gradient scaler, gradient norm) was NaN/Inf.
+    """train.nan_policy=stop: remembers the first step whose loss (or, without a gradient scaler, gradient
+    norm) was NaN/Inf, and stops the run before anything computed from it is logged or saved.
 
-    The check stays on the device, so steps need no host sync; `first_bad_step()` syncs, and train.py
-    calls it only at log steps and before saving, so no checkpoint ever holds weights broken by it.
+    The check stays on the device, so steps need no host sync; `check` syncs, and is called before each
+    log line and each save only, so no checkpoint ever holds weights broken by it.
     """
 
-    def __init__(self, device: torch.device, check_grad_norm: bool) -> None:
-        self.check_grad_norm = check_grad_norm
+    def __init__(self, device: torch.device, check_grad_norm: bool, enabled: bool, group: Distributed) -> None:
+        self.device, self.check_grad_norm, self.enabled, self.group = device, check_grad_norm, enabled, group
         self.first = torch.full((), -1, dtype=torch.long, device=device)
 
     def observe(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        if not self.enabled:
+            return
         finite = torch.isfinite(loss)
         if self.check_grad_norm:
             finite &= torch.isfinite(grad_norm)
         self.first = torch.where((self.first < 0) & ~finite, step, self.first)
 
-    def first_bad_step(self) -> int | None:
-        step = int(self.first)
-        return step if step >= 0 else None
+    def check(self, newest_checkpoint: int) -> None:
+        """RunAborted on every rank if any rank saw a NaN/Inf step (collective under torchrun)."""
+        first = int(self.first)
+        bad_step = self.group.earliest(first if first >= 0 else None, self.device)
+        if bad_step is not None:
+            raise RunAborted(
+                f"the loss or gradient norm became NaN/Inf at step {bad_step}; stopped without saving, so the newest "
+                f"checkpoint (step {newest_checkpoint}) predates it. Lower train.lr, set train.grad_clip_norm, "
+                "check the data, or set train.nan_policy=skip_step to skip such steps"
+            )

@@ -1,11 +1,18 @@
-"""Progress for people: a tqdm bar with loss and LR on a terminal, plain log lines in logs and pipes."""
+"""Progress for people: a tqdm bar with loss and LR on a terminal, plain log lines in logs and pipes; and
+the training scalars of each log interval."""
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
 
+import torch
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
+
+from shared.training.distributed import Distributed
+from shared.training.optim import NonFiniteGuard
 
 log = logging.getLogger("train")
 
@@ -31,3 +38,39 @@ class Progress:
     def close(self) -> None:
         if self.bar:
             self.bar.close()
+
+
+class TrainLog:
+    """train.py's log line every `log.every_steps`: the interval's loss (the mean over its steps and the
+    ranks), the LR, the gradient norm and the examples per second of all ranks, to the train run and the
+    progress display. The sums stay on the device between log steps, so steps need no host sync. Nothing
+    computed from a NaN/Inf loss is logged: the guard is checked first."""
+
+    def __init__(
+        self, writer: SummaryWriter, progress: Progress, guard: NonFiniteGuard, group: Distributed, device: torch.device
+    ) -> None:
+        self.writer, self.progress, self.guard, self.group = writer, progress, guard, group
+        self.loss, self.examples, self.steps = torch.zeros((), device=device), 0, 0
+        self.started = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, examples: int) -> None:
+        self.loss += loss
+        self.examples += examples
+        self.steps += 1
+
+    def write(self, step: int, lr: float, grad_norm: torch.Tensor, newest_checkpoint: int) -> None:
+        """Log the interval that ends at `step` and start the next one; collective under torchrun."""
+        self.guard.check(newest_checkpoint)
+        elapsed = time.perf_counter() - self.started
+        loss_sum, examples = self.group.sum_(torch.stack([self.loss, self.loss.new_tensor(self.examples)]))
+        scalars = {
+            "loss": loss_sum.item() / self.group.world_size / self.steps,
+            "learning_rate": lr,
+            "grad_norm": grad_norm.item(),
+            "examples_per_sec": examples.item() / elapsed,
+        }
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, step)
+        self.progress.report(step, scalars)
+        self.loss.zero_()
+        self.examples, self.steps, self.started = 0, 0, time.perf_counter()
