@@ -26,6 +26,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from shared import config as cfg
 from shared.checkpoints.format import load_for_resume
+from shared.checkpoints.retention import RetentionPolicy
 from shared.checkpoints.saver import PeriodicSaver
 from shared.checkpoints.store import list_checkpoints, remove_stale_temps
 from shared.evaluation import splits
@@ -113,7 +114,8 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
     options, group, feedback = config.train, state.group, state.feedback
     batches = training_batches(config, task, state, device)
     stop, stopping = StopRequest(), False
-    ledger = LedgerReader(train_dir, group)  # the evaluator's results: for retention, feedback and eval_lag
+    keep_results = config.checkpoint.keep_best > 0  # retention ranks them
+    ledger = LedgerReader(train_dir, group, keep_results)  # the evaluator's results: retention, feedback, eval_lag
     guard = NonFiniteGuard(device, not state.scaler.is_enabled(), options.nan_policy == "stop", group)
     progress = Progress(state.step, options.steps, shown=group.is_main)
     feedback.begin()
@@ -167,10 +169,10 @@ def periodic_saver(
     """Saves as checkpoint.* says, each after the NaN check and a flush of the train run, and waits for a
     lagging evaluator after each (train.max_eval_lag)."""
     shards = (state.model, state.optimizer) if state.sharded else None
-    lag = config.train.max_eval_lag
+    lag, policy = config.train.max_eval_lag, RetentionPolicy.from_options(config.checkpoint, config.eval.best_metric)
     return PeriodicSaver(
         train_dir, config.checkpoint, state.step, state.group, shards, ledger=ledger, max_eval_lag=lag, stop=stop,
-        guard=guard, flush=writer.flush,
+        guard=guard, flush=writer.flush, policy=policy,
     )  # fmt: skip
 
 

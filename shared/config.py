@@ -141,6 +141,7 @@ class CheckpointConfig:
     max_to_keep: int = field(default=5, metadata=at_least(1))
     keep_every_n_steps: int = field(default=0, metadata=at_least(0))  # 0: keep no extra ones
     max_unevaluated: int = field(default=20, metadata=at_least(0))  # see docs/protocol.md, retention
+    keep_best: int = field(default=0, metadata=at_least(0))  # also keep the N best by eval.best_metric; 0: none
     max_save_failures: int = field(default=3, metadata=at_least(1))  # in a row, then exit; 1 = at the first
     async_save: bool = True  # the loop only snapshots; a background thread writes (see docs/protocol.md)
 

@@ -8,14 +8,18 @@ on steps nothing else keeps. A new rule is a class with a `keep` method, added t
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from shared.checkpoints.store import list_checkpoints, retire
+from shared.config import CheckpointConfig
+from shared.metrics.direction import higher_is_better
 from shared.protocol.files import fsync_dir
+from shared.protocol.results import EvalResult
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +29,7 @@ class EvaluatorProgress:
     """What the ledger says about the evaluator; `newest` is None when no evaluator keeps a ledger."""
 
     newest: int | None  # the newest recorded step (-1: none yet), whatever its status
+    results: Mapping[int, EvalResult] = field(default_factory=dict)  # the ok results by step (for KeepBest)
 
     def unevaluated(self, steps: Sequence[int]) -> list[int]:
         """The steps the evaluator has not reached yet (none without an evaluator: nobody waits for them)."""
@@ -58,6 +63,23 @@ class KeepEveryNSteps:
 
 
 @dataclass(frozen=True)
+class KeepBest:
+    """The `n` best evaluated steps by the first split's `metric`, ranked as best/ ranks them (0: none)."""
+
+    n: int
+    metric: str
+    higher_is_better: bool
+
+    def keep(self, steps: Sequence[int], progress: EvaluatorProgress, kept: frozenset[int]) -> set[int]:
+        scored = [r for s in steps if (r := progress.results.get(s)) is not None and r.value(self.metric) is not None]
+        ranked = sorted(scored, key=functools.cmp_to_key(self._order))
+        return {result.step for result in ranked[: self.n]}
+
+    def _order(self, a: EvalResult, b: EvalResult) -> int:
+        return -1 if a.beats(b, self.metric, self.higher_is_better) else 1
+
+
+@dataclass(frozen=True)
 class KeepUnevaluated:
     """Up to `limit` of the oldest steps the evaluator has not reached and no other rule keeps, so a slower
     evaluator still gets them; the limit bounds the disk a stalled or abandoned evaluator can cost."""
@@ -70,23 +92,30 @@ class KeepUnevaluated:
 
 @dataclass(frozen=True)
 class RetentionPolicy:
-    """checkpoint.max_to_keep, keep_every_n_steps and max_unevaluated, as rules in that order."""
+    """checkpoint.max_to_keep, keep_every_n_steps, keep_best and max_unevaluated, as rules in that order."""
 
     max_to_keep: int
     keep_every_n_steps: int = 0
     max_unevaluated: int = 0
+    best: KeepBest | None = None
+
+    @classmethod
+    def from_options(cls, options: CheckpointConfig, best_metric: str | None = None) -> RetentionPolicy:
+        """The checkpoint section's policy; keep_best ranks by `best_metric` (eval.best_metric) in its direction."""
+        ranked = options.keep_best > 0 and best_metric is not None
+        best = KeepBest(options.keep_best, best_metric, higher_is_better(best_metric)) if ranked else None
+        return cls(options.max_to_keep, options.keep_every_n_steps, options.max_unevaluated, best)
 
     @property
     def rules(self) -> tuple[Rule, ...]:
-        return (
-            KeepLatest(self.max_to_keep),
-            KeepEveryNSteps(self.keep_every_n_steps),
-            KeepUnevaluated(self.max_unevaluated),
-        )
+        latest, multiples = KeepLatest(self.max_to_keep), KeepEveryNSteps(self.keep_every_n_steps)
+        return (latest, multiples, *([self.best] if self.best else []), KeepUnevaluated(self.max_unevaluated))
 
-    def to_delete(self, steps: Sequence[int], last_evaluated: int | None) -> tuple[list[int], list[int]]:
+    def to_delete(
+        self, steps: Sequence[int], last_evaluated: int | None, results: Mapping[int, EvalResult] | None = None
+    ) -> tuple[list[int], list[int]]:
         """(steps to delete, of those the ones the evaluator has not reached yet)."""
-        steps, progress = sorted(steps), EvaluatorProgress(last_evaluated)
+        steps, progress = sorted(steps), EvaluatorProgress(last_evaluated, results or {})
         kept: set[int] = set()
         for rule in self.rules:
             kept |= rule.keep(steps, progress, frozenset(kept))
@@ -94,10 +123,12 @@ class RetentionPolicy:
         return delete, progress.unevaluated(delete)
 
 
-def apply_retention(folder: Path, policy: RetentionPolicy, last_evaluated: int | None) -> list[int]:
+def apply_retention(
+    folder: Path, policy: RetentionPolicy, last_evaluated: int | None, results: Mapping[int, EvalResult] | None = None
+) -> list[int]:
     """Retire what the policy lets go, after the newest checkpoint is committed; return the retired steps."""
     checkpoints = list_checkpoints(folder)
-    delete, unevaluated = policy.to_delete([c.step for c in checkpoints], last_evaluated)
+    delete, unevaluated = policy.to_delete([c.step for c in checkpoints], last_evaluated, results)
     if unevaluated:
         log.warning(
             "checkpoint.max_unevaluated=%d reached: deleting steps %s before the evaluator reached them",

@@ -30,6 +30,7 @@ from shared.checkpoints.snapshots import HostSnapshot
 from shared.checkpoints.store import list_checkpoints, save
 from shared.config import CheckpointConfig
 from shared.protocol.layout import TrainDir, checkpoint_folder, checkpoint_name
+from shared.protocol.results import EvalResult
 from shared.runtime import health
 from shared.runtime.errors import RunAborted
 from shared.runtime.signals import StopRequest
@@ -38,6 +39,8 @@ from shared.training.ledger_reader import LedgerReader
 from shared.training.optim import NonFiniteGuard
 
 log = logging.getLogger(__name__)
+
+Evaluated = tuple[int | None, dict[int, EvalResult]]  # the ledger's newest step, and the ok results kept
 
 WAIT_POLL_SECS = 0.2  # how often train.max_eval_lag re-reads the ledger while it waits
 
@@ -73,11 +76,12 @@ class PeriodicSaver:
         stop: StopRequest | None = None,
         guard: NonFiniteGuard | None = None,
         flush: Callable[[], None] = lambda: None,
+        policy: RetentionPolicy | None = None,
     ) -> None:
         self.train_dir, self.options = train_dir, options
         self.group, self.shards = group or Distributed.alone(), shards
-        self.policy = RetentionPolicy(options.max_to_keep, options.keep_every_n_steps, options.max_unevaluated)
-        self.ledger = ledger or LedgerReader(train_dir, self.group)
+        self.policy = policy or RetentionPolicy.from_options(options)
+        self.ledger = ledger or LedgerReader(train_dir, self.group, keep_results=self.policy.best is not None)
         self.max_eval_lag, self.stop, self.guard, self.flush = max_eval_lag, stop, guard, flush
         self.last_saved_step = self.last_requested_step = last_saved_step
         self.last_saved_time = time.monotonic()
@@ -102,6 +106,7 @@ class PeriodicSaver:
         self.flush()  # the points up to a checkpoint are on disk before it: a resume never loses them
         self.wait()
         self.ledger.poll()  # retention keeps what the evaluator has not reached by now
+        evaluated = (self.ledger.newest, dict(self.ledger.results))  # as of now, for the writing thread
         started = time.monotonic()
         self.last_requested_step, self.last_saved_time = step, started
         if self.shards:
@@ -110,13 +115,13 @@ class PeriodicSaver:
             written = sharded.save_async(
                 self.train_dir.checkpoints, step, *self.shards, stamped(step, state), self.group.checkpoint_group
             )
-            job = functools.partial(self._commit_sharded, step, written, self.ledger.newest)
+            job = functools.partial(self._commit_sharded, step, written, evaluated)
         elif not self.group.is_main:
             job = functools.partial(self._nothing_to_write, step)
         elif self.writer is None:
-            job = functools.partial(self._write, step, state, None, self.ledger.newest)
+            job = functools.partial(self._write, step, state, None, evaluated)
         else:
-            job = functools.partial(self._write, step, *self.snapshot.take(state), self.ledger.newest)
+            job = functools.partial(self._write, step, *self.snapshot.take(state), evaluated)
         if self.writer is None:
             future: Future = Future()
             try:
@@ -147,6 +152,7 @@ class PeriodicSaver:
             return
         self.failures = 0
         self.last_saved_step = pending.step
+        self.ledger.forget(deleted)
         if path is None:  # a rank other than 0: rank 0 reports the save
             return
         log.info(
@@ -202,18 +208,16 @@ class PeriodicSaver:
         return behind if len(behind) > lag else []
 
     def _write(
-        self, step: int, state: dict[str, Any], ready: torch.cuda.Event | None, evaluated: int | None
+        self, step: int, state: dict[str, Any], ready: torch.cuda.Event | None, evaluated: Evaluated
     ) -> tuple[Path, list[int], float]:
         started = time.monotonic()
         if ready is not None:
             ready.synchronize()  # the snapshot's device-to-host copies are done
         path = save(self.train_dir, step, state)
-        deleted = apply_retention(self.train_dir.checkpoints, self.policy, evaluated)
+        deleted = apply_retention(self.train_dir.checkpoints, self.policy, *evaluated)
         return path, deleted, time.monotonic() - started
 
-    def _commit_sharded(
-        self, step: int, written: Future, evaluated: int | None
-    ) -> tuple[Path | None, list[int], float]:
+    def _commit_sharded(self, step: int, written: Future, evaluated: Evaluated) -> tuple[Path | None, list[int], float]:
         """Wait until every rank's shards and DCP's metadata are written; then rank 0 commits the folder."""
         started = time.monotonic()
         try:
@@ -225,7 +229,7 @@ class PeriodicSaver:
         from shared.checkpoints import sharded
 
         path = sharded.commit(self.train_dir.checkpoints, step)
-        deleted = apply_retention(self.train_dir.checkpoints, self.policy, evaluated)
+        deleted = apply_retention(self.train_dir.checkpoints, self.policy, *evaluated)
         return path, deleted, time.monotonic() - started
 
     def _nothing_to_write(self, step: int) -> tuple[None, list[int], float]:

@@ -4,8 +4,8 @@ Only eval.py appends to the ledger, one whole line per checkpoint step, after th
 points are flushed. A line cut short by a crash is dropped on the next start; that step is then
 evaluated again and its points replaced (see shared/loggers/tensorboard.py on purge_step). Every reader
 checks each line's shape: a line that is not a result (garbage, a bare number, no integer step, bytes
-that are not UTF-8) is skipped with one warning, so its step counts as not evaluated and is evaluated
-again.
+that are not UTF-8) is skipped with one warning (per process), so its step counts as not evaluated and is
+evaluated again.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ log = logging.getLogger(__name__)
 def read_records(path: Path) -> list[dict[str, Any]]:
     """Every complete JSON line of an append-only file; a last line without its newline is a write cut
     short and is ignored, a line that is not JSON is skipped with a warning."""
-    return [record for _, record in _json_lines(path) if record is not _NOT_JSON]
+    return [record for _, _, record in _json_lines(path) if record is not _NOT_JSON]
 
 
 def read_results(path: Path) -> list[EvalResult]:
     """Every result in the ledger, in ledger order; lines that are not results are skipped with a warning."""
     results = []
-    for number, record in _json_lines(path):
-        if (result := _result(record, f"{path}:{number}")) is not None:
+    for number, line, record in _json_lines(path):
+        if (result := _result(record, f"{path}:{number}", line)) is not None:
             results.append(result)
     return results
 
@@ -40,32 +40,41 @@ def read_results(path: Path) -> list[EvalResult]:
 _NOT_JSON = object()
 
 
-def _json_lines(path: Path) -> list[tuple[int, Any]]:
+def _json_lines(path: Path) -> list[tuple[int, bytes, Any]]:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return []
     lines = data.split(b"\n")[:-1]  # the part after the last newline is incomplete (or empty)
-    return [(number, _parse(line, f"{path}:{number}")) for number, line in enumerate(lines, 1)]
+    return [(number, line, _parse(line, f"{path}:{number}")) for number, line in enumerate(lines, 1)]
 
 
 def _parse(line: bytes, where: str) -> Any:
     try:
         return json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        log.warning("%s is not a JSON record; ignoring it", where)
+        _warn_once(where, line, "is not a JSON record; ignoring it")
         return _NOT_JSON
 
 
-def _result(record: Any, where: str) -> EvalResult | None:
+def _result(record: Any, where: str, line: bytes = b"") -> EvalResult | None:
     """The line's result, or None (warned) when it is not one: its step is then evaluated again."""
     if record is _NOT_JSON:
         return None
     try:
         return EvalResult.from_record(record)
     except RecordError as err:
-        log.warning("%s is not an evaluation record (%s); ignoring it, so its step is evaluated again", where, err)
+        _warn_once(where, line, f"is not an evaluation record ({err}); ignoring it, so its step is evaluated again")
         return None
+
+
+_warned: set[tuple[str, bytes]] = set()  # (file:line, its bytes): a process has several readers of one ledger
+
+
+def _warn_once(where: str, line: bytes, what: str) -> None:
+    if (where, line) not in _warned:
+        _warned.add((where, line))
+        log.warning("%s %s", where, what)
 
 
 class LedgerTail:
@@ -105,7 +114,7 @@ class LedgerTail:
         for line in whole.splitlines():
             self._lines += 1
             where = f"{self.path}:{self._lines}"
-            if (result := _result(_parse(line, where), where)) is not None:
+            if (result := _result(_parse(line, where), where, line)) is not None:
                 self.steps.add(result.step)
                 self.newest = max(self.newest, result.step)
                 results.append(result)

@@ -14,9 +14,11 @@ from shared.training.distributed import Distributed
 
 
 class LedgerReader:
-    def __init__(self, train_dir: TrainDir, group: Distributed | None = None) -> None:
+    def __init__(self, train_dir: TrainDir, group: Distributed | None = None, keep_results: bool = False) -> None:
         self.group = group or Distributed.alone()
         self.newest: int | None = None  # the newest recorded step (-1: none yet); None: no evaluator keeps a ledger
+        self.results: dict[int, EvalResult] = {}  # with keep_results, the ok ones by step, until forgotten
+        self._keep_results = keep_results
         self._tail = LedgerTail(train_dir.results)
         self._unread: list[EvalResult] = []  # read, not yet taken by feedback
 
@@ -24,6 +26,13 @@ class LedgerReader:
         """Read what the ledger gained. Collective under torchrun: every rank calls it at the same step."""
         results, self.newest = self.group.broadcast(self._read() if self.group.is_main else None)
         self._unread += results
+        if self._keep_results:
+            self.results.update((r.step, r) for r in results if r.status == "ok")
+
+    def forget(self, steps: list[int]) -> None:
+        """Drop the kept results of these steps (their checkpoints are gone)."""
+        for step in steps:
+            self.results.pop(step, None)
 
     def take(self) -> list[EvalResult]:
         """The results read since the last call, in ledger order."""
