@@ -41,6 +41,7 @@ from shared.training.optim import NonFiniteGuard
 log = logging.getLogger(__name__)
 
 Evaluated = tuple[int | None, dict[int, EvalResult]]  # the ledger's newest step, and the ok results kept
+SaveResult = tuple[Path | None, list[int], float]  # the committed path (None on ranks > 0), retired steps, seconds
 
 WAIT_POLL_SECS = 0.2  # how often train.max_eval_lag re-reads the ledger while it waits
 
@@ -48,7 +49,7 @@ WAIT_POLL_SECS = 0.2  # how often train.max_eval_lag re-reads the ledger while i
 @dataclass
 class _Save:
     step: int
-    future: Future  # of (path, deleted steps, seconds writing)
+    future: Future  # of a SaveResult
     final: bool  # a failure of this one ends the run
     blocked: float  # seconds the training loop spent on it
 
@@ -109,19 +110,7 @@ class PeriodicSaver:
         evaluated = (self.ledger.newest, dict(self.ledger.results))  # as of now, for the writing thread
         started = time.monotonic()
         self.last_requested_step, self.last_saved_time = step, started
-        if self.shards:
-            from shared.checkpoints import sharded
-
-            written = sharded.save_async(
-                self.train_dir.checkpoints, step, *self.shards, stamped(step, state), self.group.checkpoint_group
-            )
-            job = functools.partial(self._commit_sharded, step, written, evaluated)
-        elif not self.group.is_main:
-            job = functools.partial(self._nothing_to_write, step)
-        elif self.writer is None:
-            job = functools.partial(self._write, step, state, None, evaluated)
-        else:
-            job = functools.partial(self._write, step, *self.snapshot.take(state), evaluated)
+        job = self._job(step, state, evaluated)
         if self.writer is None:
             future: Future = Future()
             try:
@@ -135,6 +124,22 @@ class PeriodicSaver:
             self.wait()
         if not final:
             self._wait_for_evaluator(step)
+
+    def _job(self, step: int, state: dict[str, Any], evaluated: Evaluated) -> Callable[[], SaveResult]:
+        """What writes this rank's part of the checkpoint: for a file, rank 0 alone, from a host snapshot
+        when asynchronous; for shards (started here, collectively), every rank."""
+        if self.shards:
+            from shared.checkpoints import sharded
+
+            written = sharded.save_async(
+                self.train_dir.checkpoints, step, *self.shards, stamped(step, state), self.group.checkpoint_group
+            )
+            return functools.partial(self._commit_sharded, step, written, evaluated)
+        if not self.group.is_main:
+            return functools.partial(self._nothing_to_write, step)
+        if self.writer is None:
+            return functools.partial(self._write, step, state, None, evaluated)
+        return functools.partial(self._write, step, *self.snapshot.take(state), evaluated)
 
     def wait(self) -> None:
         """Let the save in flight finish and settle its outcome."""
@@ -209,7 +214,7 @@ class PeriodicSaver:
 
     def _write(
         self, step: int, state: dict[str, Any], ready: torch.cuda.Event | None, evaluated: Evaluated
-    ) -> tuple[Path, list[int], float]:
+    ) -> SaveResult:
         started = time.monotonic()
         if ready is not None:
             ready.synchronize()  # the snapshot's device-to-host copies are done
@@ -232,7 +237,7 @@ class PeriodicSaver:
         deleted = apply_retention(self.train_dir.checkpoints, self.policy, *evaluated)
         return path, deleted, time.monotonic() - started
 
-    def _nothing_to_write(self, step: int) -> tuple[None, list[int], float]:
+    def _nothing_to_write(self, step: int) -> SaveResult:
         return None, [], 0.0
 
     def _failed(self, step: int, err: OSError, final: bool) -> None:
