@@ -114,8 +114,8 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
     options, group, feedback = config.train, state.group, state.feedback
     batches = training_batches(config, task, state, device)
     stop, stopping = StopRequest(), False
-    keep_results = config.checkpoint.keep_best > 0  # retention ranks them
-    ledger = LedgerReader(train_dir, group, keep_results)  # the evaluator's results: retention, feedback, eval_lag
+    # The evaluator's results, for retention (which ranks them under checkpoint.keep_best), feedback and eval_lag.
+    ledger = LedgerReader(train_dir, group, keep_results=config.checkpoint.keep_best > 0)
     guard = NonFiniteGuard(device, not state.scaler.is_enabled(), options.nan_policy == "stop", group)
     progress = Progress(state.step, options.steps, shown=group.is_main)
     feedback.begin()
@@ -147,14 +147,18 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
             saver.save(state.step, state.state_dict(), final=True)
         saver.close()
     progress.close()
-    if not group.is_main:
-        return
-    if state.step >= options.steps or feedback.stopped:
-        record = {"step": state.step, "wall_time": time.time(), **feedback.finished_fields()}
+    if group.is_main:
+        finish(train_dir, state.step, state.step >= options.steps or feedback.stopped, feedback)
+
+
+def finish(train_dir: TrainDir, step: int, finished: bool, feedback: Feedback) -> None:
+    """A finished run says so in finished.json (eval.py then knows no checkpoint will come); a stopped one not."""
+    if finished:
+        record = {"step": step, "wall_time": time.time(), **feedback.finished_fields()}
         write_atomic(train_dir.finished, (json.dumps(record) + "\n").encode())
-        log.info("training finished at step %d", state.step)
+        log.info("training finished at step %d", step)
     else:
-        log.info("stopped at step %d; run the same command to resume", state.step)
+        log.info("stopped at step %d; run the same command to resume", step)
 
 
 def periodic_saver(
