@@ -68,17 +68,7 @@ def export_if_best(
         held = held_best(train_dir)
         if held is not None and not candidate.beats(held, metric, upwards):
             return None
-        record = candidate.to_record()
-        summary = {
-            "step": candidate.step,
-            "metric": metric,
-            "mode": "max" if upwards else "min",
-            "value": candidate.value(metric),
-            "file": candidate.file,
-            "metrics": record["metrics"],
-            "split_metrics": record["split_metrics"],
-            "wall_time": time.time(),
-        }
+        summary = _summary(candidate, metric, upwards)
         try:
             _switch(train_dir, _write_version(train_dir, model, config, summary))
         except OSError as err:  # disk full, read-only: the step has no record yet, so a restart redoes it
@@ -89,6 +79,21 @@ def export_if_best(
             ) from None
     log.info("new best: step %d, %s=%.4f, exported to %s", candidate.step, metric, summary["value"], train_dir.best)
     return summary
+
+
+def _summary(best: EvalResult, metric: str, upwards: bool) -> dict[str, Any]:
+    """best/metrics.json: the result (its first split's and every split's metrics) and what ranked it."""
+    record = best.to_record()
+    return {
+        "step": best.step,
+        "metric": metric,
+        "mode": "max" if upwards else "min",
+        "value": best.value(metric),
+        "file": best.file,
+        "metrics": record["metrics"],
+        "split_metrics": record["split_metrics"],
+        "wall_time": time.time(),
+    }
 
 
 def _write_version(train_dir: TrainDir, model: nn.Module, config: cfg.Config, summary: dict[str, Any]) -> Path:
