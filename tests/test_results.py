@@ -123,3 +123,10 @@ def test_the_tail_warns_about_a_bad_line_once(tmp_path: Path, caplog) -> None:
     caplog.set_level(logging.WARNING)
     assert tail.poll() == [] and tail.poll() == []
     assert len(caplog.records) == 1 and tail.newest == -1 and tail.steps == set()
+
+
+def test_a_nan_metric_keeps_its_split_first() -> None:
+    """A first split whose loss is NaN is still found first (NaN != NaN as a float, not as JSON)."""
+    nan = {"loss": math.nan, "accuracy": 0.1}
+    record = {"step": 1, "status": "ok", "metrics": nan, "split_metrics": {"train": {"loss": 0.2}, "val": nan}}
+    assert list(EvalResult.from_record(json.loads(json.dumps(record))).splits) == ["val", "train"]

@@ -10,6 +10,7 @@ as they always were: `metrics` (the first split's), `per_class_f1` (the first sp
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -105,8 +106,9 @@ class EvalResult:
         if not isinstance(by_split, dict):
             raise RecordError(f"step {step}: its split_metrics is not an object")
         splits = {name: _scores(scores, step) for name, scores in by_split.items()} or ({"val": first} if first else {})
-        # JSON keeps the splits sorted by name: the first split is the one whose metrics are `metrics`.
-        primary = next((name for name, scores in splits.items() if scores == first), None)
+        # JSON keeps the splits sorted by name: the first split is the one whose metrics are `metrics`
+        # (compared as JSON, so that a NaN equals itself).
+        primary = next((name for name, scores in splits.items() if _same(scores, first)), None)
         ordered = {name: SplitResult(splits[name]) for name in sorted(splits, key=lambda name: name != primary)}
         per_class = record.get("per_class_f1") or []
         if ordered and isinstance(per_class, list):
@@ -137,6 +139,10 @@ def _scores(value: Any, step: int) -> dict[str, float]:
     if not isinstance(value, Mapping) or not all(_is_number(v) for v in value.values()):
         raise RecordError(f"step {step}: its metrics are not an object of numbers")
     return {str(name): float(v) for name, v in value.items()}
+
+
+def _same(a: dict[str, float], b: dict[str, float]) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
 def _is_number(value: Any) -> bool:
