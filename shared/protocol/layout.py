@@ -57,7 +57,7 @@ class TrainDir:
 
     @property
     def decisions(self) -> Path:
-        """train.py's log of every evaluation it acted on (shared/feedback.py); TensorBoard ignores it."""
+        """train.py's log of every evaluation it acted on (shared/training/feedback.py); TensorBoard ignores it."""
         return self.train_run / "decisions.jsonl"
 
     @property

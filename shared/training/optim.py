@@ -52,7 +52,7 @@ def lr_multiplier(options: TrainConfig) -> Callable[[int], float]:
 def build_schedule(
     optimizer: torch.optim.Optimizer, options: TrainConfig, feedback: Callable[[], float] = lambda: 1.0
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """The schedule times `feedback()`, the multiplier evaluation feedback sets (shared/feedback.py)."""
+    """The schedule times `feedback()`, the multiplier evaluation feedback sets (shared/training/feedback.py)."""
     schedule = lr_multiplier(options)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step) * feedback())
 
