@@ -48,18 +48,20 @@ from shared.protocol.results import EvalResult, SplitResult
 from shared.runtime import cli, devices
 from shared.runtime.errors import CheckpointError, UsageError
 from shared.runtime.signals import StopRequest
+from shared.tasks.loading import load_config
 
 log = logging.getLogger("eval")
+seconds = cli.number(float, 0, cfg.MAX_SECS)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="eval.py", description=__doc__.split("\n\n")[0])
-    cli.add_common_options(parser, train_dir_required=False)
+    parser = cli.ArgumentParser(prog="eval.py", description=__doc__.split("\n\n")[0])
+    cli.add_common_options(parser, train_dir_required=False, set_example="eval.batch_size=256")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument(
-        "--poll", type=float, metavar="SECS", help="poll every SECS, not inotify (NFS, Docker Desktop); 0: inotify"
+        "--poll", type=seconds, metavar="SECS", help="poll every SECS, not inotify (NFS, Docker Desktop); 0: inotify"
     )
-    parser.add_argument("--idle-timeout", type=float, metavar="SECS", help="exit 0 after SECS with no new checkpoint")
+    parser.add_argument("--idle-timeout", type=seconds, metavar="SECS", help="exit 0 after SECS with no new checkpoint")
     parser.add_argument(
         "--checkpoint", metavar="PATH|latest|best", help="evaluate this one checkpoint (best: the best/ export), exit"
     )
@@ -84,9 +86,9 @@ def read_config(args: argparse.Namespace, train_dir: TrainDir) -> cfg.Config:
     """The train_dir's config.yaml, whose model eval.py rebuilds; --config/--set may change eval.* only."""
     if not train_dir.config.exists():
         raise UsageError(f"{train_dir.root} is not a train_dir (no config.yaml); point --train-dir at train.py's")
-    saved = cfg.load(train_dir.config)
-    config = cfg.load(args.config or train_dir.config, args.overrides)
-    cfg.check_same_identity(saved, config, "--config/--set")
+    saved = load_config(train_dir.config)
+    config = load_config(args.config or train_dir.config, args.overrides)
+    cfg.check_eval_only(saved, config, "--config/--set")
     return config
 
 

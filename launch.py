@@ -31,12 +31,16 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from shared.config import MAX_COUNT, MAX_SECS
 from shared.evaluation import crossval
 from shared.evaluation.export import read_best
 from shared.protocol.layout import TrainDir
+from shared.runtime import cli
 
 HERE = Path(__file__).resolve().parent
 CPU_ONLY = {"CUDA_VISIBLE_DEVICES": "", "NVIDIA_VISIBLE_DEVICES": "void"}  # as compose.cpu.yml's eval
+MAX_EVALUATORS = 64  # eval.py processes on one machine; more is a typo
+seconds = cli.number(float, 0, MAX_SECS)
 
 
 @dataclass(frozen=True)
@@ -49,31 +53,37 @@ class Service:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="launch.py", description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="launch.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-dir", required=True, type=Path, help="the run folder the three share")
     parser.add_argument("--config", help="train.py's YAML config (leave out to resume from the train_dir's own)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--train-gpu", metavar="N", help="the GPU train.py uses (default: cuda:0 if any)")
     parser.add_argument("--eval-gpu", metavar="N", help="evaluate on this GPU instead of the CPU")
-    parser.add_argument("--poll", type=float, default=0, metavar="SECS", help="eval.py --poll (0: inotify)")
+    parser.add_argument("--poll", type=seconds, default=0, metavar="SECS", help="eval.py --poll (0: inotify)")
     parser.add_argument(
-        "--evaluators", type=int, default=1, metavar="N", help="eval.py processes sharing the work (compose --scale)"
+        "--evaluators",
+        type=cli.number(int, 1, MAX_EVALUATORS),
+        default=1,
+        metavar="N",
+        help="eval.py processes sharing the work (compose --scale)",
     )
     parser.add_argument("--host", default="localhost", help="TensorBoard's address (default: localhost)")
-    parser.add_argument("--port", type=int, default=6006, help="TensorBoard's port (0: a free one)")
+    parser.add_argument(
+        "--port", type=cli.number(int, 0, 65535), default=6006, help="TensorBoard's port (0: a free one)"
+    )
     parser.add_argument(
         "--exit-when-done", action="store_true", help="stop TensorBoard too once training and evaluation are done"
     )
-    parser.add_argument("--folds", type=int, metavar="K", help="cross-validate: train and evaluate K folds in turn")
     parser.add_argument(
-        "--stop-timeout", type=float, default=120, metavar="SECS", help="then SIGKILL, as compose's stop_grace_period"
+        "--folds",
+        type=cli.number(int, 2, MAX_COUNT),
+        metavar="K",
+        help="cross-validate: train and evaluate K folds in turn",
     )
-    args = parser.parse_args(argv)
-    if args.evaluators < 1:
-        parser.error(f"--evaluators must be >= 1, got {args.evaluators}")
-    if args.folds is not None and args.folds < 2:
-        parser.error(f"--folds: cross-validation needs at least 2 folds, got {args.folds}")
-    return args
+    parser.add_argument(
+        "--stop-timeout", type=seconds, default=120, metavar="SECS", help="then SIGKILL, as compose's stop_grace_period"
+    )
+    return parser.parse_args(argv)
 
 
 def services(args: argparse.Namespace, train_dir: Path, overrides: list[str] = ()) -> list[Service]:

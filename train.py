@@ -37,7 +37,8 @@ from shared.protocol.layout import TrainDir
 from shared.runtime import cli, devices, health, seeding
 from shared.runtime.errors import CheckpointError, UsageError
 from shared.runtime.signals import StopRequest
-from shared.tasks import Task, build_task
+from shared.tasks import Task
+from shared.tasks.loading import build_model, build_task, load_config
 from shared.training import distributed
 from shared.training.data import DataPosition, ResumableBatches, place
 from shared.training.distributed import Distributed
@@ -50,7 +51,7 @@ log = logging.getLogger("train")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="train.py", description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="train.py", description=__doc__.split("\n\n")[0])
     cli.add_common_options(parser)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     return parser.parse_args(argv)
@@ -59,14 +60,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def read_config(args: argparse.Namespace, train_dir: TrainDir) -> cfg.Config:
     """--config (or, when resuming, the saved config.yaml) with --set laid over it.
 
-    A train_dir keeps its task, model and data for life; other changes (more steps, say) are logged.
+    A train_dir keeps its task, seed, model and data for life; other changes (more steps, say) are logged.
     """
     resuming = train_dir.config.exists()
     if not args.config and not resuming:
         raise UsageError(f"{train_dir.root} has no config.yaml to resume from; pass --config configs/digits.yaml")
-    config = cfg.load(args.config or train_dir.config, args.overrides)
+    config = load_config(args.config or train_dir.config, args.overrides)
     if resuming:
-        changed = cfg.check_same_identity(cfg.load(train_dir.config), config, "the config")
+        changed = cfg.check_same_identity(load_config(train_dir.config), config, "the config")
         for key, (old, new) in changed.items():
             log.info("resuming with %s changed: %r -> %r", key, old, new)
     return config
@@ -237,7 +238,7 @@ def main(argv: list[str]) -> int:
         task = build_task(config)
 
         devices.use_fast_math(device, autotune=True)
-        model = task.build_model().to(device)
+        model = build_model(task, device)
         if task.channels_last and device.type == "cuda" and config.train.strategy != "fsdp":  # FSDP: contiguous only
             model = model.to(memory_format=torch.channels_last)
         forward = distributed.wrap(model, config.train.strategy, group, device)  # before the optimizer: FSDP

@@ -32,7 +32,7 @@ from shared.checkpoints.store import save
 from shared.evaluation.evaluator import Evaluator
 from shared.protocol.layout import TrainDir
 from shared.runtime import devices
-from shared.tasks import build_task
+from shared.tasks.loading import build_task, load_config
 from shared.training.optim import build_optimizer
 
 SMOKE = ["model.width=8", "model.blocks_per_stage=[1, 1]", "data.eval_examples=512", "eval.batch_size=128"]
@@ -119,7 +119,7 @@ def main() -> None:
     args = parser.parse_args()
     overrides = [*(SMOKE if args.smoke else []), *args.overrides]
     repeats = 1 if args.smoke else args.repeats
-    config = cfg.load(args.config, overrides)
+    config = load_config(args.config, overrides)
 
     rows, notes, measured = [], [], []
     with tempfile.TemporaryDirectory() as folder:

@@ -34,7 +34,7 @@ from shared import config as cfg
 from shared.checkpoints.store import save
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records
-from shared.tasks import build_task
+from shared.tasks.loading import build_task, load_config
 
 TINY = ["model.channels=4", "model.hidden=8"]
 SETTLE = 0.05  # seconds after a record before the next checkpoint: eval.py finishes its record and goes idle
@@ -44,7 +44,7 @@ TIMEOUT = 60.0  # seconds to wait for eval.py to start or to record one checkpoi
 def make_train_dir(root: Path) -> tuple[TrainDir, dict[str, Any]]:
     """A train_dir with a tiny digits config.yaml and a step-0 checkpoint; returns the state to save again."""
     train_dir = TrainDir(root)
-    config = cfg.load(ROOT / "configs" / "digits.yaml", TINY)
+    config = load_config(ROOT / "configs" / "digits.yaml", TINY)
     root.mkdir()
     cfg.save(config, train_dir.config)
     state = {"model": build_task(config).build_model().state_dict()}

@@ -32,6 +32,7 @@ from shared import config as cfg
 from shared.evaluation.coordination import SharedTrainDir, join_as_evaluator
 from shared.evaluation.watch import FolderPoll
 from shared.protocol.layout import TrainDir, checkpoint_name
+from shared.tasks.loading import load_config
 
 TARGET_MS = 50.0
 
@@ -40,7 +41,7 @@ def make_train_dir(root: Path, checkpoints: int) -> TrainDir:
     """A train_dir whose `checkpoints` checkpoint names are all recorded in its ledger."""
     train_dir = TrainDir(root)
     train_dir.checkpoints.mkdir(parents=True)
-    cfg.save(cfg.load(ROOT / "configs" / "digits.yaml"), train_dir.config)
+    cfg.save(load_config(ROOT / "configs" / "digits.yaml"), train_dir.config)
     join_as_evaluator(train_dir)
     steps = range(100, 100 * (checkpoints + 1), 100)
     lines = []
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
         train_dir = make_train_dir(Path(folder) / "run", args.checkpoints)
-        config = cfg.load(train_dir.config)
+        config = load_config(train_dir.config)
         watcher = FolderPoll(train_dir)
         runs = {"val": train_dir.eval_run}
         with SharedTrainDir(train_dir, config, plot=lambda writer, evaluation: None, runs=runs) as shared:

@@ -34,7 +34,8 @@ from shared import config as cfg
 from shared.evaluation.evaluator import Evaluator
 from shared.protocol.ledger import read_records
 from shared.runtime import devices, seeding
-from shared.tasks import Task, build_task
+from shared.tasks import Task
+from shared.tasks.loading import build_task, load_config
 from shared.training.data import DataPosition, ResumableBatches, place
 from shared.training.optim import build_optimizer, build_schedule
 
@@ -317,7 +318,7 @@ def main() -> None:
     overrides = [*(SMOKE if args.smoke else []), *args.overrides]
     steps, warmup, every = (20, 5, 10) if args.smoke else (args.steps, args.warmup, args.every)
     device = devices.resolve("auto")
-    config = cfg.load(args.config, overrides)
+    config = load_config(args.config, overrides)
     setup = Setup(args.config, config, overrides, device, steps, warmup, every, args.eval_threads)
     variants = [v for v in args.variants if v in VARIANTS and not (v == "d" and device.type != "cuda")]
 

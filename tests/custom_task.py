@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
+from pydantic import Field
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from shared.config import DataConfig, at_least
+from shared.config import DataConfig, Section
 from shared.tasks import Task
 
 
-@dataclass
-class BlobsModel:
-    hidden: int = field(default=32, metadata=at_least(1))
+class BlobsModel(Section):
+    hidden: int = Field(32, ge=1, le=4096)
 
 
-@dataclass
 class BlobsData(DataConfig):
-    examples: int = field(default=600, metadata=at_least(30))
+    examples: int = Field(600, ge=30, le=1_000_000)
 
 
 class BlobsTask(Task):

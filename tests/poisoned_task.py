@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
+from pydantic import Field
 from torch.utils.data import TensorDataset
 
-from shared.config import at_least
 from tests.custom_task import BlobsData, BlobsTask
 
 
-@dataclass
 class PoisonedData(BlobsData):
-    nan_examples: int = field(default=1, metadata=at_least(0))  # this many training inputs become NaN
+    nan_examples: int = Field(1, ge=0, le=1_000_000)  # this many training inputs become NaN
 
 
 class PoisonedBlobsTask(BlobsTask):

@@ -8,6 +8,7 @@ import pytest
 
 from shared import config as cfg
 from shared.protocol.layout import TrainDir
+from shared.tasks.loading import load_config
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +48,7 @@ def folder(tmp_path: Path) -> Path:
     (tmp_path / "outside.pt").write_bytes(b"anything")
     run = TrainDir(tmp_path / "run")
     run.checkpoints.mkdir(parents=True)
-    cfg.save(cfg.load("configs/digits.yaml"), run.config)
+    cfg.save(load_config("configs/digits.yaml"), run.config)
     return tmp_path
 
 

@@ -7,17 +7,17 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from shared import config as cfg
 from shared.loggers.dashboards import EvalLag, hparam_values, write_train_header
 from shared.loggers.tensorboard import open_writer
 from shared.protocol.files import append_line
 from shared.protocol.layout import TrainDir
 from shared.runtime.health import check_heartbeat
+from shared.tasks.loading import load_config
 from tests.conftest import ROOT
 
 
 def test_layout_is_written_on_a_fresh_start_only_and_the_config_on_every_start(tmp_path: Path) -> None:
-    config = cfg.load(ROOT / "configs" / "digits.yaml")
+    config = load_config(ROOT / "configs" / "digits.yaml")
     for step in (0, 300):  # a fresh start, then a resume from step 300
         with open_writer(tmp_path, purge_step=step + 1) as writer:
             write_train_header(writer, config, step)
@@ -28,7 +28,7 @@ def test_layout_is_written_on_a_fresh_start_only_and_the_config_on_every_start(t
 
 
 def test_hparams_are_the_training_options_as_plain_values() -> None:
-    config = cfg.load(ROOT / "configs" / "digits.yaml", ["train.lr=0.01"])
+    config = load_config(ROOT / "configs" / "digits.yaml", ["train.lr=0.01"])
     values = hparam_values(config)
     assert values["train.lr"] == 0.01 and values["train.optimizer"] == "adamw" and values["task"] == "digits"
     assert not any(key.startswith(("eval.", "checkpoint.", "log.")) for key in values)

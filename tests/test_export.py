@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared import config as cfg
 from shared.evaluation.evaluator import Evaluator
 from shared.evaluation.export import load_best, read_best
 from shared.protocol.layout import BEST_VERSION_RE, TrainDir
 from shared.protocol.ledger import read_records, read_results
 from shared.protocol.results import best_of
+from shared.tasks.loading import load_config
 from tests.conftest import scalar_points, wait_until
 
 pytestmark = pytest.mark.slow
@@ -62,7 +62,7 @@ def test_best_outlives_retention_and_two_splits_share_tags(tmp_path: Path, start
 
     # The README's helper gives a model that scores exactly what the ledger recorded for that step.
     model = load_best(train_dir.root)
-    scorer = Evaluator.from_config(cfg.load(train_dir.config), torch.device("cpu"))
+    scorer = Evaluator.from_config(load_config(train_dir.config), torch.device("cpu"))
     scorer.model.load_state_dict(model.state_dict())
     assert scorer.evaluate(best["step"]).metrics == expected["metrics"]
 

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
-from shared import config as cfg
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records, read_results
+from shared.tasks.loading import load_config
 from shared.training.optim import lr_multiplier
 from tests.conftest import ROOT, SHORT_RUN, Proc, process_starter, scalar_points, wait_until
 
@@ -81,7 +81,7 @@ def test_plateau_cuts_the_lr_at_the_expected_evaluation(uninterrupted: tuple[Tra
     assert cut["lr_multiplier"] == pytest.approx(0.1) and cut["new_lr"] == pytest.approx(0.1 * cut["old_lr"])
 
     # learning_rate at step t is the LR step t used: the schedule after t-1 steps, times 0.1 after the cut.
-    config = cfg.load(ROOT / "configs/digits.yaml", [item for item in FEEDBACK_RUN if "=" in item])
+    config = load_config(ROOT / "configs/digits.yaml", [item for item in FEEDBACK_RUN if "=" in item])
     schedule = lr_multiplier(config.train)
     points = scalar_points(train_dir.train_run, "learning_rate")
     assert [step for step, _ in points] == list(range(10, 171, 10))

@@ -13,7 +13,7 @@ from shared.checkpoints.store import save
 from shared.evaluation.evaluator import Evaluator
 from shared.metrics.classification import SCALARS, classification_metrics
 from shared.protocol.layout import TrainDir
-from shared.tasks import build_task
+from shared.tasks.loading import build_task, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -73,7 +73,7 @@ def test_metrics_by_hand_class_never_predicted() -> None:
 
 @pytest.fixture(scope="module")
 def digits_evaluator() -> tuple[Evaluator, cfg.Config]:
-    config = cfg.load(REPO / "configs" / "digits.yaml", ["model.channels=4", "model.hidden=16"])
+    config = load_config(REPO / "configs" / "digits.yaml", ["model.channels=4", "model.hidden=16"])
     return Evaluator(build_task(config), torch.device("cpu"), batch_size=64), config
 
 

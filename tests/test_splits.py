@@ -11,13 +11,12 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from shared import config as cfg
 from shared.evaluation.crossval import fold_folder
 from shared.evaluation.splits import eval_splits, training_data, validation_data
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_results
 from shared.protocol.results import best_of
-from shared.tasks import build_task
+from shared.tasks.loading import build_task, load_config, resolve_config
 from tests.custom_task import BlobsTask
 
 
@@ -33,7 +32,7 @@ class NumberedTask(BlobsTask):
 
 
 def numbered(**data: int) -> NumberedTask:
-    config = cfg.resolve({"task": "tests.custom_task:BlobsTask", "data": {"examples": 90, **data}})
+    config = resolve_config({"task": "tests.custom_task:BlobsTask", "data": {"examples": 90, **data}})
     return NumberedTask(config.model, config.data, seed=0)
 
 
@@ -63,7 +62,7 @@ def test_train_split_and_max_examples_are_fixed_subsets() -> None:
     again = eval_splits(numbered(folds=3, fold=1), ["train", "val"], max_examples=7)
     assert [indices(d) for d in small.values()] == [indices(d) for d in again.values()]
     assert len(eval_splits(task, ["test"], max_examples=0)["test"]) == 90
-    digits = build_task(cfg.load("configs/digits.yaml"))
+    digits = build_task(load_config("configs/digits.yaml"))
     assert len(eval_splits(digits, ["val"], 0)["val"]) == len(digits.eval_data())
 
 
@@ -78,7 +77,7 @@ def test_launch_cross_validates_and_eval_summarizes(tmp_path: Path, start) -> No
     assert launcher.wait() == 0, launcher.output()
     folders = [fold_folder(tmp_path / "cv", fold) for fold in range(2)]
     for fold, folder in enumerate(folders):
-        config = cfg.load(TrainDir(folder).config)
+        config = load_config(TrainDir(folder).config)
         assert (config.data.folds, config.data.fold) == (2, fold)
     assert "accuracy" in launcher.output() and "±" in launcher.output()
 

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared import config as cfg
 from shared.metrics.direction import higher_is_better
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_results
 from shared.protocol.results import best_of
 from shared.runtime.errors import UsageError
+from shared.tasks.loading import load_config
 
 
 def fold_folder(train_dir: Path, fold: int) -> Path:
@@ -57,7 +57,7 @@ def summarize(folders: list[Path]) -> Summary:
         train_dir = TrainDir(folder)
         if not train_dir.config.is_file():
             raise UsageError(f"--summarize {folder}: not a train_dir (no config.yaml); give train.py's --train-dir")
-        options = cfg.load(train_dir.config).eval
+        options = load_config(train_dir.config).eval
         best = best_of(read_results(train_dir.results), options.best_metric, higher_is_better(options.best_metric))
         if best is None:
             raise UsageError(f"--summarize {folder}: no evaluated checkpoint in {train_dir.results}; run eval.py first")

@@ -17,7 +17,8 @@ from shared.evaluation.splits import eval_splits
 from shared.metrics.classification import classification_metrics
 from shared.protocol.results import EvalResult, SplitResult
 from shared.runtime import devices
-from shared.tasks import Task, build_task
+from shared.tasks import Task
+from shared.tasks.loading import build_model, build_task
 from shared.training.data import place
 
 
@@ -39,7 +40,7 @@ class Evaluator:
         splits: dict[str, Dataset] | None = None,
     ) -> None:
         self.task, self.device, self.precision, self.batch_size = task, device, precision, batch_size
-        self.model = task.build_model().to(device).eval()
+        self.model = build_model(task, device).eval()
         if task.channels_last and device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         splits = splits or {"val": task.eval_data()}

@@ -31,7 +31,7 @@ from shared.protocol.files import exclusive_lock, fsync_dir, write_atomic
 from shared.protocol.layout import BEST_VERSION_RE, TrainDir
 from shared.protocol.results import EvalResult, RecordError
 from shared.runtime.errors import CheckpointError, RunAborted, UsageError
-from shared.tasks import build_task
+from shared.tasks.loading import build_task, load_config
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,6 @@ def load_weights(model: nn.Module, train_dir: TrainDir) -> dict[str, Any]:
 def load_best(train_dir: str | os.PathLike) -> nn.Module:
     """The best model of a train_dir, ready for inference: built from best/config.yaml, with its weights."""
     root = TrainDir(Path(train_dir))
-    model = build_task(cfg.load(best_folder(root) / CONFIG)).build_model()
+    model = build_task(load_config(best_folder(root) / CONFIG)).build_model()
     load_weights(model, root)
     return model.eval()

@@ -1,12 +1,14 @@
-"""What both command lines share: logging, the --config/--set/--device options, and turning bad input
-into one clear line and exit code 2 instead of a traceback."""
+"""What the command lines share: logging, the --config/--set options, flags with ranges, and turning bad
+input into one clear line and exit code 2 instead of a traceback."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from shared.runtime.errors import RunAborted, UsageError
 
@@ -15,7 +17,37 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-def add_common_options(parser: argparse.ArgumentParser, train_dir_required: bool = True) -> None:
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (`prog: error: ...`), like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def number(kind: type[int] | type[float], low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: an int or a finite float between low and high (NaN and inf are refused)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"must be between {_plain(low)} and {_plain(high)}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _plain(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def add_common_options(
+    parser: argparse.ArgumentParser, train_dir_required: bool = True, set_example: str = "train.lr=0.01"
+) -> None:
     parser.add_argument("--train-dir", required=train_dir_required, help="the run folder train.py and eval.py share")
     parser.add_argument("--config", help="YAML config file (see configs/)")
     parser.add_argument(
@@ -24,7 +56,7 @@ def add_common_options(parser: argparse.ArgumentParser, train_dir_required: bool
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="override one config value; repeatable, e.g. --set train.lr=0.01",
+        help=f"override one config value; repeatable, e.g. --set {set_example}",
     )
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
 
 import torch
+from pydantic import Field
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
@@ -15,17 +15,15 @@ from shared import config
 from shared.tasks import Task
 
 
-@dataclass
-class DigitsModel:
-    channels: int = field(default=32, metadata=config.at_least(1))
-    hidden: int = field(default=128, metadata=config.at_least(1))
-    dropout: float = field(default=0.2, metadata=config.between(0, 1))
+class DigitsModel(config.Section):
+    channels: config.PositiveCount = 32
+    hidden: config.PositiveCount = 128
+    dropout: config.Fraction = 0.2
 
 
-@dataclass
 class DigitsData(config.DataConfig):
-    val_fraction: float = field(default=0.2, metadata=config.between(0.05, 0.5))
-    split_seed: int = 0
+    val_fraction: float = Field(0.2, ge=0.05, le=0.5)
+    split_seed: config.Seed = 0  # scikit-learn's random_state for the train/validation split
 
 
 @functools.cache

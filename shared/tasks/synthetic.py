@@ -10,10 +10,10 @@ the bottleneck.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import TensorDataset
@@ -25,22 +25,20 @@ IMAGE = 32
 SHIFT = 4  # examples are shifted by up to this many pixels each way
 
 
-@dataclass
-class SyntheticModel:
+class SyntheticModel(config.Section):
     arch: Literal["resnet", "transformer"] = "resnet"
-    width: int = field(default=64, metadata=config.at_least(1))  # resnet: channels of the first stage
-    blocks_per_stage: list[int] = field(default_factory=lambda: [2, 2, 2, 2])  # resnet: ResNet-18
-    dim: int = field(default=512, metadata=config.at_least(64))  # transformer: model width
-    layers: int = field(default=8, metadata=config.at_least(1))  # transformer: blocks
+    width: config.PositiveCount = 64  # resnet: channels of the first stage
+    blocks_per_stage: list[config.Count] = Field(default_factory=lambda: [2, 2, 2, 2])  # resnet: ResNet-18
+    dim: int = Field(512, ge=64, le=config.MAX_COUNT, multiple_of=64)  # transformer: model width, 64 per head
+    layers: config.PositiveCount = 8  # transformer: blocks
 
 
-@dataclass
 class SyntheticData(config.DataConfig):
-    classes: int = field(default=10, metadata=config.at_least(2))
-    train_examples: int = field(default=50_000, metadata=config.at_least(1))
-    eval_examples: int = field(default=10_000, metadata=config.at_least(1))
-    noise: float = field(default=6.0, metadata=config.at_least(0))
-    data_seed: int = 0
+    classes: int = Field(10, ge=2, le=config.MAX_COUNT)
+    train_examples: config.PositiveCount = 50_000
+    eval_examples: config.PositiveCount = 10_000
+    noise: config.NonNegative = 6.0
+    data_seed: config.Seed = 0
 
 
 def make_images(classes: int, examples: int, noise: float, seed: int, split: int) -> TensorDataset:

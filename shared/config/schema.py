@@ -1,0 +1,206 @@
+"""Every option, its type and its range, as pydantic models: one model per config section.
+
+Each section is a `Section`: unknown keys are refused, types are strict (no `true` for an integer, no
+`'3'` for a number), and no float may be inf or NaN. Ranges are `Field(ge=..., le=...)` constraints,
+which the loader turns into one line naming the key and what is allowed (shared/config/validation.py).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, model_validator
+
+from shared.metrics.direction import higher_is_better
+from shared.runtime.errors import ConfigError
+
+# Upper bounds: beyond them a value is a typo, or breaks something below the config.
+MAX_COUNT = 2**31 - 1  # sizes and counts: C ints in torch and the DataLoader hold 31 bits
+MAX_STEP = 999_999_999  # checkpoint names hold nine digits of step (shared/protocol/layout.py)
+MAX_SEED = 2**32 - 1  # numpy's seed range; the seeds derived from it stay within torch's 64 bits
+MAX_SECS = 30 * 24 * 3600.0  # durations: 30 days (1e300 s overflows the clocks that deadlines use)
+MAX_WORKERS = 256  # DataLoader worker processes
+
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+PositiveCount = Annotated[int, Field(ge=1, le=MAX_COUNT)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+NonNegative = Annotated[float, Field(ge=0)]
+Seconds = Annotated[float, Field(ge=0, le=MAX_SECS)]
+
+# What eval.py measures; each improves upwards except loss.
+Metric = Literal["accuracy", "f1_macro", "precision_macro", "recall_macro", "loss"]
+Split = Literal["val", "train", "test"]
+
+
+def implied_mode(metric: str) -> str:
+    """max or min: the direction in which the metric improves (shared/metrics/direction.py)."""
+    return "max" if higher_is_better(metric) else "min"
+
+
+class Section(BaseModel):
+    """A config section: strict types, no unknown keys, finite floats. Tasks subclass it for their own."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, protected_namespaces=())
+
+
+class ModelConfig(Section):
+    """The model section of a task that has no model options."""
+
+
+class DataConfig(Section):
+    """Options every task's data section has; a task subclasses this to add its own."""
+
+    batch_size: PositiveCount = 64
+    num_workers: int = Field(0, ge=0, le=MAX_WORKERS)  # DataLoader workers, for file-backed data
+    on_device: bool = False  # keep an in-memory (TensorDataset) training set on the training device
+    folds: Count = 0  # cross-validation: K folds of the training set; 0/1: off
+    fold: Count = 0  # the held-out fold (the `val` split), 0 <= fold < folds
+
+
+class PlateauConfig(Section):
+    """train.on_plateau: cut the LR when an evaluation metric stops improving (Keras ReduceLROnPlateau)."""
+
+    metric: Metric = "loss"
+    mode: Literal["auto", "min", "max"] = "auto"  # auto: min for loss, max for the others
+    split: Split = "val"  # which evaluation split feeds it: one of eval.splits
+    patience: Count = 0  # evaluations without improvement; 0 turns it off
+    factor: float = Field(0.1, gt=0, lt=1)  # the multiplier's cut
+    min_delta: NonNegative = 1e-4  # a smaller change is no improvement
+    cooldown: Count = 0  # evaluations after a cut before counting again
+    min_lr: NonNegative = 0.0  # cuts stop once train.lr x multiplier is this low
+
+
+class EarlyStopConfig(Section):
+    """train.early_stop: stop when an evaluation metric stops improving (Keras EarlyStopping)."""
+
+    metric: Metric = "loss"
+    mode: Literal["auto", "min", "max"] = "auto"
+    split: Split = "val"
+    patience: Count = 0  # evaluations without improvement; 0 turns it off
+    min_delta: NonNegative = 0.0
+
+
+class TrainConfig(Section):
+    steps: int = Field(1000, ge=1, le=MAX_STEP)
+    optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: NonNegative = 0.0
+    momentum: Fraction = 0.9
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0, le=MAX_STEP)
+    min_lr_ratio: Fraction = 0.0
+    grad_clip_norm: NonNegative = 0.0  # 0 turns clipping off
+    grad_accum_steps: PositiveCount = 1
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 elsewhere
+    compile: bool = False  # torch.compile the model for training
+    nan_policy: Literal["stop", "skip_step"] = "stop"  # on a NaN/Inf loss or gradient norm
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard (FSDP2) the model
+    on_plateau: PlateauConfig = Field(default_factory=PlateauConfig)
+    early_stop: EarlyStopConfig = Field(default_factory=EarlyStopConfig)
+    # Wait at a save while more than this many checkpoints are not evaluated yet (docs/protocol.md); null: never
+    max_eval_lag: Count | None = None
+
+
+class CheckpointConfig(Section):
+    every_steps: int = Field(100, ge=0, le=MAX_STEP)  # 0: only by time and at the end
+    every_secs: Seconds = 0.0  # 0: only by steps and at the end
+    max_to_keep: PositiveCount = 5
+    keep_every_n_steps: int = Field(0, ge=0, le=MAX_STEP)  # 0: keep no extra ones
+    max_unevaluated: Count = 20  # see docs/protocol.md, retention
+    keep_best: Count = 0  # also keep the N best by eval.best_metric; 0: none
+    max_save_failures: PositiveCount = 3  # in a row, then exit; 1 = at the first
+    async_save: bool = True  # the loop only snapshots; a background thread writes (see docs/protocol.md)
+
+
+class LogConfig(Section):
+    every_steps: int = Field(10, ge=1, le=MAX_STEP)
+
+
+class EvalConfig(Section):
+    batch_size: PositiveCount = 512
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 elsewhere
+    best_metric: Metric = "accuracy"  # improves upwards, or downwards for loss (eval.best_mode was that)
+    rescan_secs: float = Field(5.0, gt=0, le=MAX_SECS)
+    policy: Literal["all", "latest"] = "all"  # latest: when behind, skip to the newest (recorded as skipped)
+    # Several evaluators on one train_dir: a claim not refreshed for this long is taken over (see docs/protocol.md).
+    claim_timeout_secs: float = Field(60.0, ge=1, le=MAX_SECS)
+    # Evaluated at every checkpoint, each into its own TensorBoard run; the first also scores best_metric.
+    splits: list[Split] = Field(default_factory=lambda: ["val"])
+    max_examples: Count = 0  # > 0: a fixed subset of each split; 0: all
+
+    @property
+    def best_mode(self) -> str:
+        """max, or min for loss: the direction in which best_metric improves."""
+        return implied_mode(self.best_metric)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_best_mode(cls, raw: Any) -> Any:
+        """config.yaml files before 2026-12 hold `best_mode`, which could only be what best_metric implies."""
+        if not (isinstance(raw, dict) and "best_mode" in raw):
+            return raw
+        raw = dict(raw)
+        mode, metric = raw.pop("best_mode"), raw.get("best_metric", "accuracy")
+        implied = implied_mode(metric) if isinstance(metric, str) else mode
+        if mode != implied:
+            raise ConfigError(  # not a ValueError: pydantic passes it on as it is
+                f"eval.best_mode: {metric} improves {'downwards' if implied == 'min' else 'upwards'}, so "
+                f"best_mode={implied} is implied; drop eval.best_mode (it is derived from eval.best_metric)"
+            )
+        return raw
+
+
+class Config(Section):
+    """The whole config. The loader uses a subclass whose model and data are the task's own sections."""
+
+    task: str = "digits"
+    seed: Seed = 0
+    model: SerializeAsAny[Section] = Field(default_factory=ModelConfig)
+    data: SerializeAsAny[DataConfig] = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Config:
+        """Options that are fine alone but not together; ConfigError passes through pydantic as it is."""
+        for section in ("on_plateau", "early_stop"):
+            policy = getattr(self.train, section)
+            _check_mode(f"train.{section}.mode", policy.metric, policy.mode)
+            if policy.patience and policy.split not in self.eval.splits:
+                raise ConfigError(
+                    f"train.{section}.split: {policy.split!r} is not one of eval.splits {self.eval.splits}; "
+                    f"set train.{section}.split to one of them, or add {policy.split} to eval.splits"
+                )
+        plateau = self.train.on_plateau
+        if plateau.patience and plateau.min_lr >= self.train.lr:
+            raise ConfigError(
+                f"train.on_plateau.min_lr: must be below train.lr ({self.train.lr}) or no cut could happen, "
+                f"got {plateau.min_lr}"
+            )
+        if not self.eval.splits or len(set(self.eval.splits)) < len(self.eval.splits):
+            raise ConfigError(
+                f"eval.splits: list each split once, at least one (e.g. [val, train]); got {self.eval.splits}"
+            )
+        folds, fold = self.data.folds, self.data.fold
+        if fold >= max(folds, 1):
+            fix = f"set data.fold between 0 and {folds - 1}" if folds > 1 else "set data.folds to 2 or more first"
+            raise ConfigError(f"data.fold: must be < data.folds ({folds}), got {fold}; {fix}")
+        if self.train.warmup_steps > self.train.steps:
+            raise ConfigError(
+                f"train.warmup_steps: must be <= train.steps ({self.train.steps}), got {self.train.warmup_steps}"
+            )
+        return self
+
+
+def _check_mode(key: str, metric: str, mode: str) -> None:
+    """A mode that contradicts its metric (loss with max, say) would reward getting worse."""
+    right = implied_mode(metric)
+    if mode not in ("auto", right):
+        direction = "downwards" if right == "min" else "upwards"
+        raise ConfigError(f"{key}: {metric} improves {direction}; set {key}={right}")

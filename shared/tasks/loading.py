@@ -1,0 +1,111 @@
+"""From a config's `task:` to a Task: the class it names, the Config typed by that task's own model and
+data sections, the task, and its model.
+
+shared.config knows no task; this module is where the two meet, so the import graph has no cycle.
+A task module is imported like any Python module: from the project folder (where train.py and eval.py
+live), an installed package, or PYTHONPATH (`PYTHONPATH=.` for a module in the folder you run from).
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib
+import inspect
+from pathlib import Path
+
+import pydantic
+import torch
+from pydantic import Field
+from torch import nn
+
+from shared import config as cfg
+from shared.runtime.errors import ConfigError
+from shared.tasks import Task
+
+BUILTIN_TASKS = {"digits": "shared.tasks.digits:DigitsTask", "synthetic": "shared.tasks.synthetic:SyntheticTask"}
+DEFAULT_TASK = cfg.Config.model_fields["task"].default
+
+
+def task_class(name: str) -> type[Task]:
+    """The Task class a config's `task:` names, or ConfigError saying why it cannot be used."""
+    target = BUILTIN_TASKS.get(name, name)
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(
+            f"task: {name!r} is neither a built-in task ({', '.join(BUILTIN_TASKS)}) "
+            "nor a dotted path like mypackage.module:MyTask"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(
+            f"task: cannot import module {module_name!r} ({err}); run from the project folder, install it, "
+            "or add its folder to PYTHONPATH"
+        ) from None
+    if not hasattr(module, attr):
+        tasks = [n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, Task) and v is not Task]
+        close = difflib.get_close_matches(attr, tasks, n=1)
+        hint = f"did you mean {module_name}:{close[0]}?" if close else f"its Task classes: {', '.join(tasks) or 'none'}"
+        raise ConfigError(f"task: no {attr} in {module_name} ({hint})")
+    cls = getattr(module, attr)
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise ConfigError(f"task: {target!r} is not a subclass of shared.tasks.Task")
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(cls.__abstractmethods__))
+        raise ConfigError(f"task: {target} leaves abstract methods unimplemented ({missing}); define them in {attr}")
+    _check_sections(cls, target)
+    return cls
+
+
+def _check_sections(cls: type[Task], target: str) -> None:
+    """A task's sections must be config sections: pydantic models, so their keys and ranges are checked."""
+    for name, base in (("ModelConfig", cfg.Section), ("DataConfig", cfg.DataConfig)):
+        section = getattr(cls, name)
+        if not (isinstance(section, type) and issubclass(section, base)):
+            raise ConfigError(
+                f"task: {target}.{name} must extend shared.config.{base.__name__} (a pydantic model, "
+                "with Field(ge=...) for ranges); docs/config.md says how to move a dataclass over"
+            )
+
+
+@functools.cache
+def config_class(task: type[Task]) -> type[cfg.Config]:
+    """Config with `task`'s own model and data sections in place of the generic ones."""
+    return pydantic.create_model(
+        f"{task.__name__}Config",
+        __base__=cfg.Config,
+        __module__=task.__module__,
+        model=(task.ModelConfig, Field(default_factory=task.ModelConfig)),
+        data=(task.DataConfig, Field(default_factory=task.DataConfig)),
+    )
+
+
+def resolve_config(raw: object) -> cfg.Config:
+    """A validated Config from a raw mapping; its `task:` chooses the model and data sections."""
+    name = raw.get("task", DEFAULT_TASK) if isinstance(raw, dict) else DEFAULT_TASK
+    if not isinstance(name, str):
+        raise ConfigError(f"task: expected a built-in task name or module:Class, got {name!r}")
+    return cfg.resolve(raw, config_class(task_class(name)))
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> cfg.Config:
+    """The config file at `path` with `--set` overrides laid over it, validated."""
+    return resolve_config(cfg.read_with_overrides(path, overrides))
+
+
+def build_task(config: cfg.Config) -> Task:
+    cls = task_class(config.task)
+    return cls(config.model, config.data, config.seed)
+
+
+def build_model(task: Task, device: torch.device) -> nn.Module:
+    """The task's model on `device`, or ConfigError when its sizes cannot be allocated there."""
+    try:
+        return task.build_model().to(device)
+    except (RuntimeError, MemoryError, OverflowError, ValueError) as err:  # torch's OutOfMemoryError included
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"model: {type(task).__name__} cannot build its model with {task.model_config!r} on {device} "
+            f"({reason}); choose smaller sizes in the model section"
+        ) from None
