@@ -101,8 +101,8 @@ def _unwrap(tp: Any) -> tuple[Any, list[Any], bool]:
     metadata: list[Any] = []
     nullable = False
     while True:
-        if typing.get_origin(tp) is Annotated:
-            metadata += list(tp.__metadata__)
+        if typing.get_origin(tp) is Annotated:  # a Field(ge=...) in there holds its constraints as metadata
+            metadata += [m for item in tp.__metadata__ for m in getattr(item, "metadata", [item])]
             tp = tp.__origin__
         elif typing.get_origin(tp) in (typing.Union, types.UnionType):
             options = [a for a in typing.get_args(tp) if a is not type(None)]
