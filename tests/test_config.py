@@ -126,6 +126,39 @@ def test_override_accepts_scientific_notation() -> None:
             id="task-missing-module",
         ),
         pytest.param(["task=shared.config:Config"], ["task", "not a subclass"], id="task-not-a-task"),
+        pytest.param(
+            ["task=tests.custom_task:BlobTask"],
+            ["task: no BlobTask in tests.custom_task", "did you mean tests.custom_task:BlobsTask?"],
+            id="task-class-typo",
+        ),
+        pytest.param(
+            ["task=tests.custom_task:Nope"], ["no Nope in tests.custom_task", "BlobsTask"], id="task-no-such-class"
+        ),
+        pytest.param(
+            ["task=tests.broken_tasks:UnfinishedTask"],
+            ["task: tests.broken_tasks:UnfinishedTask", "abstract methods", "build_model, eval_data, train_data"],
+            id="task-abstract-methods",
+        ),
+        pytest.param(
+            ["task=tests.broken_tasks:DataclassSectionsTask"],
+            ["DataclassSectionsTask.ModelConfig must extend shared.config.Section", "docs/config.md"],
+            id="task-dataclass-section",
+        ),
+        pytest.param(
+            ["train.on_plateau.patience=2", "train.on_plateau.split=train"],
+            ["train.on_plateau.split", "'train' is not one of eval.splits ['val']"],
+            id="plateau-split-not-evaluated",
+        ),
+        pytest.param(
+            ["train.early_stop.patience=2", "train.early_stop.split=test"],
+            ["train.early_stop.split", "'test' is not one of eval.splits"],
+            id="stop-split-not-evaluated",
+        ),
+        pytest.param(["train.early_stop.split=vall"], ["train.early_stop.split", "'vall'"], id="split-typo"),
+        pytest.param(["seed=18446744073709551616"], ["seed", "<= 4294967295"], id="seed-beyond-64-bits"),
+        pytest.param(["data.split_seed=-1"], ["data.split_seed", ">= 0"], id="negative-split-seed"),
+        pytest.param(["train.lr=.inf"], ["train.lr", "finite"], id="infinite-lr"),
+        pytest.param(["checkpoint.every_secs=1e300"], ["checkpoint.every_secs", "<= 2592000"], id="huge-duration"),
     ],
 )
 def test_bad_overrides_raise_config_error_naming_key(overrides: list[str], fragments: list[str]) -> None:
@@ -188,6 +221,8 @@ def test_saved_config_loads_back_equal(tmp_path: Path) -> None:
     [
         pytest.param(["model.channels=16"], ["model.channels: 32 -> 16"], id="model"),
         pytest.param(["data.batch_size=32"], ["data.batch_size: 64 -> 32"], id="data"),
+        pytest.param(["seed=1"], ["seed: 0 -> 1"], id="seed-picks-the-splits"),
+        pytest.param(["data.folds=5", "data.fold=1"], ["data.folds: 0 -> 5", "data.fold: 0 -> 1"], id="folds"),
         pytest.param(
             ["model.hidden=64", "data.split_seed=3", "train.steps=3000"],
             ["model.hidden: 128 -> 64", "data.split_seed: 0 -> 3"],
@@ -221,6 +256,49 @@ def test_non_identity_changes_are_returned_not_refused() -> None:
     changed = cfg.check_same_identity(saved, new, "the config")
     assert changed == {"train.steps": (1500, 3000), "eval.batch_size": (512, 128), "data.num_workers": (0, 2)}
     assert cfg.check_same_identity(saved, load_config(DIGITS), "the config") == {}
+
+
+def test_eval_may_change_the_eval_section_only() -> None:
+    """eval.py rebuilds the model and data from config.yaml: a train.* change there would be ignored."""
+    saved = load_config(DIGITS)
+    with pytest.raises(ConfigError) as info:
+        cfg.check_eval_only(saved, load_config(DIGITS, ["train.lr=0.1", "eval.batch_size=8"]), "--config/--set")
+    assert "may change the eval section only (train.lr: 0.003 -> 0.1)" in str(info.value)
+    with pytest.raises(ConfigError, match=r"seed: 0 -> 2"):
+        cfg.check_eval_only(saved, load_config(DIGITS, ["seed=2"]), "--config/--set")
+    changed = cfg.check_eval_only(saved, load_config(DIGITS, ["eval.batch_size=8"]), "--config/--set")
+    assert changed == {"eval.batch_size": (512, 8)}
+
+
+def test_best_mode_of_older_files_is_accepted_when_it_agrees() -> None:
+    """eval.best_mode could only be what eval.best_metric implies; older files that hold it still load."""
+    config = load_config(DIGITS, ["eval.best_metric=loss", "eval.best_mode=min"])
+    assert config.eval.best_mode == "min"
+    assert "best_mode" not in config.to_dict()["eval"]
+
+
+FIXTURES = sorted((REPO / "tests" / "fixtures" / "saved-configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.stem)
+def test_configs_saved_by_earlier_versions_still_load(tmp_path: Path, path: Path) -> None:
+    """config.yaml files that main wrote before the move to pydantic (commit be9a29d) load with the same
+    values; only eval.best_mode, derived from eval.best_metric now, is no longer written."""
+    config = load_config(path)
+    old = cfg.flatten(cfg.read_yaml(path))
+    assert old.pop("eval.best_mode") == config.eval.best_mode
+    assert cfg.flatten(config) == old
+    cfg.save(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config
+    assert "best_mode" not in (tmp_path / "config.yaml").read_text()
+
+
+def test_config_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("train:\n  lr: 0.1  # caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"config file {path} is not UTF-8 text (byte 0xe9 at offset 23); save it as UTF-8"
 
 
 def _run_cli(script: str, *args: str) -> subprocess.CompletedProcess[str]:
