@@ -37,6 +37,24 @@ CASES = [
     ("eval.py", "--train-dir {tmp}/run --set eval.splits=[val,test]", "has no test_data()"),
     ("eval.py", "--summarize {tmp}/empty", "not a train_dir"),
     ("eval.py", "--summarize {tmp}/run", "no evaluated checkpoint"),
+    ("train.py", "--train-dir {tmp}/t10 --config configs/digits.yaml --set task=tests.custom_task:Nope", "no Nope in"),
+    (
+        "train.py",
+        "--train-dir {tmp}/t11 --config configs/digits.yaml --set task=tests.broken_tasks:UnfinishedTask",
+        "leaves abstract methods unimplemented (build_model, eval_data, train_data)",
+    ),
+    ("train.py", "--train-dir {tmp}/t12 --config configs/digits.yaml --set model.hidden=2147483647", "cannot build"),
+    ("train.py", "--train-dir {tmp}/t13 --config {tmp}/latin1.yaml", "is not UTF-8 text (byte 0xe9"),
+    (
+        "train.py",
+        "--train-dir {tmp}/t14 --config configs/digits.yaml --set train.lr=.inf",
+        "train.lr: must be a finite",
+    ),
+    ("train.py", "--train-dir {tmp}/run --set seed=1", "seed: 0 -> 1"),
+    ("eval.py", "--train-dir {tmp}/run --checkpoint latest --set train.lr=0.1", "eval section only (train.lr: 0.003"),
+    ("eval.py", "--train-dir {tmp}/run --poll -1", "argument --poll: must be between 0 and 2592000, got '-1'"),
+    ("eval.py", "--train-dir {tmp}/run --idle-timeout nan", "argument --idle-timeout: must be between"),
+    ("launch.py", "--train-dir {tmp}/l1 --config configs/digits.yaml --evaluators 0", "argument --evaluators"),
 ]
 
 
@@ -46,6 +64,7 @@ def folder(tmp_path: Path) -> Path:
     (tmp_path / "a-file").write_text("not a folder\n")
     (tmp_path / "not-yaml.yaml").write_text("train: [steps: 10\n")
     (tmp_path / "outside.pt").write_bytes(b"anything")
+    (tmp_path / "latin1.yaml").write_bytes("train:\n  lr: 0.1  # caf\xe9\n".encode("latin-1"))
     run = TrainDir(tmp_path / "run")
     run.checkpoints.mkdir(parents=True)
     cfg.save(load_config("configs/digits.yaml"), run.config)
