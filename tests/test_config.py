@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -342,3 +344,13 @@ def test_eval_cli_missing_train_dir_exits_2_with_one_line(tmp_path: Path, mode: 
     assert str(missing) in lines[0]
     assert fragment in lines[0]
     assert not missing.parent.exists()
+
+
+def test_eval_help_suggests_only_eval_overrides() -> None:
+    """eval.py takes eval.* only, so its --help must not suggest --set train.lr=... ."""
+    import eval as eval_script  # the repository's eval.py
+
+    with pytest.raises(SystemExit), contextlib.redirect_stdout(io.StringIO()) as out:
+        eval_script.parse_args(["--help"])
+    assert "--set eval.batch_size=256" in out.getvalue()
+    assert "--set train." not in out.getvalue()
