@@ -22,8 +22,6 @@ from shared.config.identity import (
 from shared.config.schema import (
     MAX_COUNT,
     MAX_SECS,
-    MAX_SEED,
-    MAX_STEP,
     CheckpointConfig,
     Config,
     Count,
@@ -40,7 +38,6 @@ from shared.config.schema import (
     Seconds,
     Section,
     Seed,
-    Split,
     TrainConfig,
 )
 from shared.config.sources import apply_overrides, parse_yaml, read_with_overrides, read_yaml, save
@@ -51,8 +48,6 @@ __all__ = [
     "IDENTITY_KEYS",
     "MAX_COUNT",
     "MAX_SECS",
-    "MAX_SEED",
-    "MAX_STEP",
     "RUNTIME_KEYS",
     "CheckpointConfig",
     "Config",
@@ -71,7 +66,6 @@ __all__ = [
     "Seconds",
     "Section",
     "Seed",
-    "Split",
     "TrainConfig",
     "apply_overrides",
     "check_eval_only",
