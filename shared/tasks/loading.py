@@ -44,7 +44,11 @@ def task_class(name: str) -> type[Task]:
             "or add its folder to PYTHONPATH"
         ) from None
     if not hasattr(module, attr):
-        tasks = [n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, Task) and v is not Task]
+        tasks = [
+            n
+            for n, v in vars(module).items()
+            if isinstance(v, type) and issubclass(v, Task) and not inspect.isabstract(v)
+        ]
         close = difflib.get_close_matches(attr, tasks, n=1)
         hint = f"did you mean {module_name}:{close[0]}?" if close else f"its Task classes: {', '.join(tasks) or 'none'}"
         raise ConfigError(f"task: no {attr} in {module_name} ({hint})")
