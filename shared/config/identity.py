@@ -62,7 +62,7 @@ def check_eval_only(saved: Config, new: Config, what: str) -> dict[str, tuple[An
     outside = {key: change for key, change in changed.items() if not key.startswith("eval.")}
     if outside:
         raise ConfigError(
-            f"{what} may change the eval section only ({_listed(outside)}); train.py owns the others: "
-            "pass them to train.py, which records them in config.yaml"
+            f"{what} may change the eval section only ({_listed(outside)}); the others come from the train_dir's "
+            "config.yaml: leave them out here (train.py takes them, and records them there)"
         )
     return changed
