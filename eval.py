@@ -42,6 +42,7 @@ from shared.loggers import dashboards
 from shared.loggers.tensorboard import confusion_image, confusion_markdown
 from shared.metrics.classification import SCALARS
 from shared.protocol.claims import this_evaluator
+from shared.protocol.files import refuse_linked_folders
 from shared.protocol.layout import METADATA, TrainDir
 from shared.protocol.outcomes import write_outcome
 from shared.protocol.results import EvalResult, SplitResult
@@ -108,7 +109,7 @@ def evaluate(checkpoint: Checkpoint, evaluator: Evaluator, train_dir: TrainDir, 
     started, wall_time = time.perf_counter(), time.time()
     file = str(checkpoint.path.relative_to(train_dir.root))
     try:
-        step = evaluator.load_checkpoint(checkpoint.path)
+        step = evaluator.load_checkpoint(checkpoint.path, within=train_dir.root)
         if step != checkpoint.step:
             raise CheckpointError(f"its name says step {checkpoint.step} but it holds step {step}")
     except FileNotFoundError:
@@ -149,6 +150,7 @@ def wait_for(
 
 def run_daemon(args: argparse.Namespace, train_dir: TrainDir, device: torch.device) -> int:
     """Several daemons may share a train_dir: each evaluates the checkpoints it claims, one records them all."""
+    refuse_linked_folders(train_dir.checkpoints)  # eval/ and the split runs are checked as they are made
     join_as_evaluator(train_dir)  # before config.yaml exists: train.py's retention then keeps checkpoints for us
     with CheckpointWatcher(train_dir, args.poll) as watcher:
         stop = StopRequest(on_stop=watcher.wake)

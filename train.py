@@ -32,7 +32,7 @@ from shared.checkpoints.store import list_checkpoints, remove_stale_temps
 from shared.evaluation import splits
 from shared.loggers import dashboards
 from shared.loggers.tensorboard import open_writer
-from shared.protocol.files import exclusive_lock, write_atomic
+from shared.protocol.files import exclusive_lock, refuse_linked_folders, write_atomic
 from shared.protocol.layout import TrainDir
 from shared.runtime import cli, devices, health, seeding
 from shared.runtime.errors import CheckpointError, UsageError
@@ -231,6 +231,7 @@ def main(argv: list[str]) -> int:
     if train_dir.root.exists() and not train_dir.root.is_dir():
         raise UsageError(f"--train-dir {train_dir.root} is a file, not a folder; choose another path")
     train_dir.root.mkdir(parents=True, exist_ok=True)
+    refuse_linked_folders(train_dir.checkpoints, train_dir.train_run)
     with distributed.joined(args.device) as (group, device_name), owning(train_dir, group):
         config = read_config(args, train_dir)
         device = devices.resolve(device_name)

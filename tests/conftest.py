@@ -74,7 +74,9 @@ def process_starter(log_dir: Path) -> Iterator[Callable[..., Proc]]:
     """start("train.py", *args) -> Proc, logging into log_dir; processes still running at the end are killed."""
     procs: list[Proc] = []
 
-    def _start(script: str, *args: str, env: dict[str, str] | None = None) -> Proc:
+    def _start(
+        script: str, *args: str, env: dict[str, str] | None = None, preexec_fn: Callable[[], None] | None = None
+    ) -> Proc:
         log = log_dir / f"{Path(script).stem}-{len(procs)}.log"
         with open(log, "wb") as out:
             popen = subprocess.Popen(
@@ -83,6 +85,7 @@ def process_starter(log_dir: Path) -> Iterator[Callable[..., Proc]]:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                preexec_fn=preexec_fn,
             )
         procs.append(Proc(popen, log))
         return procs[-1]
@@ -110,6 +113,70 @@ def own_signal_handlers() -> Iterator[None]:
     yield
     for signum, handler in saved.items():
         signal.signal(signum, handler)
+
+
+@contextmanager
+def mounted_tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A real small file system at `folder` (made if missing), for real ENOSPC and EROFS; unmounted after.
+
+    Needs root (mount(8)); the test is skipped, with the reason, where that is not allowed.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+@contextmanager
+def memory_cgroup(limit_bytes: int) -> Iterator[Path]:
+    """A real cgroup v1 memory cgroup limited to `limit_bytes`, removed after (its processes must be gone).
+
+    Start a process in it with `preexec_fn=join_cgroup(path)`. Skipped, with the reason, without root or
+    cgroup v1's memory controller.
+    """
+    controller = Path("/sys/fs/cgroup/memory")
+    if os.geteuid() != 0 or not (controller / "cgroup.procs").exists():
+        pytest.skip("a memory limit needs root and cgroup v1's memory controller at /sys/fs/cgroup/memory")
+    group = controller / f"trainval-test-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        group.mkdir()
+        (group / "memory.limit_in_bytes").write_text(str(limit_bytes))
+    except OSError as err:
+        pytest.skip(f"cannot create a memory cgroup here: {err}")
+    try:
+        yield group
+    finally:
+        group.rmdir()
+
+
+def join_cgroup(group: Path) -> Callable[[], None]:
+    """A preexec_fn: the child moves itself into `group` before it runs anything."""
+
+    def join() -> None:
+        (group / "cgroup.procs").write_text(str(os.getpid()))
+
+    return join
+
+
+def fill_disk(folder: Path, leave: int = 0) -> Path:
+    """Fill the file system holding `folder` with one file until it is full (ENOSPC), then free about
+    `leave` bytes of it again; returns the file, whose removal frees the space."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        chunk = bytes(1 << 20)
+        while chunk:
+            try:
+                f.write(chunk)
+            except OSError:  # full: go on with smaller pieces until not even one page fits
+                chunk = chunk[: len(chunk) // 2] if len(chunk) > 4096 else b""
+        f.truncate(max(0, f.tell() - leave))
+    return filler
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:

@@ -3,10 +3,15 @@ either carries on or stops with exit code 1."""
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import errno
+import functools
+import logging
 import os
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
 
 import pytest
 import torch
@@ -18,23 +23,36 @@ from shared.checkpoints.store import list_checkpoints
 from shared.protocol.layout import CHECKPOINT_TEMP_RE, TrainDir
 from shared.runtime import cli
 from shared.training.data import DataPosition, ResumableBatches
-from tests.conftest import SHORT_RUN, Proc
-
-REAL_SAVE = torch.save
+from tests.conftest import SHORT_RUN, Proc, fill_disk, mounted_tmpfs
 
 
-class FailingWrites:
-    """torch.save that, on the chosen calls, writes part of the file and then fails as the disk would."""
+class OnLog(logging.Handler):
+    """Acts on the disk when train.py logs a message containing one of the keys: the fault arrives (or
+    goes) at a chosen point of a real run, in train.py's own thread, with no change to its code."""
 
-    def __init__(self, failing_calls: set[int] | range, error: int) -> None:
-        self.failing_calls, self.error, self.calls = failing_calls, error, 0
+    def __init__(self, actions: dict[str, Callable[[], None]]) -> None:
+        super().__init__()
+        self.actions, self.seen = actions, collections.Counter()
 
-    def __call__(self, obj: Any, f: BinaryIO, *args: Any, **kwargs: Any) -> None:
-        self.calls += 1
-        if self.calls in self.failing_calls:
-            f.write(b"the first bytes of a checkpoint")
-            raise OSError(self.error, os.strerror(self.error), f.name)
-        REAL_SAVE(obj, f, *args, **kwargs)
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        for key, action in self.actions.items():
+            if key in message:
+                self.seen[key] += 1
+                action()
+
+
+@contextlib.contextmanager
+def acting_on_log(actions: dict[str, Callable[[], None]]) -> Iterator[OnLog]:
+    handler, root = OnLog(actions), logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 def run_train(*argv: str) -> int:
@@ -55,11 +73,28 @@ def assert_intact(train_dir: TrainDir) -> list[int]:
 RUN = [*SHORT_RUN, "--set", "train.steps=100", "--set", "checkpoint.every_steps=10", "--device", "cpu"]
 
 
-def test_a_full_disk_twice_in_a_row_is_survived(tmp_path: Path, monkeypatch, caplog, own_signal_handlers) -> None:
+def test_a_full_disk_twice_in_a_row_is_survived(tmp_path: Path, caplog, own_signal_handlers) -> None:
+    """checkpoints/ is a real 32 MiB tmpfs, filled up after step 20's save and emptied after the second
+    failed save: torch.save meets a real ENOSPC (which it reports as a RuntimeError)."""
     train_dir = TrainDir(tmp_path / "run")
-    monkeypatch.setattr(torch, "save", FailingWrites({3, 4}, errno.ENOSPC))
-    assert run_train("--train-dir", str(train_dir.root), *RUN, "--set", "checkpoint.max_to_keep=20") == 0
-    assert assert_intact(train_dir) == [10, 20, 50, 60, 70, 80, 90, 100]
+    with mounted_tmpfs(train_dir.checkpoints, "32m"):
+        filler: list[Path] = []
+        failures: list[None] = []
+
+        def free_after_the_second_failure() -> None:
+            failures.append(None)
+            if len(failures) == 2:
+                filler[0].unlink()
+
+        actions = {
+            "saved ckpt-000000020.pt": lambda: filler.append(fill_disk(train_dir.checkpoints)),
+            "could not save": free_after_the_second_failure,
+        }
+        with acting_on_log(actions) as seen:
+            code = run_train("--train-dir", str(train_dir.root), *RUN, "--set", "checkpoint.max_to_keep=20")
+        assert code == 0
+        assert seen.seen["could not save"] == 2
+        assert assert_intact(train_dir) == [10, 20, 50, 60, 70, 80, 90, 100]
     warnings = [r.getMessage() for r in caplog.records if "could not save" in r.getMessage()]
     assert len(warnings) == 2
     assert "step 30: No space left on device" in warnings[0] and "ckpt-000000020.pt" in warnings[0]
@@ -67,20 +102,43 @@ def test_a_full_disk_twice_in_a_row_is_survived(tmp_path: Path, monkeypatch, cap
     assert train_dir.finished.exists()
 
 
-@pytest.mark.parametrize(("error", "allowed", "saved"), [(errno.EACCES, 3, [10, 20]), (errno.ENOSPC, 1, [10, 20])])
+def remount_read_only(folder: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+
+
+@pytest.mark.parametrize(("error", "allowed", "saved"), [(errno.EROFS, 3, [10, 20]), (errno.ENOSPC, 1, [10, 20])])
 def test_failures_in_a_row_stop_the_run_with_exit_1(
-    tmp_path: Path, monkeypatch, capsys, own_signal_handlers, error: int, allowed: int, saved: list[int]
+    tmp_path: Path, capsys, own_signal_handlers, error: int, allowed: int, saved: list[int]
 ) -> None:
+    """checkpoints/ is a real tmpfs, filled up (or remounted read-only) after step 20's save and left so."""
     train_dir = TrainDir(tmp_path / "run")
-    monkeypatch.setattr(torch, "save", FailingWrites(range(3, 1000), error))
-    code = run_train("--train-dir", str(train_dir.root), *RUN, "--set", f"checkpoint.max_save_failures={allowed}")
-    assert code == 1
-    message = capsys.readouterr().err.strip().splitlines()[-1]
-    assert message.startswith("train.py: error: could not save the checkpoint for step")
-    assert os.strerror(error) in message and f"{allowed} failed save(s) in a row" in message
-    assert "newest complete checkpoint is ckpt-000000020.pt" in message
-    assert assert_intact(train_dir) == saved
-    assert not train_dir.finished.exists()
+    with mounted_tmpfs(train_dir.checkpoints, "32m"):
+        filler: list[Path] = []
+        if error == errno.EROFS:
+            fault = functools.partial(remount_read_only, train_dir.checkpoints)
+        else:
+            fault = lambda: filler.append(fill_disk(train_dir.checkpoints))  # noqa: E731
+        with acting_on_log({"saved ckpt-000000020.pt": fault}):
+            code = run_train(
+                "--train-dir", str(train_dir.root), *RUN, "--set", f"checkpoint.max_save_failures={allowed}"
+            )
+        assert code == 1
+        message = capsys.readouterr().err.strip().splitlines()[-1]
+        assert message.startswith("train.py: error: could not save the checkpoint for step")
+        assert os.strerror(error) in message and f"{allowed} failed save(s) in a row" in message
+        assert "newest complete checkpoint is ckpt-000000020.pt" in message
+        assert assert_intact(train_dir) == saved
+        assert not train_dir.finished.exists()
+
+        # The cause fixed, the same command resumes from the newest complete checkpoint and finishes.
+        if error == errno.EROFS:
+            subprocess.run(["mount", "-o", "remount,rw", str(train_dir.checkpoints)], check=True)
+        else:
+            filler[0].unlink()
+        with acting_on_log({"resumed from ckpt-000000020.pt": lambda: None}) as seen:
+            assert run_train("--train-dir", str(train_dir.root), *RUN) == 0
+        assert seen.seen["resumed from ckpt-000000020.pt"] == 1
+        assert train_dir.finished.exists() and assert_intact(train_dir)[-1] == 100
 
 
 def train_on_poisoned_data(tmp_path: Path, start, train: str, checkpoint: str) -> tuple[TrainDir, Proc]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +28,44 @@ def stamped(step: int, state: dict[str, Any]) -> dict[str, Any]:
     return {"format_version": FORMAT_VERSION, "step": step, **state}
 
 
-def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+# What a checkpoint may unpack to beyond its weights: an optimizer state of at most two tensors per weight
+# (Adam's moments) and a little for the rest (schedule, data position, RNG states of every device).
+OPTIMIZER_STATES_PER_WEIGHT = 2
+OTHER_STATE_BYTES = 16 << 20
+
+
+def unpacked_size_bound(model: nn.Module, with_optimizer: bool = True) -> int:
+    """The most bytes a checkpoint of `model` can hold unpacked (with its optimizer's state, or without
+    when only the weights are read): a file that unpacks to more is not loaded (a zip bomb)."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return weights * (1 + (OPTIMIZER_STATES_PER_WEIGHT if with_optimizer else 0)) + OTHER_STATE_BYTES
+
+
+def load(
+    path: Path,
+    map_location: str | torch.device = "cpu",
+    *,
+    max_bytes: int | None = None,
+    within: Path | None = None,
+) -> dict[str, Any]:
     """The checkpoint's state, or CheckpointError saying why it cannot be used.
 
     FileNotFoundError passes through: the caller decides what a vanished file means. A sharded
-    checkpoint (a folder) gives its full weights and plain state, without the optimizer state.
+    checkpoint (a folder) gives its full weights and plain state, without the optimizer state. With
+    `max_bytes`, a file that would unpack to more is refused before anything is read (its entries may be
+    compressed: a few MB can inflate to GBs); with `within`, a checkpoint that resolves outside that
+    folder (a planted symlink) is refused unread.
     """
+    if within is not None and not (resolved := Path(path).resolve()).is_relative_to(within.resolve()):
+        raise CheckpointError(f"it resolves to {resolved}, outside {within} (a symbolic link?); not read")
     if os.path.isdir(path):
         from shared.checkpoints import sharded
 
         return checked(sharded.load_for_eval(Path(path)))
     if os.path.getsize(path) == 0:
         raise CheckpointError("empty file (0 bytes)")
+    if max_bytes is not None:
+        _check_unpacked_size(path, max_bytes)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
@@ -50,6 +77,20 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
             f"not a readable checkpoint (truncated or corrupt?): {type(err).__name__}: {first_line(err)}"
         ) from None
     return checked(state)
+
+
+def _check_unpacked_size(path: Path, max_bytes: int) -> None:
+    """Refuse a file whose zip entries unpack to more than `max_bytes`, from its central directory alone."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(entry.file_size for entry in archive.infolist())
+    except zipfile.BadZipFile as err:
+        raise CheckpointError(f"not a readable checkpoint (truncated or corrupt?): {err}") from None
+    if unpacked > max_bytes:
+        raise CheckpointError(
+            f"it unpacks to {unpacked / 2**20:.1f} MiB, more than a checkpoint of this model holds "
+            f"({max_bytes / 2**20:.1f} MiB at most); not loaded (a compressed file that inflates?)"
+        )
 
 
 def checked(state: Any) -> dict[str, Any]:

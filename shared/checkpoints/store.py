@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from shared.checkpoints.format import stamped
-from shared.protocol.files import atomic_file
+from shared.checkpoints.format import first_line, stamped
+from shared.protocol.files import atomic_file, make_folder
 from shared.protocol.layout import CHECKPOINT_TEMP_RE, TrainDir, checkpoint_step
 
 
@@ -45,12 +45,19 @@ def list_checkpoints(folder: Path) -> list[Checkpoint]:
 
 
 def save(train_dir: TrainDir, step: int, state: dict[str, Any]) -> Path:
-    """Commit `state` as the checkpoint file for `step`; readers see all of it or nothing."""
+    """Commit `state` as the checkpoint file for `step`; readers see all of it or nothing. A failed write
+    (full disk, read-only folder) is an OSError, whatever torch.save made of it."""
     checkpoint = Checkpoint(step, train_dir.checkpoint(step))
-    checkpoint.path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(checkpoint.path.parent)
     with atomic_file(checkpoint.path, checkpoint.temp) as f:
-        # An open file, not a path: torch.save names the archive's inner folder after a path's stem.
-        torch.save(stamped(step, state), f)
+        try:
+            # An open file, not a path: torch.save names the archive's inner folder after a path's stem.
+            torch.save(stamped(step, state), f)
+        except RuntimeError as err:  # torch's zip writer reports a failed write as "unexpected pos"
+            cause = err.__context__
+            if isinstance(cause, OSError):
+                raise OSError(cause.errno, cause.strerror, str(checkpoint.temp)) from None
+            raise OSError(None, f"torch.save failed: {first_line(err)}", str(checkpoint.temp)) from None
     return checkpoint.path
 
 
@@ -78,7 +85,8 @@ def remove_stale_temps(folder: Path) -> list[Path]:
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir():
+    """A file or folder; a symlink planted under a temp's name is removed itself, never what it points at."""
+    if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)

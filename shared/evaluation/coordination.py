@@ -24,7 +24,7 @@ from shared.config import Config
 from shared.loggers import dashboards
 from shared.loggers.tensorboard import open_writer
 from shared.protocol.claims import Claims
-from shared.protocol.files import try_lock
+from shared.protocol.files import make_folder, touch, try_lock
 from shared.protocol.layout import TrainDir, checkpoint_step
 from shared.protocol.ledger import Ledger, LedgerTail
 from shared.protocol.outcomes import OutcomeError, outcome_steps, read_outcome
@@ -137,9 +137,8 @@ class Recorder:
 
 def join_as_evaluator(train_dir: TrainDir) -> None:
     """Make eval/ and the ledger exist: an existing ledger tells train.py's retention an evaluator is here."""
-    train_dir.eval_run.mkdir(exist_ok=True)
-    with open(train_dir.results, "ab"):
-        pass
+    make_folder(train_dir.eval_run)
+    touch(train_dir.results)
 
 
 class SharedTrainDir:

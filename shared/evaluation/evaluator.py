@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from shared.checkpoints.format import load, restore_model
+from shared.checkpoints.format import load, restore_model, unpacked_size_bound
 from shared.config import Config
 from shared.evaluation.splits import eval_splits
 from shared.metrics.classification import classification_metrics
@@ -66,14 +66,15 @@ class Evaluator:
             return zip(*(t.split(self.batch_size) for t in data.tensors), strict=True)
         return iter(DataLoader(data, batch_size=self.batch_size, pin_memory=self.device.type == "cuda"))
 
-    def load_checkpoint(self, path: Path) -> int:
+    def load_checkpoint(self, path: Path, within: Path | None = None) -> int:
         """Load a checkpoint's weights into the model and return its step.
 
-        Raises CheckpointError for a file that cannot be used, FileNotFoundError if it vanished. The
-        file is read on the CPU: only the weights go to the device, not the optimizer state, and the
+        Raises CheckpointError for a file that cannot be used (one that would unpack to more than a
+        checkpoint of this model holds, or resolves outside `within`), FileNotFoundError if it vanished.
+        The file is read on the CPU: only the weights go to the device, not the optimizer state, and the
         checks on them cost no device round trips.
         """
-        state = load(path, map_location="cpu")
+        state = load(path, map_location="cpu", max_bytes=unpacked_size_bound(self.model), within=within)
         restore_model(self.model, state)
         return state["step"]
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from torch import nn
 
 from shared import config as cfg
 from shared.metrics.direction import higher_is_better
-from shared.protocol.files import exclusive_lock, fsync_dir, write_atomic
+from shared.protocol.files import exclusive_lock, fsync_dir, remove_tree, write_atomic
 from shared.protocol.layout import BEST_VERSION_RE, TrainDir
 from shared.protocol.results import EvalResult, RecordError
 from shared.runtime.errors import CheckpointError, RunAborted, UsageError
@@ -71,8 +70,8 @@ def export_if_best(
         summary = _summary(candidate, metric, upwards)
         try:
             _switch(train_dir, _write_version(train_dir, model, config, summary))
-        except OSError as err:  # disk full, read-only: the step has no record yet, so a restart redoes it
-            shutil.rmtree(train_dir.best_version(candidate.step, temp=True), ignore_errors=True)
+        except (OSError, SafetensorError) as err:  # disk full, read-only: the step has no record yet, so a restart
+            remove_tree(train_dir.best_version(candidate.step, temp=True))  # redoes it
             raise RunAborted(
                 f"cannot export step {candidate.step} to {train_dir.best}: {err}; fix that and start eval.py again "
                 "(it evaluates this step again)"
@@ -99,8 +98,8 @@ def _summary(best: EvalResult, metric: str, upwards: bool) -> dict[str, Any]:
 def _write_version(train_dir: TrainDir, model: nn.Module, config: cfg.Config, summary: dict[str, Any]) -> Path:
     """Write a complete, fsynced `.best-<step>` folder (through a temp name) and return it."""
     temp, final = train_dir.best_version(summary["step"], temp=True), train_dir.best_version(summary["step"])
-    for stale in (temp, final):  # left by a crash; never the current target (its step is not this one's)
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in (temp, final):  # left by a crash (or links planted there); never the current target
+        remove_tree(stale)
     temp.mkdir()
     save_model(model, str(temp / WEIGHTS))  # tied weights are stored once; any device, copied to the CPU
     with open(temp / WEIGHTS, "rb") as f:
@@ -121,7 +120,7 @@ def _switch(train_dir: TrainDir, version: Path) -> None:
     fsync_dir(train_dir.root)
     for entry in train_dir.root.iterdir():
         if BEST_VERSION_RE.match(entry.name) and entry.name != version.name:
-            shutil.rmtree(entry, ignore_errors=True)
+            remove_tree(entry)
 
 
 def best_folder(train_dir: TrainDir) -> Path:

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
+from shared.protocol.files import make_folder
+
 
 def open_writer(run_dir: Path, purge_step: int, enabled: bool = True) -> SummaryWriter:
     """A writer whose START record drops every point at step >= purge_step from earlier files.
@@ -18,7 +20,7 @@ def open_writer(run_dir: Path, purge_step: int, enabled: bool = True) -> Summary
     """
     if not enabled:
         return _Silent()  # type: ignore[return-value]
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(run_dir)
     return SummaryWriter(log_dir=str(run_dir), purge_step=purge_step, flush_secs=30)
 
 

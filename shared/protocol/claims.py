@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from shared.protocol.files import create_temp, make_folder, write_all
+
 log = logging.getLogger(__name__)
 
 
@@ -95,7 +97,7 @@ class Claims:
         self.folder, self.timeout = folder, timeout
         self.host, self.pid_namespace = socket.gethostname(), _pid_namespace()
         self.evaluator = evaluator or this_evaluator()
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder)
 
     def path(self, step: int) -> Path:
         return self.folder / claim_name(step)
@@ -138,7 +140,7 @@ class Claims:
         def refresh() -> None:
             while not done.wait(self.timeout / 4):
                 with contextlib.suppress(FileNotFoundError):
-                    os.utime(self.path(step))
+                    os.utime(self.path(step), follow_symlinks=False)
 
         thread = threading.Thread(target=refresh, name=f"claim-{step}", daemon=True)
         thread.start()
@@ -155,18 +157,18 @@ class Claims:
         info = ClaimInfo(self.host, os.getpid(), time.time(), self.evaluator, self.pid_namespace)
         path = self.path(step)
         temp = path.with_name(f".{path.name}.{info.token}.tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            os.write(fd, json.dumps(asdict(info)).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
+            fd = create_temp(temp)
+            try:
+                write_all(fd, json.dumps(asdict(info)).encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.link(temp, path)
         except FileExistsError:
             return False
-        finally:
-            temp.unlink()
+        finally:  # also when the disk is full: no temp is left behind
+            temp.unlink(missing_ok=True)
         return True
 
     def _take_over(self, step: int) -> bool:
@@ -181,7 +183,7 @@ class Claims:
         # Only one taker can create this name, derived from the claim judged stale (its token, inode and mtime).
         tomb = self.folder / f".{path.name}.{seen.name()}.stale"
         try:
-            os.link(path, tomb)
+            os.link(path, tomb, follow_symlinks=False)
         except FileExistsError:
             # Another evaluator is taking it over right now, or died doing so: its tomb then outlives the timeout.
             with contextlib.suppress(FileNotFoundError):

@@ -1,15 +1,26 @@
-"""Atomic, durable file writes: a reader sees the old file, the whole new one, or nothing; never part."""
+"""Safe file writes in a folder others can write to: a reader sees the old file, the whole new one, or
+nothing, never part; and no write goes through a symlink this process did not create.
+
+Every write opens its file with O_NOFOLLOW (a planted link is refused, not followed), and temp files
+with O_CREAT|O_EXCL after removing a stale one (unlink removes a link, never its target). Appends are
+whole or raise, and a line cut short earlier (a full disk, a crash) is cut off before the next one.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import logging
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from shared.runtime.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 
 def fsync_dir(path: Path) -> None:
@@ -21,53 +32,153 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
+    """os.open that refuses a symlink at `path` with one line (UsageError) instead of writing through it."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, mode)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise UsageError(
+                f"{path} is a symbolic link; trainval never writes through a link it did not create: remove it"
+            ) from None
+        raise
+
+
+def touch(path: Path) -> None:
+    """Create `path` empty if it is missing; never through a link."""
+    os.close(open_nofollow(path, os.O_WRONLY | os.O_CREAT))
+
+
+def make_folder(path: Path) -> None:
+    """mkdir -p, refusing a folder that is a symlink: what is written there would land wherever it points."""
+    path.mkdir(parents=True, exist_ok=True)
+    refuse_linked_folders(path)
+
+
+def refuse_linked_folders(*folders: Path) -> None:
+    """UsageError for the first of `folders` that is a symlink (a folder may be missing: it is made later)."""
+    for folder in folders:
+        if folder.is_symlink():
+            raise UsageError(
+                f"{folder} is a symbolic link; trainval writes only into real folders of the train_dir: "
+                "replace it with a folder (move its contents in)"
+            )
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a folder we wrote, or a symlink planted under its name (the link only, never its target)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def create_temp(path: Path) -> int:
+    """A new, empty file at `path` for writing: a stale one (or a link under its name) is removed first."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written: a short write (full disk, signal) is continued, an error raised."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 @contextlib.contextmanager
-def atomic_file(path: Path, temp: Path | None = None) -> Iterator[BinaryIO]:
+def atomic_file(path: Path, temp: Path | None = None, durable: bool = True) -> Iterator[BinaryIO]:
     """Write to `temp` (same folder), fsync, then os.replace onto `path` and fsync the folder.
 
-    If the body raises, the temp file is removed and `path` is untouched.
+    If the body raises, the temp file is removed and `path` is untouched. Without `durable` (a sign of
+    life, not a record) nothing is fsynced.
     """
     temp = temp or path.with_name(f".{path.name}.tmp")
     try:
-        with open(temp, "wb") as f:
+        with open(create_temp(temp), "wb") as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    with atomic_file(path) as f:
+def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
+    with atomic_file(path, durable=durable) as f:
         f.write(data)
 
 
 def append_line(path: Path, line: str) -> None:
-    """Append one whole line with a single write and fsync it (one writer per file; see results.py)."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    """Append one whole line and fsync it, or raise with the file as it was (one writer per file).
+
+    A last line cut short before (a full disk, a crash mid-write) is cut off first, so the new line is
+    never glued onto it. A write that fails part way is undone.
+    """
+    fd = open_nofollow(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
     try:
-        os.write(fd, (line.rstrip("\n") + "\n").encode())
-        os.fsync(fd)
+        start = _repair_last_line(fd, path)
+        try:
+            write_all(fd, (line.rstrip("\n") + "\n").encode())
+            os.fsync(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise
     finally:
         os.close(fd)
+
+
+def repair_last_line(path: Path) -> None:
+    """Cut off a last line without its newline (a write cut short), if `path` exists."""
+    try:
+        fd = open_nofollow(path, os.O_RDWR)
+    except FileNotFoundError:
+        return
+    try:
+        _repair_last_line(fd, path)
+    finally:
+        os.close(fd)
+
+
+def _repair_last_line(fd: int, path: Path) -> int:
+    """Truncate the file open as `fd` after its last newline; the size it then has."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return size
+    end, chunk = size, 1 << 16
+    while end > 0:  # find the last newline, reading backwards
+        start = max(0, end - chunk)
+        newline = os.pread(fd, end - start, start).rfind(b"\n")
+        if newline >= 0:
+            end = start + newline + 1
+            break
+        end = start
+    log.warning("%s: cutting off its last %d byte(s), a line cut short by an earlier write", path, size - end)
+    os.ftruncate(fd, end)
+    os.fsync(fd)
+    return end
 
 
 def try_lock(path: Path, wait: bool = False) -> int | None:
     """An open descriptor holding an advisory lock on `path` (with our pid written in it), or None if
     another process holds it (with `wait`, wait for it instead). The lock lasts until the descriptor is
     closed or the process dies: the kernel releases it, so a crash never leaves a stale lock behind."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_nofollow(path, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    with contextlib.suppress(OSError):  # the pid only helps a person; a full disk must not cost the lock
+        os.ftruncate(fd, 0)
+        write_all(fd, str(os.getpid()).encode())
     return fd
 
 

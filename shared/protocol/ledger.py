@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from shared.protocol.files import append_line
+from shared.protocol.files import append_line, make_folder, repair_last_line, touch
 from shared.protocol.results import EvalResult, RecordError
 
 log = logging.getLogger(__name__)
@@ -133,8 +133,9 @@ class Ledger:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._drop_incomplete_line()
+        make_folder(path.parent)
+        touch(path)  # an existing ledger tells train.py an evaluator is keeping up
+        repair_last_line(path)
         self.results: dict[int, EvalResult] = {r.step: r for r in read_results(path)}
 
     def __contains__(self, step: int) -> bool:
@@ -147,14 +148,3 @@ class Ledger:
     def append(self, result: EvalResult) -> None:
         append_line(self.path, json.dumps(result.to_record(), sort_keys=True))
         self.results[result.step] = result
-
-    def _drop_incomplete_line(self) -> None:
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            self.path.touch()  # an existing ledger tells train.py an evaluator is keeping up
-            return
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            log.warning("dropping an incomplete last line of %s (a write cut short)", self.path)
-            os.truncate(self.path, end)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.protocol.files import atomic_file
+from shared.protocol.files import atomic_file, make_folder
 from shared.protocol.results import EvalResult, SplitResult
 
 OUTCOME_RE = re.compile(r"^step-(\d{9})\.npz$")
@@ -60,7 +60,7 @@ def write_outcome(folder: Path, result: EvalResult) -> Path:
             if getattr(split, array) is not None:
                 arrays[f"{name}.{array}"] = getattr(split, array)
     meta = json.dumps({"record": result.to_record(), "evaluations": fields}).encode()
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     with atomic_file(path) as f:
         np.savez(f, meta=np.frombuffer(meta, dtype=np.uint8), **arrays)
     return path

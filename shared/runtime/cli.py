@@ -7,6 +7,7 @@ import argparse
 import logging
 import math
 import sys
+import threading
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -60,10 +61,33 @@ def add_common_options(
     )
 
 
+def describe(err: OSError, prog: str) -> str:
+    """An OSError in words, naming its file: "PATH: No space left on device", "PATH is gone (...)"."""
+    if isinstance(err, FileNotFoundError) and err.filename:
+        return f"{err.filename} is gone (removed or renamed while {prog} ran?)"
+    return f"{err.filename}: {err.strerror or err}" if err.filename else str(err.strerror or err)
+
+
+def _one_line_for_io_errors_in_threads(prog: str) -> None:
+    """A writer thread (TensorBoard's) that dies of an OSError logs one line, not a traceback; the main
+    thread meets the same error at its next write and stops with it."""
+    log = logging.getLogger(prog)
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if isinstance(args.exc_value, OSError):
+            log.warning("thread %s: %s", args.thread.name if args.thread else "?", describe(args.exc_value, prog))
+        else:
+            threading.__excepthook__(args)
+
+    threading.excepthook = hook
+
+
 def run(prog: str, main: Callable[[list[str]], int], argv: list[str] | None = None) -> None:
     """Run `main(argv)` and exit with its code.
 
-    UsageError becomes one line `prog: error: ...` and exit 2; RunAborted the same line and exit 1.
+    UsageError becomes one line `prog: error: ...` and exit 2; RunAborted the same line and exit 1, as
+    does an OSError (a full disk, a folder removed under the process): files are written so that a run
+    stopped at any point resumes (docs/protocol.md).
     """
     logging.basicConfig(
         level=logging.INFO,
@@ -71,11 +95,15 @@ def run(prog: str, main: Callable[[list[str]], int], argv: list[str] | None = No
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    _one_line_for_io_errors_in_threads(prog)
     try:
         code = main(sys.argv[1:] if argv is None else argv)
     except (UsageError, RunAborted) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         code = EXIT_USAGE if isinstance(err, UsageError) else EXIT_ABORTED
+    except OSError as err:
+        print(f"{prog}: error: {describe(err, prog)}; fix that, then run the same command to resume", file=sys.stderr)
+        code = EXIT_ABORTED
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         code = EXIT_INTERRUPTED

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -19,14 +20,20 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from shared.protocol.files import write_atomic
 from shared.protocol.layout import TrainDir
+
+log = logging.getLogger(__name__)
 
 
 def write_heartbeat(path: Path, step: int) -> None:
-    """Replace the heartbeat atomically (readers never see half a file); no fsync: it is only a sign of life."""
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps({"step": step, "wall_time": time.time(), "pid": os.getpid()}) + "\n")
-    os.replace(temp, path)
+    """Replace the heartbeat atomically (readers never see half a file); no fsync: it is only a sign of life,
+    so a full disk costs a warning (the health check then reports it), never the run."""
+    data = json.dumps({"step": step, "wall_time": time.time(), "pid": os.getpid()}) + "\n"
+    try:
+        write_atomic(path, data.encode(), durable=False)
+    except OSError as err:
+        log.warning("could not write %s: %s", path, err.strerror or err)
 
 
 def check_heartbeat(train_dir: Path, max_age: float) -> str | None:

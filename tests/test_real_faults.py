@@ -1,0 +1,304 @@
+"""Faults made for real: a full disk (a small tmpfs), appends cut short, symlinks planted in the train_dir,
+and a checkpoint that inflates, evaluated under a real memory limit (a cgroup). Each is one clear line,
+never a write outside the train_dir, never a traceback; what was not recorded is done on the next run."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from shared.protocol.claims import claim_name
+from shared.protocol.files import append_line, atomic_file, make_folder, touch, try_lock, write_atomic
+from shared.protocol.layout import TrainDir
+from shared.protocol.ledger import Ledger, read_records
+from shared.protocol.outcomes import outcome_name
+from shared.runtime.errors import UsageError
+from tests.conftest import (
+    SHORT_RUN,
+    Proc,
+    fill_disk,
+    join_cgroup,
+    memory_cgroup,
+    mounted_tmpfs,
+    process_starter,
+    scalar_points,
+)
+
+STEPS = [20, 40, 60]
+TRAIN = [*SHORT_RUN, "--set", "train.steps=60", "--set", "checkpoint.every_steps=20", "--device", "cpu"]
+TEMP = re.compile(r"\.tmp$")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished train_dir (checkpoints at STEPS, no evaluation yet), copied by each test that needs it."""
+    folder = tmp_path_factory.mktemp("trained")
+    with process_starter(folder) as start:
+        trainer = start("train.py", "--train-dir", str(folder / "run"), *TRAIN)
+        assert trainer.wait() == 0, trainer.output()
+    return folder / "run"
+
+
+def copy_of(trained: Path, root: Path) -> TrainDir:
+    shutil.copytree(trained, root, symlinks=True, dirs_exist_ok=True)
+    return TrainDir(root)
+
+
+def temp_files(root: Path) -> list[Path]:
+    return [Path(folder) / name for folder, _, names in os.walk(root) for name in names if TEMP.search(name)]
+
+
+def last_line(proc: Proc) -> str:
+    return proc.output().strip().splitlines()[-1]
+
+
+def assert_each_step_recorded_once(train_dir: TrainDir, steps: list[int]) -> None:
+    records = read_records(train_dir.results)
+    assert [r["step"] for r in records] == steps and {r["status"] for r in records} == {"ok"}, records
+    assert [step for step, _ in scalar_points(train_dir.eval_run, "loss")] == steps
+
+
+# -- 1. A full disk ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("full", "leave", "writer"),
+    [
+        ("eval/claims", 0, "claims"),
+        ("eval/pending", 0, "outcomes"),
+        ("eval", 0, "summaries, the ledger and the recorder's lock"),
+        (".", 300_000, "best/ (room for the summaries, not for the exported weights)"),
+    ],
+)
+def test_eval_on_a_full_disk_stops_with_one_line_and_the_next_run_resumes(
+    tmp_path: Path, trained: Path, start: Callable[..., Proc], full: str, leave: int, writer: str
+) -> None:
+    """`full` is a real tmpfs, filled but for `leave` bytes, so that writing `writer` meets ENOSPC."""
+    root = tmp_path / "run"
+    with mounted_tmpfs(root / full, "32m"):
+        train_dir = copy_of(trained, root)
+        filler = fill_disk(root / full, leave)
+        evaluator = start("eval.py", "--train-dir", str(root))
+        assert evaluator.wait() == 1, evaluator.output()
+        assert "No space left on device" in last_line(evaluator) and last_line(evaluator).startswith("eval.py: error:")
+        assert "Traceback" not in evaluator.output()
+        assert temp_files(root) == [], "a failed write left its temp file"
+
+        filler.unlink()  # space again: the same command records every step, each once
+        evaluator = start("eval.py", "--train-dir", str(root))
+        assert evaluator.wait() == 0, evaluator.output()
+        assert_each_step_recorded_once(train_dir, STEPS)
+        assert temp_files(root) == []
+
+
+# -- 2. Appends cut short ----------------------------------------------------------------------------------
+
+
+def test_an_append_on_a_full_disk_is_whole_or_raises_and_leaves_the_file_as_it_was(tmp_path: Path) -> None:
+    with mounted_tmpfs(tmp_path / "disk", "1m") as disk:
+        ledger = disk / "results.jsonl"
+        append_line(ledger, '{"step": 1}' + " " * 3000)  # most of one page: the next line only partly fits
+        before = ledger.read_bytes()
+        filler = fill_disk(disk)
+        with pytest.raises(OSError, match="No space left"):
+            append_line(ledger, '{"step": 2, "pad": "' + "x" * 5000 + '"}')
+        assert ledger.read_bytes() == before, "a failed append left part of its line"
+        filler.unlink()
+        append_line(ledger, '{"step": 3}')
+        assert [r["step"] for r in read_records(ledger)] == [1, 3]
+
+
+def test_a_cut_last_line_is_cut_off_before_the_next_append(tmp_path: Path) -> None:
+    """A real cut file (the bytes a write cut short leaves), for the ledger as a restarted evaluator opens
+    it and for any append-only file (decisions.jsonl) at its next append."""
+    for name in ("results.jsonl", "decisions.jsonl"):
+        path = tmp_path / name
+        path.write_bytes(b'{"step": 10, "status": "ok"}\n{"step": 20, "sta')
+        append_line(path, '{"step": 30, "status": "ok"}')
+        assert path.read_bytes() == b'{"step": 10, "status": "ok"}\n{"step": 30, "status": "ok"}\n'
+
+    ledger_path = tmp_path / "eval" / "results.jsonl"
+    make_folder(ledger_path.parent)
+    ledger_path.write_bytes(b'{"step": 10, "status": "ok"}\n{"step": 20, "sta')
+    ledger = Ledger(ledger_path)
+    assert list(ledger.records) == [10] and ledger_path.read_bytes() == b'{"step": 10, "status": "ok"}\n'
+
+
+# -- 3. Planted symlinks -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """victim(name[, content]) -> a file in tmp_path/outside/ (not in the train_dir); by the test's end
+    none may have changed and no other file may be there."""
+    folder = tmp_path / "outside"
+    folder.mkdir()
+    made: dict[Path, bytes] = {}
+
+    def victim(name: str, content: bytes = b"precious") -> Path:
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        os.utime(path, (1, 1))  # old: a claim that is a link to it looks long silent
+        made[path] = content
+        return path
+
+    yield victim
+    assert sorted(p for p in folder.rglob("*") if not p.is_dir()) == sorted(made), "a file was made outside"
+    for path, content in made.items():
+        assert path.read_bytes() == content and os.stat(path).st_mtime == 1, f"{path} was written through a link"
+
+
+def plant(link: Path, target: Path) -> None:
+    """A symlink at `link` (in place of the file there, if any) to `target`."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.unlink(missing_ok=True)
+    link.symlink_to(target)
+
+
+def test_the_file_writers_never_follow_a_planted_link(tmp_path: Path, outside: Callable[[str], Path]) -> None:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    plant(folder / ".config.yaml.tmp", outside("temp"))  # a stale temp that is a link: replaced, not followed
+    write_atomic(folder / "config.yaml", b"mine")
+    plant(folder / "heartbeat.json", outside("target"))  # the file itself a link: the link is replaced
+    with atomic_file(folder / "heartbeat.json", durable=False) as f:
+        f.write(b"mine")
+    assert not (folder / "heartbeat.json").is_symlink() and (folder / "config.yaml").read_bytes() == b"mine"
+
+    for name, write in [
+        (".train.lock", try_lock),
+        ("results.jsonl", lambda path: append_line(path, "{}")),
+        ("ledger-to-be", touch),
+    ]:
+        plant(folder / name, outside(name))
+        with pytest.raises(UsageError, match="is a symbolic link"):
+            write(folder / name)
+    plant(folder / "eval", tmp_path / "outside")
+    with pytest.raises(UsageError, match="is a symbolic link"):
+        make_folder(folder / "eval")
+
+
+@pytest.mark.slow
+def test_train_and_eval_never_write_through_links_planted_in_the_train_dir(
+    tmp_path: Path, start: Callable[..., Proc], outside: Callable[[str], Path]
+) -> None:
+    """Links where each writer puts a temp file or replaces a file: train.py and eval.py run as usual
+    and write only inside the train_dir; a checkpoint that is a link to a file outside is `failed`."""
+    train_dir = TrainDir(tmp_path / "run")
+    for name in (".config.yaml.tmp", ".heartbeat.json.tmp", "heartbeat.json", ".finished.json.tmp"):
+        plant(train_dir.root / name, outside(name))
+    plant(train_dir.checkpoints / ".ckpt-000000020.pt.tmp", outside("checkpoint-temp"))
+    trainer = start("train.py", "--train-dir", str(train_dir.root), *TRAIN)
+    assert trainer.wait() == 0, trainer.output()
+
+    plant(train_dir.outcomes / f".{outcome_name(20)}.tmp", outside("outcome-temp"))
+    plant(train_dir.claims / claim_name(40), outside("claim"))  # an old claim (mtime 1): taken over
+    plant(train_dir.root / ".best.link.tmp", outside("best-link"))
+    plant(train_dir.best_version(20, temp=True), tmp_path / "outside")
+    foreign = outside("ckpt-000000030.pt", train_dir.checkpoint(20).read_bytes())
+    plant(train_dir.checkpoint(30), foreign)
+    evaluator = start("eval.py", "--train-dir", str(train_dir.root))
+    assert evaluator.wait() == 0, evaluator.output()
+
+    records = {r["step"]: r for r in read_records(train_dir.results)}
+    assert sorted(records) == [20, 30, 40, 60]
+    assert records[30]["status"] == "failed" and "outside" in records[30]["reason"], records[30]
+    assert all(records[step]["status"] == "ok" for step in STEPS)
+    (line,) = [line for line in evaluator.output().splitlines() if "ckpt-000000030.pt" in line]
+    assert "outside" in line
+    assert os.readlink(train_dir.best).startswith(".best-") and "Traceback" not in evaluator.output()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("script", "link", "points_to"),
+    [
+        ("train.py", ".train.lock", "a file"),
+        ("train.py", "checkpoints", "a folder"),
+        ("eval.py", "eval", "a folder"),
+        ("eval.py", "eval/results.jsonl", "a file"),
+        ("eval.py", "eval/.eval.lock", "a file"),
+        ("eval.py", ".best.lock", "a file"),
+    ],
+)
+def test_a_linked_lock_ledger_or_folder_is_refused_with_one_line(
+    tmp_path: Path,
+    trained: Path,
+    start: Callable[..., Proc],
+    outside: Callable[..., Path],
+    script: str,
+    link: str,
+    points_to: str,
+) -> None:
+    train_dir = copy_of(trained, tmp_path / "run")
+    if link == "checkpoints":  # train_dir/checkpoints -> outside/checkpoints, holding the checkpoints
+        for checkpoint in sorted(train_dir.checkpoints.iterdir()):
+            outside(f"checkpoints/{checkpoint.name}", checkpoint.read_bytes())
+        shutil.rmtree(train_dir.checkpoints)
+    if points_to == "a file":
+        target = outside(link.replace("/", "-"))
+    else:
+        target = tmp_path / "outside" / link
+        target.mkdir(parents=True, exist_ok=True)
+    plant(train_dir.root / link, target)
+    args = ["--set", "train.steps=80"] if script == "train.py" else []
+    proc = start(script, "--train-dir", str(train_dir.root), *args)
+    assert proc.wait() == 2, proc.output()
+    assert last_line(proc).startswith(f"{script}: error: {train_dir.root / link} is a symbolic link;")
+    assert "Traceback" not in proc.output()
+
+
+# -- 4. A checkpoint that inflates -------------------------------------------------------------------------
+
+
+def inflating_checkpoint(good: Path, path: Path, unpacked: int) -> None:
+    """`good`'s state with one more tensor whose stored record is `unpacked` bytes of zeros, every entry
+    deflate-compressed: a file of a few MB whose zip unpacks to `unpacked` bytes."""
+    step = int(re.search(r"\d{9}", path.name).group())
+    buffer = io.BytesIO()
+    torch.save(torch.load(good, weights_only=True) | {"step": step, "padding": torch.zeros(1)}, buffer)
+    with zipfile.ZipFile(buffer) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as dst:
+        records = [name for name in src.namelist() if name.rpartition("/data/")[2].isdigit()]
+        padding = max(records, key=lambda name: int(name.rpartition("/data/")[2]))  # the last tensor saved
+        for info in src.infolist():
+            entry = zipfile.ZipInfo(info.filename)
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            with dst.open(entry, "w", force_zip64=True) as out:
+                if info.filename != padding:
+                    out.write(src.read(info))
+                    continue
+                zeros = bytes(1 << 20)
+                for _ in range(unpacked >> 20):
+                    out.write(zeros)
+
+
+@pytest.mark.slow
+def test_an_inflating_checkpoint_is_failed_under_a_memory_limit(
+    tmp_path: Path, trained: Path, start: Callable[..., Proc]
+) -> None:
+    """A 3 MB checkpoint that unpacks to 1 GiB, among good ones, evaluated by the daemon in a cgroup
+    limited to 1 GiB (eval.py needs about 0.4 GB; loading that file took 1.4 GB before it was checked)."""
+    train_dir = copy_of(trained, tmp_path / "run")
+    bomb = train_dir.checkpoint(30)
+    inflating_checkpoint(train_dir.checkpoint(20), bomb.with_name(".ckpt-000000030.pt.tmp"), 1 << 30)
+    os.replace(bomb.with_name(".ckpt-000000030.pt.tmp"), bomb)
+    assert bomb.stat().st_size < 8 << 20
+    with memory_cgroup(1 << 30) as group:
+        evaluator = start("eval.py", "--train-dir", str(train_dir.root), preexec_fn=join_cgroup(group))
+        code = evaluator.wait()
+        peak = int((group / "memory.max_usage_in_bytes").read_text())
+    assert code == 0, f"exit {code} (-9: killed at the memory limit); peak {peak / 2**20:.0f} MiB\n{evaluator.output()}"
+    records = {r["step"]: r for r in read_records(train_dir.results)}
+    assert records[30]["status"] == "failed" and "unpacks to 1025.8 MiB" in records[30]["reason"], records[30]
+    assert all(records[step]["status"] == "ok" for step in STEPS)
+    print(f"eval.py's peak memory (cgroup max_usage_in_bytes): {peak / 2**20:.0f} MiB")
