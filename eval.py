@@ -45,6 +45,7 @@ from shared.protocol.claims import this_evaluator
 from shared.protocol.files import refuse_linked_folders
 from shared.protocol.layout import METADATA, TrainDir
 from shared.protocol.outcomes import write_outcome
+from shared.protocol.presence import FolderGuard
 from shared.protocol.results import EvalResult, SplitResult
 from shared.runtime import cli, devices
 from shared.runtime.errors import CheckpointError, UsageError
@@ -181,7 +182,9 @@ def follow_checkpoints(
         len(done),
     )
     idle_since = time.monotonic()
+    folders = FolderGuard("eval.py", train_dir.root, train_dir.eval_run, train_dir.checkpoints)
     while not stop:
+        folders.check()
         finished = train_dir.finished.exists()  # read before the scan: its checkpoints are then listed
         recorded = shared.record_ready()
         skip, checkpoint = shared.claim_next()

@@ -34,6 +34,7 @@ from shared.loggers import dashboards
 from shared.loggers.tensorboard import open_writer
 from shared.protocol.files import exclusive_lock, refuse_linked_folders, write_atomic
 from shared.protocol.layout import TrainDir
+from shared.protocol.presence import FolderGuard
 from shared.runtime import cli, devices, health, seeding
 from shared.runtime.errors import CheckpointError, UsageError
 from shared.runtime.signals import StopRequest
@@ -119,6 +120,8 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
     ledger = LedgerReader(train_dir, group, keep_results=config.checkpoint.keep_best > 0)
     guard = NonFiniteGuard(device, not state.scaler.is_enabled(), options.nan_policy == "stop", group)
     progress = Progress(state.step, options.steps, shown=group.is_main)
+    written = (train_dir.root, train_dir.checkpoints, train_dir.train_run) if group.is_main else ()
+    folders = FolderGuard("train.py", *written)  # rank 0 writes, so rank 0 checks its folders are still there
     feedback.begin()
     with open_writer(train_dir.train_run, purge_step=state.step + 1, enabled=group.is_main) as writer:
         saver = periodic_saver(config, train_dir, state, ledger, stop, guard, writer)
@@ -133,6 +136,7 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
             progress.advance()
             at_log_step = state.step % config.log.every_steps == 0
             if at_log_step:
+                folders.check()
                 train_log.write(state.step, result.lr, result.grad_norm, saver.last_saved_step)
                 ledger.poll()
                 if (lag := ledger.lag(state.step)) is not None:
@@ -143,6 +147,7 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
             if at_log_step or not group.enabled:  # under torchrun, what one rank decides alone is agreed here
                 stopping, save_by_time = group.agree([bool(stop), saver.due_by_time()], device)
             if saver.due_by_steps(state.step) or save_by_time:
+                folders.check()
                 saver.save(state.step, state.state_dict(), final=state.step >= options.steps)
         if state.step > saver.last_requested_step:
             saver.save(state.step, state.state_dict(), final=True)
