@@ -30,6 +30,7 @@ from tests.conftest import (
     mounted_tmpfs,
     process_starter,
     scalar_points,
+    wait_until,
 )
 
 STEPS = [20, 40, 60]
@@ -302,3 +303,54 @@ def test_an_inflating_checkpoint_is_failed_under_a_memory_limit(
     assert records[30]["status"] == "failed" and "unpacks to 1025.8 MiB" in records[30]["reason"], records[30]
     assert all(records[step]["status"] == "ok" for step in STEPS)
     print(f"eval.py's peak memory (cgroup max_usage_in_bytes): {peak / 2**20:.0f} MiB")
+
+
+# -- 8. Folders removed or renamed under running processes -------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_train_dir_renamed_under_train_py_stops_it_with_one_line_and_it_resumes_once_back(
+    tmp_path: Path, start: Callable[..., Proc]
+) -> None:
+    train_dir = TrainDir(tmp_path / "run")
+    trainer = start("train.py", "--train-dir", str(train_dir.root), *TRAIN, "--set", "train.steps=100000")
+    wait_until(lambda: train_dir.checkpoint(40).exists(), 180, "the checkpoint of step 40")
+    moved = train_dir.root.rename(tmp_path / "moved")
+    assert trainer.wait() == 1, trainer.output()
+    # Checked at every log step and save; TensorBoard's writer thread may meet the missing file first.
+    assert last_line(trainer).startswith(f"train.py: error: {train_dir.root}")
+    assert "removed or renamed while train.py ran" in last_line(trainer)
+    assert "Traceback" not in trainer.output() and not train_dir.root.exists(), "a new train_dir was made"
+
+    moved.rename(train_dir.root)
+    trainer = start("train.py", "--train-dir", str(train_dir.root), *TRAIN, "--set", "train.steps=120")
+    assert trainer.wait() == 0, trainer.output()
+    assert "resumed from ckpt-" in trainer.output() and train_dir.finished.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("vanished", ["eval", "checkpoints"])
+def test_a_folder_removed_or_renamed_under_the_daemon_stops_it_with_one_line(
+    tmp_path: Path, trained: Path, start: Callable[..., Proc], vanished: str
+) -> None:
+    """eval/ removed, or checkpoints/ renamed, while the daemon waits for more: one line, exit 1; with the
+    folder back (eval/ starts again empty), the same command records every step once."""
+    train_dir = copy_of(trained, tmp_path / "run")
+    train_dir.finished.unlink()  # training goes on, as far as the daemon knows
+    evaluator = start("eval.py", "--train-dir", str(train_dir.root), "--poll", "0.2")
+    wait_until(lambda: len(read_records(train_dir.results)) == len(STEPS), 180, "every step to be recorded")
+    folder = train_dir.root / vanished
+    if vanished == "eval":
+        shutil.rmtree(folder)
+    else:
+        folder.rename(tmp_path / "elsewhere")
+    assert evaluator.wait() == 1, evaluator.output()
+    assert last_line(evaluator).startswith(f"eval.py: error: {folder} was removed or renamed while eval.py ran")
+    assert "Traceback" not in evaluator.output()
+
+    if vanished == "checkpoints":
+        (tmp_path / "elsewhere").rename(folder)
+    train_dir.finished.write_text('{"step": 60, "reason": "completed", "wall_time": 0}\n')
+    evaluator = start("eval.py", "--train-dir", str(train_dir.root))
+    assert evaluator.wait() == 0, evaluator.output()
+    assert_each_step_recorded_once(train_dir, STEPS)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -63,9 +64,10 @@ def add_common_options(
 
 def describe(err: OSError, prog: str) -> str:
     """An OSError in words, naming its file: "PATH: No space left on device", "PATH is gone (...)"."""
-    if isinstance(err, FileNotFoundError) and err.filename:
-        return f"{err.filename} is gone (removed or renamed while {prog} ran?)"
-    return f"{err.filename}: {err.strerror or err}" if err.filename else str(err.strerror or err)
+    name = os.fsdecode(err.filename) if err.filename else None
+    if isinstance(err, FileNotFoundError) and name:
+        return f"{name} is gone (removed or renamed while {prog} ran?)"
+    return f"{name}: {err.strerror or err}" if name else str(err.strerror or err)
 
 
 def _one_line_for_io_errors_in_threads(prog: str) -> None:
