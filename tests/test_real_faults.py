@@ -131,7 +131,7 @@ def test_a_cut_last_line_is_cut_off_before_the_next_append(tmp_path: Path) -> No
     make_folder(ledger_path.parent)
     ledger_path.write_bytes(b'{"step": 10, "status": "ok"}\n{"step": 20, "sta')
     ledger = Ledger(ledger_path)
-    assert list(ledger.records) == [10] and ledger_path.read_bytes() == b'{"step": 10, "status": "ok"}\n'
+    assert list(ledger.results) == [10] and ledger_path.read_bytes() == b'{"step": 10, "status": "ok"}\n'
 
 
 # -- 3. Planted symlinks -----------------------------------------------------------------------------------
