@@ -202,7 +202,7 @@ def test_train_and_eval_never_write_through_links_planted_in_the_train_dir(
     trainer = start("train.py", "--train-dir", str(train_dir.root), *TRAIN)
     assert trainer.wait() == 0, trainer.output()
 
-    plant(train_dir.outcomes / f".{outcome_name(20)}.tmp", outside("outcome-temp"))
+    plant(train_dir.pending / f".{outcome_name(20)}.tmp", outside("outcome-temp"))
     plant(train_dir.claims / claim_name(40), outside("claim"))  # an old claim (mtime 1): taken over
     plant(train_dir.root / ".best.link.tmp", outside("best-link"))
     plant(train_dir.best_version(20, temp=True), tmp_path / "outside")
