@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -134,28 +135,58 @@ def skipped(checkpoint: Checkpoint, train_dir: TrainDir, reason: str) -> EvalRes
     return EvalResult(checkpoint.step, relative, "skipped", time.time(), reason=reason, evaluator=this_evaluator())
 
 
+# How often a daemon waiting for train.py says so again, so a mistyped --train-dir is not a silent wait.
+WAIT_HINT_SECS = 30.0
+
+
 def wait_for(
-    condition: Callable[[], bool], watcher: CheckpointWatcher, stop: StopRequest, timeout: float | None, what: str
+    condition: Callable[[], bool],
+    wait: Callable[[float], object],
+    stop: StopRequest,
+    deadline: float,
+    hint: Callable[[], str],
 ) -> bool:
-    """Wait, on watcher events with a periodic re-check, until condition() holds; False on stop or timeout."""
-    deadline = time.monotonic() + (timeout if timeout is not None else math.inf)
-    if not condition():
-        log.info("waiting for %s", what)
+    """Wait (`wait(secs)`: on watcher events or a stop) until condition() holds, re-checking at least every
+    second and logging `hint()` at once and every WAIT_HINT_SECS; False on stop or at `deadline`."""
+    next_hint = time.monotonic()
     while not condition():
-        remaining = deadline - time.monotonic()
-        if stop or remaining <= 0:
+        now = time.monotonic()
+        if stop or now >= deadline:
             return False
-        watcher.wait(min(1.0, remaining))
+        if now >= next_hint:
+            log.info("%s", hint())
+            next_hint = now + WAIT_HINT_SECS
+        wait(min(1.0, deadline - now, next_hint - now))
     return True
+
+
+def waiting_for_train_dir(train_dir: TrainDir, existed: bool, started: float) -> str:
+    """What the daemon waits for, how long it has, and whether the folder was there to begin with."""
+    folder = train_dir.root.resolve()
+    waited = f"waited {time.monotonic() - started:.0f}s"
+    if not folder.is_dir():
+        return (
+            f"waiting for train.py to create {folder} ({waited}; it did not exist when eval.py started: "
+            "if train.py is already running, check --train-dir for a typo)"
+        )
+    before = "existed" if existed else "did not exist"
+    return f"waiting for train.py to write {folder / train_dir.config.name} ({waited}; the folder {before} at start)"
 
 
 def run_daemon(args: argparse.Namespace, train_dir: TrainDir, device: torch.device) -> int:
     """Several daemons may share a train_dir: each evaluates the checkpoints it claims, one records them all."""
+    started, existed, woken = time.monotonic(), train_dir.root.is_dir(), threading.Event()
+    deadline = started + (math.inf if args.idle_timeout is None else args.idle_timeout)
+    hint = functools.partial(waiting_for_train_dir, train_dir, existed, started)
+    stop = StopRequest(on_stop=woken.set)
+    # The daemon may start before train.py, but never creates the train_dir: a mistyped one stays absent.
+    if not wait_for(train_dir.root.is_dir, woken.wait, stop, deadline, hint):
+        return 0
     refuse_linked_folders(train_dir.checkpoints)  # eval/ and the split runs are checked as they are made
     join_as_evaluator(train_dir)  # before config.yaml exists: train.py's retention then keeps checkpoints for us
     with CheckpointWatcher(train_dir, args.poll) as watcher:
-        stop = StopRequest(on_stop=watcher.wake)
-        if not wait_for(train_dir.config.exists, watcher, stop, args.idle_timeout, "train.py to write config.yaml"):
+        stop.on_stop = watcher.wake
+        if not wait_for(train_dir.config.exists, watcher.wait, stop, deadline, hint):
             return 0
         config = read_config(args, train_dir)
         evaluator = Evaluator.from_config(config, device)
@@ -270,7 +301,6 @@ def main(argv: list[str]) -> int:
         return run_adhoc(args, train_dir, device)
     if not train_dir.root.parent.is_dir():
         raise UsageError(f"--train-dir {train_dir.root}: its parent folder does not exist; check the path")
-    train_dir.root.mkdir(exist_ok=True)  # a daemon may start before train.py; it waits for config.yaml
     return run_daemon(args, train_dir, device)
 
 

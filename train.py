@@ -235,9 +235,9 @@ def main(argv: list[str]) -> int:
     train_dir = TrainDir(Path(args.train_dir))
     if train_dir.root.exists() and not train_dir.root.is_dir():
         raise UsageError(f"--train-dir {train_dir.root} is a file, not a folder; choose another path")
-    train_dir.root.mkdir(parents=True, exist_ok=True)
     refuse_linked_folders(train_dir.checkpoints, train_dir.train_run)
-    with distributed.joined(args.device) as (group, device_name), owning(train_dir, group):
+    with distributed.joined(args.device) as (group, device_name):
+        # Whatever may refuse the run comes before its first write, so a refused run leaves nothing behind.
         config = read_config(args, train_dir)
         device = devices.resolve(device_name)
         seeding.seed_everything(config.seed)
@@ -260,13 +260,15 @@ def main(argv: list[str]) -> int:
         sharded = config.train.strategy == "fsdp"
         state = TrainState(model, optimizer, schedule, scaler, DataPosition(), feedback, group=group, sharded=sharded)
         state.forward = torch.compile(forward) if config.train.compile else forward
-        resume(state, train_dir)
 
-        group.barrier()  # every rank read config.yaml and its checkpoint before rank 0 rewrites anything
-        if group.is_main:
-            train_dir.finished.unlink(missing_ok=True)
-            cfg.save(config, train_dir.config)
-        train(config, task, state, train_dir, device)
+        train_dir.root.mkdir(parents=True, exist_ok=True)
+        with owning(train_dir, group):
+            resume(state, train_dir)
+            group.barrier()  # every rank read config.yaml and its checkpoint before rank 0 rewrites anything
+            if group.is_main:
+                train_dir.finished.unlink(missing_ok=True)
+                cfg.save(config, train_dir.config)
+            train(config, task, state, train_dir, device)
     return 0
 
 

@@ -9,11 +9,13 @@ import pytest
 from shared import config as cfg
 from shared.protocol.layout import TrainDir
 from shared.tasks.loading import load_config
+from tests.conftest import process_starter
+from tests.warm_cli import warm_cli
 
 pytestmark = pytest.mark.slow
 
-# (script, arguments with {tmp} for the test's folder, words the one error line must contain); the cases run
-# at once, so each train.py gets a train_dir of its own (a second trainer on one is refused).
+# (script, arguments with {tmp} for the test's folder, words the one error line must contain); each train.py
+# gets a train_dir of its own, which it must not create.
 CASES = [
     ("eval.py", "--train-dir {tmp}/missing --checkpoint latest", "does not exist"),
     ("eval.py", "--train-dir {tmp}/no/such/parent", "parent folder does not exist"),
@@ -64,11 +66,31 @@ def folder(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_bad_input_is_one_line_and_exit_code_2(folder: Path, start) -> None:
-    procs = [start(script, *args.format(tmp=folder).split()) for script, args, _ in CASES]  # all at once: faster
-    for proc, (script, args, expected) in zip(procs, CASES, strict=True):
-        code = proc.wait()
-        lines = [line for line in proc.output().splitlines() if line.strip()]
-        assert code == 2, (script, args, proc.output())
-        assert len(lines) == 1, (script, args, lines)
-        assert lines[0].startswith(f"{script}: error: ") and expected in lines[0], (script, args, lines[0])
+def tree(folder: Path) -> set[Path]:
+    return set(folder.rglob("*"))
+
+
+def assert_one_error_line(script: str, args: str, code: int, output: str, expected: str) -> None:
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert code == 2, (script, args, output)
+    assert len(lines) == 1, (script, args, lines)
+    assert lines[0].startswith(f"{script}: error: ") and expected in lines[0], (script, args, lines[0])
+
+
+def test_bad_input_is_one_line_and_exit_code_2(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every case through the real script, and a refused train.py leaves nothing on disk that was not there
+    before (no train_dir, no lock file). The cases run one by one in a warm server (tests/warm_cli.py) that
+    pays the imports once; the first train.py and eval.py cases also run as cold processes, which would
+    show anything printed while importing."""
+    logs = tmp_path_factory.mktemp("logs")
+    cold = {script: next(case for case in CASES if case[0] == script) for script in ("train.py", "eval.py")}
+    with process_starter(logs) as start, warm_cli("train.py", "eval.py", log=logs / "server.log") as cli:
+        cold_procs = [(case, start(case[0], *case[1].format(tmp=folder).split())) for case in cold.values()]
+        for number, (script, args, expected) in enumerate(CASES):
+            log, before = logs / f"{number}-{script}.log", tree(folder)
+            code = cli.run(script, *args.format(tmp=folder).split(), log=log)
+            assert_one_error_line(script, args, code, log.read_text(), expected)
+            if script == "train.py":
+                assert tree(folder) == before, (args, f"left {sorted(map(str, tree(folder) - before))}")
+        for (script, args, expected), proc in cold_procs:
+            assert_one_error_line(script, args, proc.wait(), proc.output(), expected)

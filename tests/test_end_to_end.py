@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 from collections import Counter
 from pathlib import Path
@@ -78,6 +79,26 @@ def test_train_and_eval_daemon_end_to_end(tmp_path: Path, start) -> None:
     assert printed["metrics"] == records[-1]["metrics"]
     assert printed["per_class_f1"] == records[-1]["per_class_f1"]
     assert not train_dir.adhoc_run.exists(), "ad hoc evaluation wrote summaries without --write-summary"
+
+
+def test_a_waiting_daemon_says_so_every_30s_and_never_creates_the_train_dir(tmp_path: Path, start) -> None:
+    """eval.py started before train.py created its train_dir (or on a mistyped one): it names the absolute
+    path and that the folder did not exist, says so again 30 s later, creates nothing, and follows train.py
+    once train.py creates the folder."""
+    train_dir = TrainDir(tmp_path / "run")
+    (tmp_path / "elsewhere").mkdir()
+    evaluator = start("eval.py", "--train-dir", str(tmp_path / "elsewhere" / ".." / "run"))  # resolved in the hint
+    hint = re.compile(r"waiting for train.py to create (\S+) \(waited (\d+)s; it did not exist when eval.py started")
+    hints = lambda: hint.findall(evaluator.output())  # noqa: E731
+    wait_until(lambda: len(hints()) >= 2, 120, "a second hint, 30 s after the first (a timer, not CPU work)")
+    (first, at_first), (again, at_again) = hints()[:2]
+    assert first == again == str(train_dir.root.resolve()) and int(at_again) - int(at_first) >= 30, hints()
+    assert not train_dir.root.exists(), "the waiting daemon created the train_dir"
+
+    trainer = start("train.py", "--train-dir", str(train_dir.root), *SHORT_RUN, "--set", "train.steps=40")
+    assert trainer.wait() == 0, trainer.output()
+    assert evaluator.wait() == 0, evaluator.output()
+    assert [r["step"] for r in read_records(train_dir.results)] == [40]
 
 
 def test_eval_killed_and_restarted_gives_one_point_per_step(tmp_path: Path, start) -> None:
