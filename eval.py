@@ -13,7 +13,7 @@ Ad hoc it evaluates one checkpoint and prints the metrics (`--json` for one JSON
 
 With --summarize it prints the mean and standard deviation of each metric over train_dirs (folds):
 
-    python eval.py --summarize runs/exp/fold-*
+    python eval.py --summarize runs/exp        # launch.py --folds' folder, or runs/exp/fold-*
 """
 
 from __future__ import annotations
@@ -264,19 +264,22 @@ def resolve_checkpoint(choice: str, train_dir: TrainDir) -> Path:
 def run_adhoc(args: argparse.Namespace, train_dir: TrainDir, device: torch.device) -> int:
     config = read_config(args, train_dir)
     best = args.checkpoint == "best"
-    path = export.best_folder(train_dir) if best else resolve_checkpoint(args.checkpoint, train_dir)
+    if best:
+        export.best_folder(train_dir)  # refuses a train_dir with none yet
+    path = train_dir.best if best else resolve_checkpoint(args.checkpoint, train_dir)
+    shown = f"{path}/" if best else str(path)  # best/ by its own name, not the hidden folder it points at now
     evaluator = Evaluator.from_config(config, device)
     try:
         step = export.load_weights(evaluator.model, train_dir)["step"] if best else evaluator.load_checkpoint(path)
     except CheckpointError as err:
         print(f"eval.py: error: {path}: {err}", file=sys.stderr)
         return 1
-    result = evaluator.evaluate(step, str(path))
+    result = evaluator.evaluate(step, shown)
     if args.json:
         record = result.to_record()
         print(json.dumps({key: record[key] for key in ("step", "file", "metrics", "per_class_f1", "split_metrics")}))
     else:
-        print(f"{path} (step {step})")
+        print(f"{shown} (step {step})")
         print(f"  {'':<16} " + " ".join(f"{split:>8}" for split in result.splits))
         for name in result.metrics:
             print(f"  {name:<16} " + " ".join(f"{r.metrics[name]:>8.4f}" for r in result.splits.values()))

@@ -62,6 +62,20 @@ class Proc:
             self.popen.kill()
             pytest.fail(f"{self.popen.args} did not exit within {timeout}s; output:\n{self.output()}")
 
+    def wait_while_logging(self, silence: float = 120) -> int:
+        """Wait however long the process takes while it keeps logging; fail only once it has printed nothing
+        for `silence` seconds. For long CPU-bound runs, whose length a fixed bound cannot know on a slow or
+        busy machine; train.py logs every `log.every_steps` steps."""
+        size, last_change = -1, time.monotonic()
+        while self.popen.poll() is None:
+            if (grown := self.log.stat().st_size) != size:
+                size, last_change = grown, time.monotonic()
+            elif time.monotonic() - last_change > silence:
+                self.popen.kill()
+                pytest.fail(f"{self.popen.args} printed nothing for {silence}s; output:\n{self.output()}")
+            time.sleep(0.2)  # a bounded poll of the log's size
+        return self.popen.wait()
+
     def signal(self, signum: int) -> None:
         self.popen.send_signal(signum)
 

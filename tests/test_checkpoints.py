@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import pickle
 import random
@@ -393,3 +394,21 @@ def test_periodic_saver_keeps_what_the_evaluator_has_not_reached(tmp_path: Path,
     saver.close()
     assert saver.last_saved_step == 400
     assert [c.step for c in list_checkpoints(train_dir.checkpoints)] == [200, 400]
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_periodic_saver_logs_each_save_when_it_commits(
+    tmp_path: Path, async_save: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`saved ckpt-N` is logged once N is committed, before the loop goes on to the next save (which is
+    when an evaluator may already have reported step N), not at that next save."""
+    train_dir = TrainDir(tmp_path)
+    saver = PeriodicSaver(train_dir, CheckpointConfig(every_steps=100, async_save=async_save), last_saved_step=0)
+    with caplog.at_level(logging.INFO, logger="shared.checkpoints.saver"):
+        saver.save(100, {"model": {"w": torch.zeros(1)}})
+        if saver.in_flight is not None:
+            saver.in_flight.future.result()  # the writing thread committed it; the loop has not looked yet
+        assert (train_dir.checkpoints / checkpoint_name(100)).exists()
+        assert f"saved {checkpoint_name(100)} (the loop blocked" in caplog.text
+        saver.close()
+    assert caplog.text.count(f"saved {checkpoint_name(100)}") == 1

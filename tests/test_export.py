@@ -71,6 +71,7 @@ def test_best_outlives_retention_and_two_splits_share_tags(tmp_path: Path, start
     (line,) = [line for line in adhoc.output().splitlines() if line.startswith("{")]
     printed = json.loads(line)
     assert (printed["step"], printed["split_metrics"]) == (expected["step"], expected["split_metrics"])
+    assert printed["file"] == f"{train_dir.best}/", "best/ by its own name, not the hidden folder it points at"
 
     # Two runs, eval/ and eval_train/, with the same tags: one point per step each, the ledger's values.
     for split in ("val", "train"):

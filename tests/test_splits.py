@@ -91,3 +91,8 @@ def test_launch_cross_validates_and_eval_summarizes(tmp_path: Path, start) -> No
         assert stats["mean"] == pytest.approx(statistics.fmean(values))
         assert stats["std"] == pytest.approx(statistics.stdev(values))
     assert bests[0]["metrics"] != bests[1]["metrics"], "two folds scored the same: were they the same split?"
+
+    # The folder launch.py was given stands for its folds.
+    by_parent = start("eval.py", "--summarize", str(tmp_path / "cv"), "--json")
+    assert by_parent.wait() == 0, by_parent.output()
+    assert json.loads(by_parent.output()) == printed

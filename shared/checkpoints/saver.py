@@ -51,7 +51,6 @@ class _Save:
     step: int
     future: Future  # of a SaveResult
     final: bool  # a failure of this one ends the run
-    blocked: float  # seconds the training loop spent on it
 
 
 class PeriodicSaver:
@@ -110,7 +109,7 @@ class PeriodicSaver:
         evaluated = (self.ledger.newest, dict(self.ledger.results))  # as of now, for the writing thread
         started = time.monotonic()
         self.last_requested_step, self.last_saved_time = step, started
-        job = self._job(step, state, evaluated)
+        job = functools.partial(self._write_and_report, self._job(step, state, evaluated), time.monotonic() - started)
         if self.writer is None:
             future: Future = Future()
             try:
@@ -119,7 +118,7 @@ class PeriodicSaver:
                 future.set_exception(err)
         else:
             future = self.writer.submit(job)
-        self.in_flight = _Save(step, future, final, time.monotonic() - started)
+        self.in_flight = _Save(step, future, final)
         if final or self.writer is None:
             self.wait()
         if not final:
@@ -151,22 +150,27 @@ class PeriodicSaver:
             wait_for_futures([pending.future])
             log.info("waited %.2fs for the save of step %d to finish", time.monotonic() - started, pending.step)
         try:
-            path, deleted, seconds = pending.future.result()
+            _, deleted, _ = pending.future.result()
         except OSError as err:
             self._failed(pending.step, err, pending.final)
             return
         self.failures = 0
         self.last_saved_step = pending.step
         self.ledger.forget(deleted)
-        if path is None:  # a rank other than 0: rank 0 reports the save
-            return
-        log.info(
-            "saved %s (the loop blocked %.3fs, writing took %.2fs)%s",
-            path.name,
-            pending.blocked,
-            seconds,
-            f"; retention deleted steps {deleted}" if deleted else "",
-        )
+
+    def _write_and_report(self, job: Callable[[], SaveResult], blocked: float) -> SaveResult:
+        """Run a save job and log its commit as soon as it is committed (from the writing thread), so the
+        log says `saved` before an evaluator can report that step, not one interval later."""
+        path, deleted, seconds = job()
+        if path is not None:  # None: a rank other than 0, which rank 0 reports for
+            log.info(
+                "saved %s (the loop blocked %.3fs, writing took %.2fs)%s",
+                path.name,
+                blocked + (seconds if self.writer is None else 0.0),  # a synchronous save blocks while writing
+                seconds,
+                f"; retention deleted steps {deleted}" if deleted else "",
+            )
+        return path, deleted, seconds
 
     def close(self) -> None:
         """At the end of training: the save in flight must commit, or the run fails."""

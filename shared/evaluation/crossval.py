@@ -1,9 +1,10 @@
 """Cross-validation results: each fold's best evaluated checkpoint, summarised as mean and standard
-deviation per metric (`eval.py --summarize runs/exp/fold-*`, and launch.py --folds at the end)."""
+deviation per metric (`eval.py --summarize runs/exp`, or `runs/exp/fold-*`, and launch.py --folds at the end)."""
 
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +17,23 @@ from shared.protocol.results import best_of
 from shared.runtime.errors import UsageError
 from shared.tasks.loading import load_config
 
+FOLD_RE = re.compile(r"^fold-(\d+)$")
+
 
 def fold_folder(train_dir: Path, fold: int) -> Path:
     """Where `launch.py --folds K` puts fold `fold`'s own train_dir."""
     return train_dir / f"fold-{fold}"
+
+
+def train_dirs(folders: list[Path]) -> list[Path]:
+    """The folders as given, except that a folder launch.py --folds filled (fold-<i> train_dirs, no config.yaml
+    of its own) stands for its folds, in fold order."""
+    found: list[Path] = []
+    for folder in folders:
+        is_folds = folder.is_dir() and not TrainDir(folder).config.exists()
+        folds = sorted((int(m[1]), p) for p in folder.iterdir() if (m := FOLD_RE.match(p.name))) if is_folds else []
+        found += [path for _, path in folds] or [folder]
+    return found
 
 
 @dataclass
@@ -53,10 +67,13 @@ def summarize(folders: list[Path]) -> Summary:
     steps: list[tuple[str, int]] = []
     values: dict[str, list[float]] = {}
     metric = ""
-    for folder in folders:
+    for folder in train_dirs(folders):
         train_dir = TrainDir(folder)
         if not train_dir.config.is_file():
-            raise UsageError(f"--summarize {folder}: not a train_dir (no config.yaml); give train.py's --train-dir")
+            raise UsageError(
+                f"--summarize {folder}: not a train_dir (no config.yaml) nor a folder of fold-<i> train_dirs; "
+                "give train.py's --train-dir, or launch.py's with --folds"
+            )
         options = load_config(train_dir.config).eval
         best = best_of(read_results(train_dir.results), options.best_metric, higher_is_better(options.best_metric))
         if best is None:
