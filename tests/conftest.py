@@ -55,7 +55,9 @@ class Proc:
     popen: subprocess.Popen
     log: Path
 
-    def wait(self, timeout: float = 180) -> int:
+    def wait(self, timeout: float = 600) -> int:
+        """The exit code, failing the test after `timeout` seconds. The default is a hang guard, 10x and more
+        what the tests' runs take on a quiet 2-core machine (a minute at most), so a busy machine is no failure."""
         try:
             return self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
