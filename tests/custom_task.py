@@ -1,4 +1,4 @@
-"""A user's own task, chosen with `task: tests.custom_task:BlobsTask`: the README's example, tested."""
+"""A user's own task, chosen with `task: tests.custom_task:BlobsTask`: docs/tasks.md's example, tested."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from tests.conftest import scalar_points, wait_until
 pytestmark = pytest.mark.slow
 
 EVAL_TAGS = ("loss", "accuracy", "f1_macro", "precision_macro", "recall_macro")
-# The README's custom task (an MLP, no batch-norm statistics): a learning rate too small to change any
+# docs/tasks.md's custom task (an MLP, no batch-norm statistics): a learning rate too small to change any
 # prediction leaves every checkpoint with the same accuracy.
 FROZEN = """
 task: tests.custom_task:BlobsTask
@@ -60,7 +60,7 @@ def test_best_outlives_retention_and_two_splits_share_tags(tmp_path: Path, start
         f".best-{expected['step']:09d}"
     ], "an old or half-written best folder was left behind"
 
-    # The README's helper gives a model that scores exactly what the ledger recorded for that step.
+    # docs/evaluation.md's helper gives a model that scores exactly what the ledger recorded for that step.
     model = load_best(train_dir.root)
     scorer = Evaluator.from_config(load_config(train_dir.config), torch.device("cpu"))
     scorer.model.load_state_dict(model.state_dict())

@@ -1,7 +1,7 @@
 """The Task interface: everything train.py and eval.py need to know about one problem.
 
 A task is chosen in the config by a built-in name (`task: digits`) or a dotted path to a class of your
-own (`task: mypackage.module:MyTask`); shared/tasks/loading.py finds it. The README shows a complete one.
+own (`task: mypackage.module:MyTask`); shared/tasks/loading.py finds it. docs/tasks.md shows a complete one.
 """
 
 from __future__ import annotations
