@@ -9,6 +9,7 @@ TORCH ?= torch==2.13.0
 # index (`make test TORCH_INDEX=`), overrides.
 TORCH_INDEX ?= auto
 TORCH_INDEX_URL := $(shell TORCH_INDEX='$(TORCH_INDEX)' scripts/torch-index)
+PYTEST_ARGS ?=
 DEMO_DIR ?= runs/demo
 PORT ?= 6006
 PY := $(VENV)/bin/python
@@ -46,7 +47,7 @@ lint: $(VENV)/.installed
 
 test: lint
 	scripts/system-tools
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) runs test-artifacts .pytest_cache .ruff_cache
