@@ -82,7 +82,7 @@ def test_train_killed_anywhere_resumes_to_the_same_losses(tmp_path: Path, start)
     expected = scalar_points(reference.train_run, "loss")
     assert len(expected) == 400
     final = start("train.py", "--train-dir", str(train_dir.root), *run)
-    assert final.wait() == 0, final.output()
+    assert final.wait_while_logging() == 0, final.output()
     print(f"kills survived by train.py: {dict(moments)}")
     assert sum(moments.values()) >= KILLS, moments
     assert moments["during a checkpoint write"] > 0, moments
