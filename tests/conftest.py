@@ -68,14 +68,7 @@ class Proc:
         """Wait however long the process takes while it keeps logging; fail only once it has printed nothing
         for `silence` seconds. For long CPU-bound runs, whose length a fixed bound cannot know on a slow or
         busy machine; train.py logs every `log.every_steps` steps."""
-        size, last_change = -1, time.monotonic()
-        while self.popen.poll() is None:
-            if (grown := self.log.stat().st_size) != size:
-                size, last_change = grown, time.monotonic()
-            elif time.monotonic() - last_change > silence:
-                self.popen.kill()
-                pytest.fail(f"{self.popen.args} printed nothing for {silence}s; output:\n{self.output()}")
-            time.sleep(0.2)  # a bounded poll of the log's size
+        wait_while_progressing(lambda: self.popen.poll() is not None, self, "it to exit", silence)
         return self.popen.wait()
 
     def signal(self, signum: int) -> None:
@@ -201,6 +194,22 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str, interva
     while not condition():
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_while_progressing(
+    condition: Callable[[], bool], progress: Proc, what: str, silence: float = 120, interval: float = 0.05
+) -> None:
+    """Poll `condition` until it holds, for as long as `progress` keeps logging: fail the test only once that
+    process printed nothing for `silence` seconds. The bound for waits on CPU-bound work (training), whose
+    length no fixed timeout can know on a busy machine."""
+    size, last_change = -1, time.monotonic()
+    while not condition():
+        if (grown := progress.log.stat().st_size) != size:
+            size, last_change = grown, time.monotonic()
+        elif time.monotonic() - last_change > silence:
+            progress.popen.kill()
+            pytest.fail(f"waiting for {what}: {progress.popen.args} printed nothing for {silence}s")
         time.sleep(interval)
 
 

@@ -15,7 +15,7 @@ from shared.checkpoints.format import load
 from shared.checkpoints.store import list_checkpoints
 from shared.protocol.layout import CHECKPOINT_TEMP_RE, TrainDir
 from shared.protocol.ledger import read_records
-from tests.conftest import SHORT_RUN, Proc, scalar_points, wait_until
+from tests.conftest import SHORT_RUN, Proc, scalar_points, wait_while_progressing
 from tests.test_end_to_end import assert_one_point_per_evaluated_step
 from tests.warm_cli import warm_cli
 
@@ -43,9 +43,9 @@ def kill_trainer_at_some_moment(trainer: Proc, train_dir: TrainDir, rng: random.
     before = newest_step(train_dir)
     exited = lambda: trainer.popen.poll() is not None  # noqa: E731
     # Kill only after this run committed a checkpoint of its own, so every run makes progress.
-    wait_until(lambda: newest_step(train_dir) > before or exited(), 120, "a new checkpoint")
+    wait_while_progressing(lambda: newest_step(train_dir) > before or exited(), trainer, "a new checkpoint")
     if rng.random() < 0.5:
-        wait_until(lambda: exited() or bool(temp_files(train_dir)), 60, "a checkpoint write", interval=0.0005)
+        wait_while_progressing(lambda: exited() or bool(temp_files(train_dir)), trainer, "a save", interval=0.0005)
     else:
         time.sleep(rng.uniform(0, 0.1))  # a random moment among the steps: the delay is the point here
     trainer.signal(signal.SIGKILL)
@@ -92,7 +92,7 @@ def test_train_killed_anywhere_resumes_to_the_same_losses(tmp_path: Path, start)
     assert scalar_points(train_dir.train_run, "loss") == expected
 
 
-def kill_evaluator_at_some_moment(evaluator: Proc, train_dir: TrainDir, rng: random.Random) -> None:
+def kill_evaluator_at_some_moment(evaluator: Proc, trainer: Proc, train_dir: TrainDir, rng: random.Random) -> None:
     """Kill during start-up and load, mid-evaluation, or right as a result is being recorded."""
     recorded = len(read_records(train_dir.results))
     grew = lambda: len(read_records(train_dir.results)) > recorded or evaluator.popen.poll() is not None  # noqa: E731
@@ -100,7 +100,8 @@ def kill_evaluator_at_some_moment(evaluator: Proc, train_dir: TrainDir, rng: ran
     if moment == "startup":
         time.sleep(rng.uniform(0.0, 1.5))  # a random moment in joining, reading the config, the first scan or load
     else:
-        wait_until(grew, 120, "an evaluation", interval=0.002)
+        # The next evaluation waits for the trainer's next checkpoint: bounded by the trainer's progress.
+        wait_while_progressing(grew, trainer, "an evaluation", interval=0.002)
         if moment == "mid-evaluation":
             time.sleep(rng.uniform(0, 0.15))  # a random moment in the next load, evaluation or record
     evaluator.signal(signal.SIGKILL)
@@ -123,7 +124,7 @@ def test_eval_killed_anywhere_records_each_step_once(tmp_path: Path, start) -> N
     with warm_cli("eval.py", log_dir=tmp_path) as warm:
         for _ in range(KILLS):
             evaluator = warm.start("eval.py", "--train-dir", str(train_dir.root))
-            kill_evaluator_at_some_moment(evaluator, train_dir, rng)
+            kill_evaluator_at_some_moment(evaluator, trainer, train_dir, rng)
             assert trainer.popen.poll() is None, "training must still be running while the evaluator is killed"
     trainer.signal(signal.SIGTERM)
     assert trainer.wait() == 0, trainer.output()
