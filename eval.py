@@ -31,7 +31,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch.utils.tensorboard import SummaryWriter
 
 from shared import config as cfg
 from shared.checkpoints.store import Checkpoint, list_checkpoints
@@ -40,7 +39,9 @@ from shared.evaluation.coordination import SharedTrainDir, join_as_evaluator
 from shared.evaluation.evaluator import Evaluator
 from shared.evaluation.watch import CheckpointWatcher
 from shared.loggers import dashboards
-from shared.loggers.tensorboard import confusion_image, confusion_markdown
+from shared.loggers.backends import check_backends, open_run
+from shared.loggers.base import Logger
+from shared.loggers.confusion import confusion_image, confusion_markdown
 from shared.metrics.classification import SCALARS
 from shared.protocol.claims import this_evaluator
 from shared.protocol.files import refuse_linked_folders
@@ -95,13 +96,15 @@ def read_config(args: argparse.Namespace, train_dir: TrainDir) -> cfg.Config:
     return config
 
 
-def write_summaries(writer: SummaryWriter, step: int, result: SplitResult, class_names: list[str]) -> None:
+def write_summaries(logger: Logger, step: int, result: SplitResult, class_names: list[str]) -> None:
     for tag in ("loss", *SCALARS):
-        writer.add_scalar(tag, result.metrics[tag], step)
-    writer.add_image("confusion_matrix", confusion_image(result.confusion_matrix), step, dataformats="HWC")
-    writer.add_text("confusion_matrix", confusion_markdown(result.confusion_matrix, class_names), step)
-    dashboards.write_pr_curves(writer, result.targets, result.probabilities, class_names, step)
-    writer.flush()
+        logger.scalar(tag, result.metrics[tag], step)
+    image = confusion_image(result.confusion_matrix, class_names)
+    if image is not None:
+        logger.image("confusion_matrix", image, step)
+    logger.text("confusion_matrix", confusion_markdown(result.confusion_matrix, class_names), step)
+    dashboards.write_pr_curves(logger, result.targets, result.probabilities, class_names, step)
+    logger.flush()
 
 
 def evaluate(checkpoint: Checkpoint, evaluator: Evaluator, train_dir: TrainDir, config: cfg.Config) -> EvalResult:
@@ -189,6 +192,7 @@ def run_daemon(args: argparse.Namespace, train_dir: TrainDir, device: torch.devi
         if not wait_for(train_dir.config.exists, watcher.wait, stop, deadline, hint):
             return 0
         config = read_config(args, train_dir)
+        check_backends(config)
         evaluator = Evaluator.from_config(config, device)
         plot = functools.partial(write_summaries, class_names=evaluator.task.class_names)
         runs = {split: train_dir.split_run(split) for split in evaluator.splits}  # one writer per split's run
@@ -263,6 +267,8 @@ def resolve_checkpoint(choice: str, train_dir: TrainDir) -> Path:
 
 def run_adhoc(args: argparse.Namespace, train_dir: TrainDir, device: torch.device) -> int:
     config = read_config(args, train_dir)
+    if args.write_summary:
+        check_backends(config)
     best = args.checkpoint == "best"
     if best:
         export.best_folder(train_dir)  # refuses a train_dir with none yet
@@ -285,8 +291,8 @@ def run_adhoc(args: argparse.Namespace, train_dir: TrainDir, device: torch.devic
             print(f"  {name:<16} " + " ".join(f"{r.metrics[name]:>8.4f}" for r in result.splits.values()))
     if args.write_summary:
         for split, scores in result.splits.items():
-            with SummaryWriter(log_dir=str(train_dir.split_run(split, adhoc=True))) as writer:
-                write_summaries(writer, step, scores, evaluator.task.class_names)
+            with open_run(config, train_dir, train_dir.split_run(split, adhoc=True), purge_step=None) as logger:
+                write_summaries(logger, step, scores, evaluator.task.class_names)
     return 0
 
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.tensorboard import SummaryWriter
 
 from shared import config as cfg
 from shared.checkpoints.format import load_for_resume
@@ -31,7 +30,8 @@ from shared.checkpoints.saver import PeriodicSaver
 from shared.checkpoints.store import list_checkpoints, remove_stale_temps
 from shared.evaluation import splits
 from shared.loggers import dashboards
-from shared.loggers.tensorboard import open_writer
+from shared.loggers.backends import check_backends, open_run
+from shared.loggers.base import Logger
 from shared.protocol.files import exclusive_lock, refuse_linked_folders, write_atomic
 from shared.protocol.layout import TrainDir
 from shared.protocol.presence import FolderGuard
@@ -123,10 +123,10 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
     written = (train_dir.root, train_dir.checkpoints, train_dir.train_run) if group.is_main else ()
     folders = FolderGuard("train.py", *written)  # rank 0 writes, so rank 0 checks its folders are still there
     feedback.begin()
-    with open_writer(train_dir.train_run, purge_step=state.step + 1, enabled=group.is_main) as writer:
-        saver = periodic_saver(config, train_dir, state, ledger, stop, guard, writer)
-        train_log = TrainLog(writer, progress, guard, group, device)
-        dashboards.write_train_header(writer, config, state.step)
+    with open_run(config, train_dir, train_dir.train_run, state.step + 1, enabled=group.is_main) as logger:
+        saver = periodic_saver(config, train_dir, state, ledger, stop, guard, logger)
+        train_log = TrainLog(logger, progress, guard, group, device)
+        dashboards.write_train_header(logger, config, state.step)
         write_heartbeat(train_dir, state.step, group)
         while state.step < options.steps and not stopping and not feedback.stopped:
             result = train_step(state, batches, task, device, options)
@@ -140,8 +140,8 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
                 train_log.write(state.step, result.lr, result.grad_norm, saver.last_saved_step)
                 ledger.poll()
                 if (lag := ledger.lag(state.step)) is not None:
-                    writer.add_scalar("eval_lag", lag, state.step)
-                feedback.at_log_step(state.step, ledger.take(), state.scheduler, writer)  # may cut the LR, or stop
+                    logger.scalar("eval_lag", lag, state.step)
+                feedback.at_log_step(state.step, ledger.take(), state.scheduler, logger)  # may cut the LR, or stop
                 write_heartbeat(train_dir, state.step, group)
             save_by_time = False
             if at_log_step or not group.enabled:  # under torchrun, what one rank decides alone is agreed here
@@ -174,7 +174,7 @@ def periodic_saver(
     ledger: LedgerReader,
     stop: StopRequest,
     guard: NonFiniteGuard,
-    writer: SummaryWriter,
+    logger: Logger,
 ) -> PeriodicSaver:
     """Saves as checkpoint.* says, each after the NaN check and a flush of the train run, and waits for a
     lagging evaluator after each (train.max_eval_lag)."""
@@ -182,7 +182,7 @@ def periodic_saver(
     lag, policy = config.train.max_eval_lag, RetentionPolicy.from_options(config.checkpoint, config.eval.best_metric)
     return PeriodicSaver(
         train_dir, config.checkpoint, state.step, state.group, shards, ledger=ledger, max_eval_lag=lag, stop=stop,
-        guard=guard, flush=writer.flush, policy=policy,
+        guard=guard, flush=logger.flush, policy=policy,
     )  # fmt: skip
 
 
@@ -239,6 +239,7 @@ def main(argv: list[str]) -> int:
     with distributed.joined(args.device) as (group, device_name):
         # Whatever may refuse the run comes before its first write, so a refused run leaves nothing behind.
         config = read_config(args, train_dir)
+        check_backends(config)
         device = devices.resolve(device_name)
         seeding.seed_everything(config.seed)
         task = build_task(config)

@@ -7,19 +7,20 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from shared.loggers.dashboards import EvalLag, hparam_values, write_train_header
-from shared.loggers.tensorboard import open_writer
+from shared.loggers.dashboards import hparam_values, write_train_header
+from shared.loggers.tensorboard import TensorBoardLogger
 from shared.protocol.files import append_line
 from shared.protocol.layout import TrainDir
 from shared.runtime.health import check_heartbeat
 from shared.tasks.loading import load_config
+from shared.training.ledger_reader import LedgerReader
 from tests.conftest import ROOT
 
 
 def test_layout_is_written_on_a_fresh_start_only_and_the_config_on_every_start(tmp_path: Path) -> None:
     config = load_config(ROOT / "configs" / "digits.yaml")
     for step in (0, 300):  # a fresh start, then a resume from step 300
-        with open_writer(tmp_path, purge_step=step + 1) as writer:
+        with TensorBoardLogger(tmp_path, purge_step=step + 1) as writer:
             write_train_header(writer, config, step)
     accumulator = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
     accumulator.Reload()
@@ -36,15 +37,22 @@ def test_hparams_are_the_training_options_as_plain_values() -> None:
 
 
 def test_eval_lag_follows_the_ledger(tmp_path: Path) -> None:
-    ledger = tmp_path / "results.jsonl"
-    lag = EvalLag(ledger)
-    assert lag.at(50) is None, "no ledger: no evaluator to lag behind"
+    train_dir = TrainDir(tmp_path)
+    ledger = train_dir.results
+    reader = LedgerReader(train_dir)
+
+    def lag_at(step: int) -> int | None:
+        reader.poll()
+        return reader.lag(step)
+
+    assert lag_at(50) is None, "no ledger: no evaluator to lag behind"
+    ledger.parent.mkdir()
     ledger.touch()
-    assert lag.at(50) == 50, "an evaluator with nothing done yet is the whole run behind"
+    assert lag_at(50) == 50, "an evaluator with nothing done yet is the whole run behind"
     append_line(ledger, '{"step": 40, "status": "ok"}')
-    assert lag.at(90) == 50
+    assert lag_at(90) == 50
     append_line(ledger, '{"step": 80, "status": "failed"}')  # a failed step is done too: it is not retried
-    assert lag.at(90) == 10
+    assert lag_at(90) == 10
 
 
 @pytest.mark.parametrize("bad", ["", "{", '{"step": 1}'])

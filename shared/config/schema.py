@@ -115,6 +115,9 @@ class CheckpointConfig(Section):
 
 class LogConfig(Section):
     every_steps: int = Field(10, ge=1, le=MAX_STEP)
+    # Where summaries go (docs/logging.md); mlflow needs the extra: pip install -e '.[mlflow]'
+    backends: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"])
+    mlflow_tracking_uri: str = ""  # e.g. http://127.0.0.1:5000; empty: $MLFLOW_TRACKING_URI
 
 
 class EvalConfig(Section):
@@ -186,6 +189,10 @@ class Config(Section):
         if not self.eval.splits or len(set(self.eval.splits)) < len(self.eval.splits):
             raise ConfigError(
                 f"eval.splits: list each split once, at least one (e.g. [val, train]); got {self.eval.splits}"
+            )
+        if len(set(self.log.backends)) < len(self.log.backends):
+            raise ConfigError(
+                f"log.backends: list each backend once (e.g. [tensorboard, mlflow]); got {self.log.backends}"
             )
         folds, fold = self.data.folds, self.data.fold
         if fold >= max(folds, 1):

@@ -17,12 +17,11 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from torch.utils.tensorboard import SummaryWriter
-
 from shared.checkpoints.store import Checkpoint
 from shared.config import Config
 from shared.loggers import dashboards
-from shared.loggers.tensorboard import open_writer
+from shared.loggers.backends import open_run
+from shared.loggers.base import Logger
 from shared.protocol.claims import Claims
 from shared.protocol.files import make_folder, touch, try_lock
 from shared.protocol.layout import TrainDir, checkpoint_step
@@ -32,7 +31,7 @@ from shared.protocol.results import EvalResult, SplitResult
 
 log = logging.getLogger("eval")
 
-Plot = Callable[[SummaryWriter, int, SplitResult], None]  # a split's summaries at a step
+Plot = Callable[[Logger, int, SplitResult], None]  # a split's summaries at a step
 
 
 class CheckpointScan:
@@ -74,7 +73,7 @@ class Recorder:
     """The elected recorder: appends outcomes, in step order, to the eval run and the ledger.
 
     It holds the lock until its process ends, and opens the ledger (dropping a line cut short) and its
-    TensorBoard writers (one per split's run, purge_step after the newest record) only once elected, so
+    loggers (one per split's run, purge_step after the newest record) only once elected, so
     whatever a dead recorder left half done is redone under the crash rules of docs/protocol.md.
     """
 
@@ -82,7 +81,7 @@ class Recorder:
         self.train_dir, self.config, self.plot, self.runs = train_dir, config, plot, runs
         self.lock_fd: int | None = None
         self.ledger: Ledger | None = None
-        self.writers: dict[str, SummaryWriter] = {}
+        self.loggers: dict[str, Logger] = {}
 
     def elected(self) -> bool:
         """Whether this process records; tries the lock (without waiting) until it gets it."""
@@ -90,9 +89,11 @@ class Recorder:
             self.lock_fd = fd
             self.ledger = Ledger(self.train_dir.results)
             purge_step = self.ledger.next_purge_step()
-            self.writers = {split: open_writer(run, purge_step) for split, run in self.runs.items()}
+            self.loggers = {
+                split: open_run(self.config, self.train_dir, run, purge_step) for split, run in self.runs.items()
+            }
             if not self.ledger.results:  # a fresh eval run: the first split's becomes the HParams session, once
-                dashboards.write_hparams(next(iter(self.writers.values())), self.config)
+                dashboards.write_hparams(next(iter(self.loggers.values())), self.config)
             log.info("recording results (this evaluator holds %s)", self.train_dir.eval_lock)
         return self.lock_fd is not None
 
@@ -125,12 +126,12 @@ class Recorder:
             log.warning("%s arrived after a later step was logged; recorded, but not plotted", result.file)
         elif result.splits:
             for split, scores in result.splits.items():
-                self.plot(self.writers[split], result.step, scores)
+                self.plot(self.loggers[split], result.step, scores)
         self.ledger.append(result)
 
     def close(self) -> None:
-        for writer in self.writers.values():
-            writer.close()
+        for logger in self.loggers.values():
+            logger.close()
         if self.lock_fd is not None:
             os.close(self.lock_fd)
 

@@ -1,21 +1,18 @@
-"""What TensorBoard shows beyond the per-step scalars, written into the two existing runs only.
+"""What the dashboards show beyond the per-step scalars, written into the two existing runs only.
 
 `train/` (train.py) gets the custom-scalars overview layout and the resolved config as text (its
 `eval_lag` comes from shared.training.ledger_reader); `eval/` (the eval.py daemon) gets the HParams
-session and the PR curves. Nothing here opens a writer of its own: a new writer would mean a new run
-folder (a "stray run") or two writers in one (lost points).
+session and the PR curves. Nothing here opens a logger of its own: in TensorBoard a new writer would mean
+a new run folder (a "stray run") or two writers in one (lost points).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import yaml
-from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
 
 from shared import config as cfg
+from shared.loggers.base import HParam, Logger
 
 # The Custom Scalars tab: "is it learning, and is it overfitting?" first (train and eval loss on one chart,
 # accuracy beside it), then how training runs. Tags are regexes, so each chart shows every run with the tag.
@@ -39,43 +36,37 @@ HPARAM_SECTIONS = ("task", "seed", "model", "data", "train")
 PR_CURVE_MAX_CLASSES = 20
 
 
-def write_train_header(writer: SummaryWriter, config: cfg.Config, step: int) -> None:
+def write_train_header(logger: Logger, config: cfg.Config, step: int) -> None:
     """At each train.py start: the overview layout (fresh runs only, so once per run) and the config.
 
     The config is logged at the step training (re)starts from, so a resume with changed options shows
     both versions. Flushed at once: a crash right after must not lose the layout.
     """
     if step == 0:
-        writer.add_custom_scalars(OVERVIEW_LAYOUT)
+        logger.layout(OVERVIEW_LAYOUT)
     text = yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
-    writer.add_text("config", f"```yaml\n{text}```", step)
-    writer.flush()
+    logger.text("config", f"```yaml\n{text}```", step)
+    logger.flush()
 
 
-def hparam_values(config: cfg.Config) -> dict[str, Any]:
+def hparam_values(config: cfg.Config) -> dict[str, HParam]:
     """The config's hyper-parameters as the flat name -> number/string/bool map the HParams plugin takes."""
     flat = cfg.flatten(config)
     picked = {k: v for k, v in flat.items() if k.split(".")[0] in HPARAM_SECTIONS}
     return {k: v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else str(v) for k, v in picked.items()}
 
 
-def write_hparams(writer: SummaryWriter, config: cfg.Config) -> None:
-    """Make the writer's run an HParams session with the config's hyper-parameters.
-
-    Only the session-start record is written, into the existing run (SummaryWriter.add_hparams would make
-    a new run folder). The plugin then finds the metrics itself: the last value of each scalar tag in
-    this run, i.e. the newest checkpoint's loss, accuracy, ...
-    """
-    _, session_start, _ = hparams(hparam_values(config), metric_dict={})
-    writer.file_writer.add_summary(session_start)
-    writer.flush()
+def write_hparams(logger: Logger, config: cfg.Config) -> None:
+    """Make the logger's run an HParams session with the config's hyper-parameters (once per run)."""
+    logger.hparams(hparam_values(config))
+    logger.flush()
 
 
 def write_pr_curves(
-    writer: SummaryWriter, targets: np.ndarray, probabilities: np.ndarray, class_names: list[str], step: int
+    logger: Logger, targets: np.ndarray, probabilities: np.ndarray, class_names: list[str], step: int
 ) -> None:
     """One-vs-rest precision/recall curve per class, from the evaluation's class probabilities."""
     if len(class_names) > PR_CURVE_MAX_CLASSES:
         return
     for index, name in enumerate(class_names):
-        writer.add_pr_curve(f"pr_curve/{name}", targets == index, probabilities[:, index], step)
+        logger.pr_curve(f"pr_curve/{name}", targets == index, probabilities[:, index], step)

@@ -1,57 +1,123 @@
-"""TensorBoard writing. One writer per run folder (train/ for train.py, eval/ for eval.py), each opened
-with `purge_step` so a restarted process replaces, rather than duplicates, the points it logged after
-its last durable state."""
+"""The TensorBoard backend: one event-file writer per run folder, the only module that opens one.
+
+A restarted process opens its run at `purge_step` (the first step it will log again). Two things make
+the redone points appear once, in every reader (docs/protocol.md, "One point per step"):
+
+- the files already in the run are rewritten without their records at step >= purge_step, so a
+  reader that loads them from disk never sees the crashed process's copies (the legacy
+  `EventAccumulator` purges scalars and images at a restart's START record, but not tensors: texts,
+  PR curves, HParams, the layout);
+- the new file still opens with that START record, so a TensorBoard already serving the run drops
+  the copies it holds in memory.
+
+A point whose (tag, step) the kept files already hold (the header a resume from the same checkpoint
+writes again) is not written a second time.
+"""
 
 from __future__ import annotations
 
+import os
+import struct
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from google.protobuf.message import DecodeError
+from tensorboard.compat.proto import event_pb2
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard import summary as summaries
 
-from shared.protocol.files import make_folder
-
-
-def open_writer(run_dir: Path, purge_step: int, enabled: bool = True) -> SummaryWriter:
-    """A writer whose START record drops every point at step >= purge_step from earlier files.
-
-    Not `enabled` (torchrun ranks other than 0), a writer that writes nothing: one writer per run.
-    """
-    if not enabled:
-        return _Silent()  # type: ignore[return-value]
-    make_folder(run_dir)
-    return SummaryWriter(log_dir=str(run_dir), purge_step=purge_step, flush_secs=30)
+from shared.loggers.base import HParam, Layout, Logger
+from shared.protocol.files import atomic_file, fsync_dir, make_folder
+from shared.protocol.layout import EVENTS_REPAIR_TEMP_RE, is_event_file
 
 
-class _Silent:
-    """Takes every SummaryWriter call and writes nothing."""
+class TensorBoardLogger(Logger):
+    """One run folder's writer; `purge_step=None` (ad hoc runs) writes a new file and repairs nothing."""
 
-    def __enter__(self) -> _Silent:
-        return self
+    def __init__(self, run_dir: Path, purge_step: int | None) -> None:
+        make_folder(run_dir)
+        self._on_disk = drop_points_from(run_dir, purge_step) if purge_step is not None else set()
+        self._writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step, flush_secs=30)
 
-    def __exit__(self, *exc: object) -> None:
-        return None
+    def _write(self, summary: summaries.Summary, step: int) -> None:
+        fresh = [value for value in summary.value if (value.tag, step) not in self._on_disk]
+        if len(fresh) < len(summary.value):
+            del summary.value[:]
+            summary.value.extend(fresh)
+        if summary.value:
+            self._writer.file_writer.add_summary(summary, step)
 
-    def __getattr__(self, name: str) -> Any:
-        return lambda *args, **kwargs: None
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self._write(summaries.scalar(tag, value), step)
+
+    def text(self, tag: str, markdown: str, step: int) -> None:
+        self._write(summaries.text(tag, markdown), step)
+
+    def image(self, tag: str, image: np.ndarray, step: int) -> None:
+        self._write(summaries.image(tag, image, dataformats="HWC"), step)
+
+    def hparams(self, values: Mapping[str, HParam]) -> None:
+        """Only the session-start record, into this run: the plugin then takes the run's scalars as its
+        metrics (SummaryWriter.add_hparams would make a new run folder). Integers go as text, since the
+        HParams tab prints every number with five significant digits (32 as 32.000)."""
+        shown = {k: v if isinstance(v, (float, str)) else str(v) for k, v in values.items()}
+        _, session_start, _ = summaries.hparams(shown, metric_dict={})
+        self._write(session_start, 0)
+
+    def pr_curve(self, tag: str, labels: np.ndarray, probabilities: np.ndarray, step: int) -> None:
+        self._write(summaries.pr_curve(tag, labels, probabilities, num_thresholds=127), step)
+
+    def layout(self, layout: Layout) -> None:
+        self._write(summaries.custom_scalars(dict(layout)), 0)
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
 
 
-def confusion_image(matrix: list[list[int]], cell: int = 16) -> np.ndarray:
-    """The row-normalised confusion matrix as an HWC uint8 heat map (white = 0, dark blue = 1)."""
-    counts = np.asarray(matrix, dtype=np.float64)
-    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    low, high = np.array([255.0, 255.0, 255.0]), np.array([8.0, 48.0, 107.0])
-    colours = (low + rates[..., None] * (high - low)).astype(np.uint8)
-    return np.kron(colours, np.ones((cell, cell, 1), dtype=np.uint8))
+def drop_points_from(run_dir: Path, purge_step: int) -> set[tuple[str, int]]:
+    """Rewrite each event file of the run that holds records at step >= purge_step without them (temp
+    file, fsync, rename); a file left with nothing but its header goes. Returns the (tag, step) of every
+    summary value kept. A temp file never holds "tfevents" in its name, so TensorBoard never reads
+    one. Only the run's one writer calls this, before it opens its own file."""
+    kept: set[tuple[str, int]] = set()
+    for temp in run_dir.iterdir():
+        if EVENTS_REPAIR_TEMP_RE.match(temp.name):
+            temp.unlink()  # a rewrite cut short; the file it was for is still whole
+    for path in sorted(p for p in run_dir.iterdir() if is_event_file(p.name)):
+        records, events = read_events(path)
+        keep = [i for i, event in enumerate(events) if event.step < purge_step or event.HasField("file_version")]
+        for i in keep:
+            kept.update((value.tag, events[i].step) for value in events[i].summary.value)
+        if len(keep) == len(records):
+            continue
+        if all(events[i].HasField("file_version") for i in keep):
+            path.unlink()
+            fsync_dir(run_dir)
+        else:
+            with atomic_file(path, temp=path.with_name(f".repair-{os.getpid()}.tmp")) as f:  # no "tfevents" in it
+                f.write(b"".join(records[i] for i in keep))
+    return kept
 
 
-def confusion_markdown(matrix: list[list[int]], class_names: list[str]) -> str:
-    """The confusion matrix as a Markdown table for TensorBoard's text dashboard (rows = true class)."""
-    header = "| true \\ predicted | " + " | ".join(class_names) + " |"
-    rule = "|---" * (len(class_names) + 1) + "|"
-    rows = [
-        f"| **{name}** | " + " | ".join(str(v) for v in row) + " |"
-        for name, row in zip(class_names, matrix, strict=True)
-    ]
-    return "\n".join([header, rule, *rows])
+def read_events(path: Path) -> tuple[list[bytes], list[event_pb2.Event]]:
+    """An event file's whole records, each with its framing (TFRecord: uint64 length, the length's masked
+    CRC-32C, the data, the data's), and their events, up to the first record cut short or unreadable.
+    The CRCs are left to the readers: checking them in Python costs seconds per start on a long run."""
+    data = path.read_bytes()
+    records, events, at = [], [], 0
+    while at + 12 <= len(data):
+        (length,) = struct.unpack_from("<Q", data, at)
+        end = at + 12 + length + 4
+        if end > len(data):
+            break
+        try:
+            events.append(event_pb2.Event.FromString(data[at + 12 : end - 4]))
+        except DecodeError:
+            break
+        records.append(data[at:end])
+        at = end
+    return records, events

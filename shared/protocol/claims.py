@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from shared.protocol.files import create_temp, make_folder, write_all
+from shared.protocol.files import create_once, make_folder
 
 log = logging.getLogger(__name__)
 
@@ -156,20 +156,7 @@ class Claims:
         claiming is judged by its pid at once, not by the timeout."""
         info = ClaimInfo(self.host, os.getpid(), time.time(), self.evaluator, self.pid_namespace)
         path = self.path(step)
-        temp = path.with_name(f".{path.name}.{info.token}.tmp")
-        try:
-            fd = create_temp(temp)
-            try:
-                write_all(fd, json.dumps(asdict(info)).encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.link(temp, path)
-        except FileExistsError:
-            return False
-        finally:  # also when the disk is full: no temp is left behind
-            temp.unlink(missing_ok=True)
-        return True
+        return create_once(path, json.dumps(asdict(info)).encode(), path.with_name(f".{path.name}.{info.token}.tmp"))
 
     def _take_over(self, step: int) -> bool:
         """Remove a stale claim on `step`, if this evaluator is the one taker that wins it."""

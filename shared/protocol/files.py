@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -113,6 +114,26 @@ def atomic_file(path: Path, temp: Path | None = None, durable: bool = True) -> I
 def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
     with atomic_file(path, durable=durable) as f:
         f.write(data)
+
+
+def create_once(path: Path, data: bytes, temp: Path | None = None) -> bool:
+    """Create `path` holding `data`, unless it exists (then False): written under a name of its own
+    (`temp`, O_CREAT|O_EXCL) and hard-linked into place, which fails if `path` exists, so of racing
+    creators exactly one wins and no reader ever sees the file empty or half written."""
+    temp = temp or path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        fd = create_temp(temp)
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(temp, path)
+    except FileExistsError:
+        return False
+    finally:  # also when the disk is full: no temp is left behind
+        temp.unlink(missing_ok=True)
+    return True
 
 
 def append_line(path: Path, line: str) -> None:

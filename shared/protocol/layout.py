@@ -18,6 +18,7 @@ CHECKPOINT_TEMP_RE = re.compile(r"^\.ckpt-(\d{9})(\.pt)?\.tmp$")
 METADATA = ".metadata"  # DCP's index of a sharded checkpoint, written last
 SHARDED_STATE = "state.pt"  # the plain values of a sharded checkpoint (step, schedule, data position, RNG)
 BEST_VERSION_RE = re.compile(r"^\.best-(\d{9})(\.tmp)?$")  # complete folders, and temps being written
+EVENTS_REPAIR_TEMP_RE = re.compile(r"^\.repair-\d+\.tmp$")  # an event file being rewritten after a restart
 
 
 def checkpoint_name(step: int) -> str:
@@ -30,6 +31,11 @@ def checkpoint_folder(step: int) -> str:
 
 def checkpoint_temp_folder(step: int) -> str:
     return f".ckpt-{step:09d}.tmp"
+
+
+def is_event_file(name: str) -> bool:
+    """TensorBoard's own rule for the files of a run it reads."""
+    return "tfevents" in name
 
 
 def checkpoint_step(path: str | os.PathLike) -> int | None:
@@ -74,6 +80,11 @@ class TrainDir:
         """The TensorBoard run of one evaluation split: `val` in eval/ (eval_adhoc/), any other X in eval_X/."""
         run = self.adhoc_run if adhoc else self.eval_run
         return run if split == "val" else run.with_name(f"{run.name}_{split}")
+
+    @property
+    def mlflow_run(self) -> Path:
+        """The MLflow run every process of this train_dir logs into (log.backends: mlflow), created once."""
+        return self.root / "mlflow_run.json"
 
     @property
     def results(self) -> Path:

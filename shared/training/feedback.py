@@ -20,9 +20,9 @@ import time
 from typing import Any
 
 import torch
-from torch.utils.tensorboard import SummaryWriter
 
 from shared import config as cfg
+from shared.loggers.base import Logger
 from shared.protocol.files import append_line, write_atomic
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records
@@ -106,7 +106,7 @@ class Feedback:
             self._rewrite(logged)
 
     def at_log_step(
-        self, step: int, results: list[EvalResult], scheduler: torch.optim.lr_scheduler.LambdaLR, writer: SummaryWriter
+        self, step: int, results: list[EvalResult], scheduler: torch.optim.lr_scheduler.LambdaLR, logger: Logger
     ) -> None:
         """Act on what is due at this log step: decisions to replay first, then new evaluations (`results`,
         what the ledger gained since the last log step)."""
@@ -124,7 +124,7 @@ class Feedback:
                 )
                 self._replay.clear()
                 self._rewrite(self.decisions)
-            self._announce(decision, writer)
+            self._announce(decision, logger)
         if self._replay:
             return
         while self._ready and self._ready[0].step <= step and not self.stopped:
@@ -134,7 +134,7 @@ class Feedback:
             decision = self._decide(result.step, self.policies.values(result), step, scheduler)
             if self.group.is_main:
                 append_line(self.train_dir.decisions, _line(decision))
-            self._announce(decision, writer)
+            self._announce(decision, logger)
 
     def _keep(self, results: list[EvalResult]) -> None:
         """Keep the new ok results, in step order (failed and skipped ones never feed a policy)."""
@@ -174,7 +174,7 @@ class Feedback:
             self.stop_decision = decision
         return decision
 
-    def _announce(self, decision: dict[str, Any], writer: SummaryWriter) -> None:
+    def _announce(self, decision: dict[str, Any], logger: Logger) -> None:
         """The log line and the TensorBoard text (train run, at the step it was applied)."""
         what = {"none": "no change", "reduce_lr": "LR cut", "early_stop": "stop"}[decision["action"]]
         text = (
@@ -184,7 +184,7 @@ class Feedback:
         if decision["reason"]:
             text += f" ({decision['reason']})"
         (log.info if decision["action"] == "none" else log.warning)("decision %d: %s", decision["index"], text)
-        writer.add_text("decisions", text, decision["applied_step"])
+        logger.text("decisions", text, decision["applied_step"])
 
     def _rewrite(self, decisions: list[dict[str, Any]]) -> None:
         write_atomic(self.train_dir.decisions, _lines(decisions))

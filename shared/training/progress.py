@@ -8,9 +8,9 @@ import sys
 import time
 
 import torch
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from shared.loggers.base import Logger
 from shared.training.distributed import Distributed
 from shared.training.optim import NonFiniteGuard
 
@@ -47,9 +47,9 @@ class TrainLog:
     computed from a NaN/Inf loss is logged: the guard is checked first."""
 
     def __init__(
-        self, writer: SummaryWriter, progress: Progress, guard: NonFiniteGuard, group: Distributed, device: torch.device
+        self, logger: Logger, progress: Progress, guard: NonFiniteGuard, group: Distributed, device: torch.device
     ) -> None:
-        self.writer, self.progress, self.guard, self.group = writer, progress, guard, group
+        self.logger, self.progress, self.guard, self.group = logger, progress, guard, group
         self.loss, self.examples, self.steps = torch.zeros((), device=device), 0, 0
         self.started = time.perf_counter()
 
@@ -70,7 +70,7 @@ class TrainLog:
             "examples_per_sec": examples.item() / elapsed,
         }
         for tag, value in scalars.items():
-            self.writer.add_scalar(tag, value, step)
+            self.logger.scalar(tag, value, step)
         self.progress.report(step, scalars)
         self.loss.zero_()
         self.examples, self.steps, self.started = 0, 0, time.perf_counter()

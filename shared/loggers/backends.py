@@ -1,0 +1,46 @@
+"""Which backends a run's summaries go to (`log.backends`), and opening them as one `Logger`.
+
+A new backend is one module with a `Logger` subclass, plus one entry in OPENERS (and in CHECKS if it
+can fail at start); train.py and eval.py do not change. docs/logging.md says what it must promise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from shared.config import Config, LogConfig
+from shared.loggers import mlflow_backend
+from shared.loggers.base import Fanout, Logger, NullLogger
+from shared.loggers.tensorboard import TensorBoardLogger
+from shared.protocol.layout import TrainDir
+
+# name -> opener(log options, train_dir, run folder, purge_step); purge_step None: a run never redone (ad hoc).
+OPENERS: dict[str, Callable[[LogConfig, TrainDir, Path, int | None], Logger]] = {
+    "tensorboard": lambda options, train_dir, run_dir, purge_step: TensorBoardLogger(run_dir, purge_step),
+    "mlflow": lambda options, train_dir, run_dir, purge_step: mlflow_backend.open_run(
+        options, train_dir, run_dir.name, purge_step
+    ),
+}
+# name -> a check at start: a backend that cannot work is one line and exit 2 before any work is done.
+CHECKS: dict[str, Callable[[LogConfig], None]] = {"mlflow": mlflow_backend.check}
+
+
+def check_backends(config: Config) -> None:
+    for name in config.log.backends:
+        if name in CHECKS:
+            CHECKS[name](config.log)
+
+
+def open_run(
+    config: Config, train_dir: TrainDir, run_dir: Path, purge_step: int | None, enabled: bool = True
+) -> Logger:
+    """The logger of one run folder (train/, eval/, eval_<split>/, eval_adhoc/) in every configured backend.
+
+    `purge_step`: the first step this process logs; each backend drops what a crashed writer logged from
+    there on (one writer per run). Not `enabled` (torchrun ranks other than 0): a logger that keeps nothing.
+    """
+    if not enabled:
+        return NullLogger()
+    loggers = [OPENERS[name](config.log, train_dir, run_dir, purge_step) for name in config.log.backends]
+    return loggers[0] if len(loggers) == 1 else Fanout(loggers)

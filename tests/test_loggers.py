@@ -1,0 +1,124 @@
+"""The logger backends on their own: a run reopened after its writer was SIGKILLed keeps one point per
+(tag, step) for every kind of record, in TensorBoard's own readers; HParams integers stay integers; the
+confusion-matrix image stops at its class cap."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing import event_accumulator, plugin_event_accumulator
+
+from shared.loggers.confusion import IMAGE_MAX_CLASSES, confusion_image
+from tests.conftest import ROOT
+
+# Writes every kind of record at steps [first, last] into a run opened at purge_step, flushes, says so on
+# stdout, then either closes or waits to be killed: a writer that dies with its points on disk.
+WRITER = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from shared.loggers.tensorboard import TensorBoardLogger
+run, (purge_step, first, last), then = Path(sys.argv[1]), map(int, sys.argv[2:5]), sys.argv[5]
+logger = TensorBoardLogger(run, purge_step)
+if first == 0:
+    logger.layout({"overview": {"loss": ["Multiline", ["^loss$"]]}})
+    logger.hparams({"model.channels": 32, "train.lr": 0.003, "train.optimizer": "adamw"})
+logger.text("config", "resumed at %d" % first, first)
+for step in range(first, last + 1):
+    logger.scalar("loss", 1.0 / (step + 1), step)
+    logger.text("notes", "step %d" % step, step)
+    logger.image("picture", np.full((4, 4, 3), step, dtype=np.uint8), step)
+    logger.pr_curve("pr_curve/0", np.arange(8) % 2 == 0, np.linspace(0, 1, 8), step)
+logger.flush()
+print("flushed", flush=True)
+if then == "die":
+    time.sleep(600)
+logger.close()
+"""
+
+
+def run_writer(run: Path, purge_step: int, first: int, last: int, then: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(run), str(purge_step), str(first), str(last), then],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "flushed"
+        if then == "die":
+            proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=120) == (-signal.SIGKILL if then == "die" else 0)
+    finally:
+        proc.kill()
+
+
+def steps_by_tag(run: Path, accumulator_module) -> dict[str, list[int]]:
+    """Every tag's steps, as one of TensorBoard's loaders keeps them (purges applied), all points kept."""
+    accumulator = accumulator_module.EventAccumulator(
+        str(run), size_guidance={k: 0 for k in ("scalars", "images", "tensors")}
+    )
+    accumulator.Reload()
+    tags = accumulator.Tags()
+    found = {}
+    for kind, read in (("scalars", "Scalars"), ("images", "Images"), ("tensors", "Tensors")):
+        for tag in tags.get(kind, []):
+            found[tag] = [event.step for event in getattr(accumulator, read)(tag)]
+    return found
+
+
+@pytest.fixture(scope="module")
+def restarted_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run whose writer was SIGKILLed three times with points after its last durable step on disk."""
+    run = tmp_path_factory.mktemp("loggers") / "run"
+    run_writer(run, purge_step=0, first=0, last=5, then="die")  # a fresh run, killed after step 5
+    run_writer(run, purge_step=0, first=0, last=4, then="die")  # fresh again (nothing was durable), killed
+    run_writer(run, purge_step=3, first=2, last=7, then="die")  # resumed from step 2, killed after 7
+    run_writer(run, purge_step=3, first=2, last=9, then="close")  # resumed from step 2 again, completes
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reader", [event_accumulator, plugin_event_accumulator], ids=["legacy", "plugin"])
+def test_a_run_reopened_after_sigkill_keeps_one_point_per_tag_and_step(restarted_run: Path, reader) -> None:
+    run = restarted_run
+    found = steps_by_tag(run, reader)
+    everything = list(range(10))
+    expected_tensors = {"notes/text_summary": everything, "pr_curve/0": everything, "config/text_summary": [0, 2]}
+    if reader is plugin_event_accumulator:  # it reads scalars and images as tensors too
+        expected_tensors |= {"loss": everything, "picture": everything}
+    else:
+        assert found["loss"] == everything and found["picture"] == everything
+    for tag, steps in expected_tensors.items():
+        assert found[tag] == steps, f"{tag}: one point per step expected"
+    assert found["custom_scalars__config__"] == [0]
+    if reader is plugin_event_accumulator:  # the legacy one does not read HParams records
+        assert found["_hparams_/session_start_info"] == [0]
+    assert not [p.name for p in run.iterdir() if "tfevents" not in p.name], "no repair temp file is left"
+
+
+def test_hparams_show_integers_as_integers(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run_writer(run, purge_step=0, first=0, last=0, then="close")
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    accumulator = plugin_event_accumulator.EventAccumulator(str(run))
+    accumulator.Reload()
+    metadata = accumulator.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(metadata).session_start_info.hparams
+    assert hparams["model.channels"].string_value == "32", "the HParams tab would print 32 as 32.000"
+    assert hparams["train.lr"].number_value == pytest.approx(0.003)
+    assert hparams["train.optimizer"].string_value == "adamw"
+
+
+def test_the_confusion_image_is_drawn_up_to_the_class_cap_only() -> None:
+    image = confusion_image(np.diag([36, 35, 37]).tolist(), ["cat", "dog", "emu"])
+    assert image is not None and image.dtype == np.uint8 and image.shape[2] == 3
+    assert image.shape[1] > image.shape[0], "the colour bar sits beside the square matrix"
+    names = [f"class {i}" for i in range(IMAGE_MAX_CLASSES + 1)]
+    assert confusion_image(np.eye(len(names), dtype=int).tolist(), names) is None
