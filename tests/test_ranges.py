@@ -134,6 +134,8 @@ def in_range(option: Option) -> st.SearchStrategy:
         return st.sampled_from(typing.get_args(kind))
     if kind is bool:
         return st.booleans()
+    if kind is str:  # a free text option (log.mlflow_tracking_uri): checked where it is used, at start
+        return st.text(max_size=40)
     low, high = b.get("ge", b.get("gt")), b.get("le", b.get("lt"))
     if kind is int:
         step = int(b.get("multiple_of", 1))

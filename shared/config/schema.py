@@ -190,10 +190,6 @@ class Config(Section):
             raise ConfigError(
                 f"eval.splits: list each split once, at least one (e.g. [val, train]); got {self.eval.splits}"
             )
-        if len(set(self.log.backends)) < len(self.log.backends):
-            raise ConfigError(
-                f"log.backends: list each backend once (e.g. [tensorboard, mlflow]); got {self.log.backends}"
-            )
         folds, fold = self.data.folds, self.data.fold
         if fold >= max(folds, 1):
             fix = f"set data.fold between 0 and {folds - 1}" if folds > 1 else "set data.folds to 2 or more first"

@@ -27,7 +27,7 @@ CHECKS: dict[str, Callable[[LogConfig], None]] = {"mlflow": mlflow_backend.check
 
 
 def check_backends(config: Config) -> None:
-    for name in config.log.backends:
+    for name in dict.fromkeys(config.log.backends):
         if name in CHECKS:
             CHECKS[name](config.log)
 
@@ -42,5 +42,6 @@ def open_run(
     """
     if not enabled:
         return NullLogger()
-    loggers = [OPENERS[name](config.log, train_dir, run_dir, purge_step) for name in config.log.backends]
+    names = dict.fromkeys(config.log.backends)  # a backend listed twice is opened once: one writer per run
+    loggers = [OPENERS[name](config.log, train_dir, run_dir, purge_step) for name in names]
     return loggers[0] if len(loggers) == 1 else Fanout(loggers)
