@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from shared import config as cfg
 from shared.loggers.backends import open_run
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records
+from shared.tasks.loading import load_config
 from tests.conftest import ROOT, SHORT_RUN, process_starter, wait_until
 
 mlflow = pytest.importorskip("mlflow", reason="the dev extra installs mlflow")
@@ -120,7 +120,7 @@ def test_train_and_evaluators_share_one_run_across_an_evaluator_sigkill(tmp_path
 
 def test_a_run_reopened_after_a_crash_gets_no_point_twice(tmp_path: Path, tracking_uri: str) -> None:
     """What a recorder killed between its points and its ledger line left is not sent again."""
-    config = cfg.load(
+    config = load_config(
         ROOT / "configs" / "digits.yaml", ["log.backends=[mlflow]", f"log.mlflow_tracking_uri={tracking_uri}"]
     )
     train_dir = TrainDir(tmp_path)
