@@ -49,7 +49,7 @@ from shared.protocol.layout import METADATA, TrainDir
 from shared.protocol.outcomes import write_outcome
 from shared.protocol.presence import FolderGuard
 from shared.protocol.results import EvalResult, SplitResult
-from shared.runtime import cli, devices
+from shared.runtime import cli, devices, threads
 from shared.runtime.errors import CheckpointError, UsageError
 from shared.runtime.signals import StopRequest
 from shared.tasks.loading import load_config
@@ -191,9 +191,11 @@ def run_daemon(args: argparse.Namespace, train_dir: TrainDir, device: torch.devi
         stop.on_stop = watcher.wake
         if not wait_for(train_dir.config.exists, watcher.wait, stop, deadline, hint):
             return 0
+        took_threads = threads.apply(threads.choose("eval", args.threads, train_dir))  # train.py, if any, has its lock
         config = read_config(args, train_dir)
         check_backends(config)
         evaluator = Evaluator.from_config(config, device)
+        log.info(took_threads)
         plot = functools.partial(write_summaries, class_names=evaluator.task.class_names)
         runs = {split: train_dir.split_run(split) for split in evaluator.splits}  # one writer per split's run
         with SharedTrainDir(train_dir, config, plot, runs) as shared:
@@ -266,6 +268,7 @@ def resolve_checkpoint(choice: str, train_dir: TrainDir) -> Path:
 
 
 def run_adhoc(args: argparse.Namespace, train_dir: TrainDir, device: torch.device) -> int:
+    took_threads = threads.apply(threads.choose("eval", args.threads, train_dir))
     config = read_config(args, train_dir)
     if args.write_summary:
         check_backends(config)
@@ -275,6 +278,7 @@ def run_adhoc(args: argparse.Namespace, train_dir: TrainDir, device: torch.devic
     path = train_dir.best if best else resolve_checkpoint(args.checkpoint, train_dir)
     shown = f"{path}/" if best else str(path)  # best/ by its own name, not the hidden folder it points at now
     evaluator = Evaluator.from_config(config, device)
+    log.info(took_threads)
     try:
         step = export.load_weights(evaluator.model, train_dir)["step"] if best else evaluator.load_checkpoint(path)
     except CheckpointError as err:

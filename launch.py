@@ -35,7 +35,7 @@ from shared.config import MAX_COUNT, MAX_SECS
 from shared.evaluation import crossval
 from shared.evaluation.export import read_best
 from shared.protocol.layout import TrainDir
-from shared.runtime import cli
+from shared.runtime import cli, threads
 
 HERE = Path(__file__).resolve().parent
 CPU_ONLY = {"CUDA_VISIBLE_DEVICES": "", "NVIDIA_VISIBLE_DEVICES": "void"}  # as compose.cpu.yml's eval
@@ -67,6 +67,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="N",
         help="eval.py processes sharing the work (compose --scale)",
     )
+    parser.add_argument(
+        "--train-threads",
+        type=cli.number(int, 1, MAX_COUNT),
+        metavar="N",
+        help="train.py --threads (default: the cores the evaluators leave)",
+    )
+    parser.add_argument(
+        "--eval-threads",
+        type=cli.number(int, 1, MAX_COUNT),
+        metavar="N",
+        help="each eval.py's --threads (default: a quarter of the cores)",
+    )
     parser.add_argument("--host", default="localhost", help="TensorBoard's address (default: localhost)")
     parser.add_argument(
         "--port", type=cli.number(int, 0, 65535), default=6006, help="TensorBoard's port (0: a free one)"
@@ -92,20 +104,31 @@ def services(args: argparse.Namespace, train_dir: Path, overrides: list[str] = (
     config = ["--config", args.config] if args.config else []
     sets = [arg for override in [*args.overrides, *overrides] for arg in ("--set", override)]
     evaluate = [python, str(HERE / "eval.py"), "--train-dir", str(train_dir), "--device", "auto"]
+    train_threads, eval_threads = thread_options(args)
     eval_env = {"CUDA_VISIBLE_DEVICES": args.eval_gpu} if args.eval_gpu is not None else CPU_ONLY
     eval_names = ["eval"] if args.evaluators == 1 else [f"eval-{i}" for i in range(args.evaluators)]
+    train = [python, str(HERE / "train.py"), *config, "--train-dir", str(train_dir), "--device", "auto"]
     stack = [
         Service(
             "train",
-            [python, str(HERE / "train.py"), *config, "--train-dir", str(train_dir), "--device", "auto", *sets],
+            [*train, *train_threads, *sets],
             {"CUDA_VISIBLE_DEVICES": args.train_gpu} if args.train_gpu is not None else {},
         ),
-        *(Service(name, [*evaluate, "--poll", f"{args.poll:g}"], eval_env) for name in eval_names),
+        *(Service(name, [*evaluate, "--poll", f"{args.poll:g}", *eval_threads], eval_env) for name in eval_names),
     ]
     if overrides:
         return stack
     tensorboard = [python, "-m", "tensorboard.main", "--logdir", str(train_dir), "--host", args.host]
     return [*stack, Service("tensorboard", [*tensorboard, "--port", str(args.port)])]
+
+
+def thread_options(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """--threads for train.py and for each eval.py: --train-threads/--eval-threads, else each one's share
+    of this host's cores (`share` with one evaluator, as the compose services pass it)."""
+    train, evaluate = args.train_threads, args.eval_threads
+    if train is None:
+        train = threads.trainer_share(threads.host_cores(), args.evaluators) if args.evaluators > 1 else threads.SHARE
+    return ["--threads", str(train)], ["--threads", str(evaluate or threads.SHARE)]
 
 
 class Launcher:

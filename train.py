@@ -35,7 +35,7 @@ from shared.loggers.base import Logger
 from shared.protocol.files import exclusive_lock, refuse_linked_folders, write_atomic
 from shared.protocol.layout import TrainDir
 from shared.protocol.presence import FolderGuard
-from shared.runtime import cli, devices, health, seeding
+from shared.runtime import cli, devices, health, seeding, threads
 from shared.runtime.errors import CheckpointError, UsageError
 from shared.runtime.signals import StopRequest
 from shared.tasks import Task
@@ -232,6 +232,7 @@ def resume(state: TrainState, train_dir: TrainDir) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    took_threads = threads.apply(threads.choose("train", args.threads))
     train_dir = TrainDir(Path(args.train_dir))
     if train_dir.root.exists() and not train_dir.root.is_dir():
         raise UsageError(f"--train-dir {train_dir.root} is a file, not a folder; choose another path")
@@ -251,6 +252,7 @@ def main(argv: list[str]) -> int:
         forward = distributed.wrap(model, config.train.strategy, group, device)  # before the optimizer: FSDP
         total, trainable = parameter_counts(model)
         log.info("model: %s parameters (%s trainable), training on %s", f"{total:,}", f"{trainable:,}", device)
+        log.info(took_threads)
         if group.rank:  # the same initial weights on every rank, but each rank its own dropout masks
             seeding.seed_everything(config.seed + group.rank)
         optimizer = build_optimizer(model, config.train, fused=device.type == "cuda")

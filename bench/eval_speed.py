@@ -39,9 +39,9 @@ SMOKE = ["model.width=8", "model.blocks_per_stage=[1, 1]", "data.eval_examples=5
 BATCH_SIZES = {"cuda": [256, 512, 1024, 2048, 4096, 8192], "cpu": [16, 64, 256, 1024]}
 
 
-def write_checkpoint(config: cfg.Config, root: Path) -> Path:
-    """A train_dir with config.yaml and a step-0 checkpoint as big as train.py's: the weights plus the
-    optimizer's state (one step on zero gradients creates it), all of which eval.py loads."""
+def write_checkpoint(config: cfg.Config, root: Path, step: int = 0) -> Path:
+    """A train_dir with config.yaml and a checkpoint as big as train.py's: the weights plus the
+    optimizer's state (one step on zero gradients creates it), all of which a full load reads."""
     train_dir = TrainDir(root)
     cfg.save(config, train_dir.config)
     model = build_task(config).build_model()
@@ -49,7 +49,8 @@ def write_checkpoint(config: cfg.Config, root: Path) -> Path:
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()
-    return save(train_dir, 0, {"model": model.state_dict(), "optimizer": optimizer.state_dict()})
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+    return save(train_dir, step, state, weights_beside=True)  # as train.py saves
 
 
 def sync(device: torch.device) -> None:

@@ -64,3 +64,13 @@ def test_poll_cost_smoke(tmp_path: Path) -> None:
     assert "## Evaluator poll cost (smoke)" in text
     assert "| what | checkpoints | polls | median ms | p95 ms | p95 < 50 ms |" in text
     assert "| eval.py poll: look + loop turn | 1,000 | 20 |" in text
+
+
+@pytest.mark.slow
+def test_eval_cost_smoke(tmp_path: Path) -> None:
+    text = run_smoke("bench.eval_cost", tmp_path / "results.md")
+    assert "## Evaluator cost per checkpoint (smoke)" in text
+    assert "| part | ms per checkpoint | x bare |" in text
+    for part in ("load the checkpoint", "best/ export", "TensorBoard: PR curves", "eval.py per checkpoint, unprofiled"):
+        assert f"| {part} |" in text
+    assert "| weights file beside it (now) | cold |" in text

@@ -14,12 +14,12 @@ import pytest
 import torch
 from torch import nn
 
-from shared.checkpoints.format import FORMAT_VERSION, load, restore_model
+from shared.checkpoints.format import FORMAT_VERSION, load, load_weights, restore_model
 from shared.checkpoints.retention import RetentionPolicy, apply_retention
 from shared.checkpoints.saver import PeriodicSaver
 from shared.checkpoints.store import Checkpoint, list_checkpoints, remove_stale_temps, save
 from shared.config import CheckpointConfig
-from shared.protocol.layout import TrainDir, checkpoint_name
+from shared.protocol.layout import TrainDir, checkpoint_name, weights_name
 from shared.protocol.ledger import Ledger
 from shared.protocol.results import EvalResult
 from shared.runtime.errors import CheckpointError
@@ -412,3 +412,56 @@ def test_periodic_saver_logs_each_save_when_it_commits(
         assert f"saved {checkpoint_name(100)} (the loop blocked" in caplog.text
         saver.close()
     assert caplog.text.count(f"saved {checkpoint_name(100)}") == 1
+
+
+def test_the_saver_commits_the_weights_beside_each_checkpoint_and_retention_removes_them_with_it(
+    tmp_path: Path,
+) -> None:
+    """train.py's saves put the weights alone beside each checkpoint; retiring a checkpoint retires them too."""
+    train_dir = TrainDir(tmp_path)
+    saver = PeriodicSaver(train_dir, CheckpointConfig(every_steps=100, max_to_keep=2), last_saved_step=0)
+    model = nn.Linear(64, 64)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(2, 64)).sum().backward()
+    optimizer.step()
+    for step in (100, 200, 300):
+        saver.save(step, {"model": model.state_dict(), "optimizer": optimizer.state_dict()})
+    saver.close()
+    names = [checkpoint_name(s) for s in (200, 300)] + [weights_name(s) for s in (200, 300)]
+    assert sorted(os.listdir(train_dir.checkpoints)) == sorted(names)
+    weights = load(train_dir.checkpoints / weights_name(300))
+    assert set(weights) == {"format_version", "step", "model"} and weights["step"] == 300
+    # AdamW keeps two tensors per weight: the weights file is about a third of the checkpoint
+    assert (train_dir.checkpoints / weights_name(300)).stat().st_size < train_dir.checkpoint(300).stat().st_size / 2
+
+
+def test_the_evaluator_reads_the_weights_file_not_the_checkpoint(tmp_path: Path) -> None:
+    """With the weights file there, the checkpoint itself is never read: a truncated one still loads. Without
+    it, or with it damaged, the checkpoint is read, and decides."""
+    train_dir = TrainDir(tmp_path)
+    model = nn.Linear(4, 3)
+    path = save(
+        train_dir, 5, {"model": model.state_dict(), "optimizer": {"big": torch.zeros(1000)}}, weights_beside=True
+    )
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+    state = load_weights(path)
+    assert state["step"] == 5 and torch.equal(state["model"]["weight"], model.weight)
+    beside = train_dir.checkpoints / weights_name(5)
+    beside.write_bytes(beside.read_bytes()[:40])  # a damaged weights file: the checkpoint decides
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_weights(path)
+    beside.unlink()
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_weights(path)
+    intact = save(train_dir, 6, {"model": model.state_dict()})  # no weights file: the checkpoint is read
+    assert load_weights(intact)["step"] == 6
+
+
+def test_a_weights_file_without_its_checkpoint_is_removed_at_the_next_start(tmp_path: Path) -> None:
+    """A writer killed between the weights file and its checkpoint leaves the first alone: stale, removed."""
+    folder = tmp_path / "checkpoints"
+    _touch(folder, weights_name(100), checkpoint_name(100), weights_name(200), ".ckpt-000000300.weights.pt.tmp")
+    removed = remove_stale_temps(folder)
+    assert sorted(p.name for p in removed) == [".ckpt-000000300.weights.pt.tmp", weights_name(200)]
+    assert sorted(os.listdir(folder)) == [checkpoint_name(100), weights_name(100)]

@@ -37,6 +37,8 @@ CASES = [
     ("train.py", "--train-dir {tmp}/t9 --config configs/digits.yaml --set data.folds=2 --set data.fold=2", "data.fold"),
     ("eval.py", "--train-dir {tmp}/run --checkpoint latest --set eval.splits=[val,nope]", "eval.splits[1]"),
     ("eval.py", "--train-dir {tmp}/run --set eval.splits=[val,test]", "has no test_data()"),
+    ("eval.py", "--train-dir {tmp}/run --threads 0", "--threads '0': give a whole number >= 1, or share"),
+    ("train.py", "--train-dir {tmp}/t10 --config configs/digits.yaml --threads many", "--threads 'many'"),
     ("eval.py", "--summarize {tmp}/empty", "not a train_dir"),
     ("eval.py", "--summarize {tmp}/run", "no evaluated checkpoint"),
     ("train.py", "--train-dir {tmp}/t10 --config configs/digits.yaml --set task=tests.custom_task:Nope", "no Nope in"),

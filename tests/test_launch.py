@@ -13,6 +13,7 @@ import pytest
 from shared.checkpoints.store import list_checkpoints
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records
+from shared.runtime import threads
 from tests.conftest import SHORT_RUN, Proc, fetch_json, tensorboard_url, wait_until
 
 pytestmark = pytest.mark.slow
@@ -66,6 +67,10 @@ def test_launcher_runs_all_three_and_stops_them_cleanly_on_ctrl_c(tmp_path: Path
     assert prefixes == set(NAMES), f"every line carries its process's name: {prefixes}"
     assert re.search(r"^train\s+\| .*training finished at step 200$", output, flags=re.MULTILINE)
     assert re.search(r"^eval\s+\| .*every checkpoint is evaluated$", output, flags=re.MULTILINE)
+    cores = threads.host_cores()  # each took its share of the cores, and said so
+    for name, share in (("train", threads.trainer_share(cores)), ("eval", threads.evaluator_share(cores))):
+        said = rf"^{name}\s+\| .*CPU threads: {share} intra-op, {share} inter-op of {cores} cores \(--threads share"
+        assert len(re.findall(said, output, flags=re.MULTILINE)) == 1, name
 
 
 def test_exit_when_done_stops_tensorboard_after_evaluation(tmp_path: Path, start) -> None:

@@ -15,6 +15,7 @@ from shared.evaluation.evaluator import Evaluator
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records
 from shared.protocol.outcomes import write_outcome
+from shared.runtime import threads
 from shared.tasks.digits import DigitsData, DigitsModel, DigitsTask
 from tests.conftest import SHORT_RUN, scalar_points, wait_until
 
@@ -26,7 +27,9 @@ def test_a_slow_evaluator_gets_every_checkpoint(tmp_path: Path, start) -> None:
     yet evaluates every checkpoint."""
     train_dir = TrainDir(tmp_path / "run")
     train_dir.root.mkdir()
-    evaluator = start("eval.py", "--train-dir", str(train_dir.root), "--set", "eval.batch_size=1")
+    # Every core too, not the evaluator's share it would take beside the trainer: slow on purpose.
+    slow = ["--set", "eval.batch_size=1", "--threads", str(threads.host_cores())]
+    evaluator = start("eval.py", "--train-dir", str(train_dir.root), *slow)
     wait_until(train_dir.results.exists, 60, "eval.py to open its ledger")
     run = [
         *SHORT_RUN,

@@ -9,6 +9,7 @@ is handled: it imports torch.distributed.checkpoint, which adds about half a sec
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import zipfile
@@ -18,9 +19,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from shared.protocol.layout import checkpoint_step, weights_name
 from shared.runtime.errors import CheckpointError
 
 FORMAT_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 def stamped(step: int, state: dict[str, Any]) -> dict[str, Any]:
@@ -91,6 +95,26 @@ def _check_unpacked_size(path: Path, max_bytes: int) -> None:
             f"it unpacks to {unpacked / 2**20:.1f} MiB, more than a checkpoint of this model holds "
             f"({max_bytes / 2**20:.1f} MiB at most); not loaded (a compressed file that inflates?)"
         )
+
+
+def load_weights(path: Path, model: nn.Module | None = None, *, within: Path | None = None) -> dict[str, Any]:
+    """What an evaluator needs of the checkpoint at `path` (its step and weights; other entries may be
+    missing): read from the weights file beside a checkpoint file when there is one, a third of the bytes
+    of an AdamW checkpoint, else from the checkpoint itself, which also decides when that file is unusable.
+    With `model`, each file is bounded by what it can hold of that model (unpacked_size_bound); `within`
+    as for load."""
+    step = checkpoint_step(path)
+    if step is not None and not os.path.isdir(path):
+        beside = Path(path).with_name(weights_name(step))
+        bound = unpacked_size_bound(model, with_optimizer=False) if model is not None else None
+        try:
+            return load(beside, max_bytes=bound, within=within)
+        except FileNotFoundError:  # none written (an older train.py, a copy by hand), or retired meanwhile
+            pass
+        except CheckpointError as err:
+            log.warning("%s: %s; reading the weights from %s instead", beside.name, err, Path(path).name)
+    bound = unpacked_size_bound(model) if model is not None else None
+    return load(path, max_bytes=bound, within=within)
 
 
 def checked(state: Any) -> dict[str, Any]:

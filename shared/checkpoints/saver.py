@@ -222,7 +222,7 @@ class PeriodicSaver:
         started = time.monotonic()
         if ready is not None:
             ready.synchronize()  # the snapshot's device-to-host copies are done
-        path = save(self.train_dir, step, state)
+        path = save(self.train_dir, step, state, weights_beside=True)
         deleted = apply_retention(self.train_dir.checkpoints, self.policy, *evaluated)
         return path, deleted, time.monotonic() - started
 

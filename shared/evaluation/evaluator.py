@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from shared.checkpoints.format import load, restore_model, unpacked_size_bound
+from shared.checkpoints.format import load_weights, restore_model
 from shared.config import Config
 from shared.evaluation.splits import eval_splits
 from shared.metrics.classification import classification_metrics
@@ -71,10 +71,10 @@ class Evaluator:
 
         Raises CheckpointError for a file that cannot be used (one that would unpack to more than a
         checkpoint of this model holds, or resolves outside `within`), FileNotFoundError if it vanished.
-        The file is read on the CPU: only the weights go to the device, not the optimizer state, and the
-        checks on them cost no device round trips.
+        Only the weights are read (from the weights file beside the checkpoint when there is one), on the
+        CPU: the checks on them cost no device round trips.
         """
-        state = load(path, map_location="cpu", max_bytes=unpacked_size_bound(self.model), within=within)
+        state = load_weights(path, self.model, within=within)
         restore_model(self.model, state)
         return state["step"]
 

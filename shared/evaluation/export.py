@@ -26,7 +26,7 @@ from torch import nn
 
 from shared import config as cfg
 from shared.metrics.direction import higher_is_better
-from shared.protocol.files import exclusive_lock, fsync_dir, remove_tree, write_atomic
+from shared.protocol.files import exclusive_lock, fsync_dir, remove_tree, write_synced
 from shared.protocol.layout import BEST_VERSION_RE, TrainDir
 from shared.protocol.results import EvalResult, RecordError
 from shared.runtime.errors import CheckpointError, RunAborted, UsageError
@@ -104,8 +104,9 @@ def _write_version(train_dir: TrainDir, model: nn.Module, config: cfg.Config, su
     save_model(model, str(temp / WEIGHTS))  # tied weights are stored once; any device, copied to the CPU
     with open(temp / WEIGHTS, "rb") as f:
         os.fsync(f.fileno())
-    cfg.save(config, temp / CONFIG)
-    write_atomic(temp / METRICS, (json.dumps(summary, indent=2) + "\n").encode())
+    # Plain writes, each fsynced, and one fsync of the folder: it is renamed into place whole.
+    write_synced(temp / CONFIG, cfg.to_yaml(config).encode())
+    write_synced(temp / METRICS, (json.dumps(summary, indent=2) + "\n").encode())
     fsync_dir(temp)
     os.replace(temp, final)
     return final

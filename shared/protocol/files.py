@@ -92,8 +92,10 @@ def write_all(fd: int, data: bytes) -> None:
 def atomic_file(path: Path, temp: Path | None = None, durable: bool = True) -> Iterator[BinaryIO]:
     """Write to `temp` (same folder), fsync, then os.replace onto `path` and fsync the folder.
 
-    If the body raises, the temp file is removed and `path` is untouched. Without `durable` (a sign of
-    life, not a record) nothing is fsynced.
+    If the body raises, the temp file is removed and `path` is untouched. Without `durable` nothing is
+    fsynced: still whole or absent for every reader while the machine runs, but a power loss may lose or cut
+    the file; only for signs of life (the heartbeat) and files whose reader detects that and redoes the work
+    (outcome files).
     """
     temp = temp or path.with_name(f".{path.name}.tmp")
     try:
@@ -109,6 +111,16 @@ def atomic_file(path: Path, temp: Path | None = None, durable: bool = True) -> I
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def write_synced(path: Path, data: bytes) -> None:
+    """Write and fsync a new file inside a temp folder, which is then renamed into place whole."""
+    fd = create_temp(path)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:

@@ -14,7 +14,9 @@ from pathlib import Path
 # A checkpoint is a file `ckpt-<step>.pt` (one process, or DDP) or a folder `ckpt-<step>` (FSDP, written
 # with torch.distributed.checkpoint); each is written under its temp name and renamed when complete.
 CHECKPOINT_RE = re.compile(r"^ckpt-(\d{9})(\.pt)?$")
-CHECKPOINT_TEMP_RE = re.compile(r"^\.ckpt-(\d{9})(\.pt)?\.tmp$")
+CHECKPOINT_TEMP_RE = re.compile(r"^\.ckpt-(\d{9})(\.pt|\.weights\.pt)?\.tmp$")
+# Beside each checkpoint file, committed before it: its weights alone, all that an evaluator reads.
+WEIGHTS_RE = re.compile(r"^ckpt-(\d{9})\.weights\.pt$")
 METADATA = ".metadata"  # DCP's index of a sharded checkpoint, written last
 SHARDED_STATE = "state.pt"  # the plain values of a sharded checkpoint (step, schedule, data position, RNG)
 BEST_VERSION_RE = re.compile(r"^\.best-(\d{9})(\.tmp)?$")  # complete folders, and temps being written
@@ -23,6 +25,10 @@ EVENTS_REPAIR_TEMP_RE = re.compile(r"^\.repair-\d+\.tmp$")  # an event file bein
 
 def checkpoint_name(step: int) -> str:
     return f"ckpt-{step:09d}.pt"
+
+
+def weights_name(step: int) -> str:
+    return f"ckpt-{step:09d}.weights.pt"
 
 
 def checkpoint_folder(step: int) -> str:

@@ -4,8 +4,8 @@ to the one that records it.
 `eval/pending/step-<step:09d>.npz` holds everything the recording evaluator needs to write that step's
 TensorBoard points and ledger line: the EvalResult, with each split's metrics, per-class F1, confusion
 matrix, and the targets and class probabilities the PR curves are drawn from. It is written atomically
-(temp + fsync + rename), so a reader sees all of it or nothing, and read with `allow_pickle=False`:
-plain arrays only, never code.
+(temp + rename, not fsynced: see write_outcome), so a reader sees all of it or nothing, and read with
+`allow_pickle=False`: plain arrays only, never code.
 
 Inside: `meta`, the JSON `{"record": <the ledger line's fields>, "evaluations": {split: {"step",
 "metrics", "per_class_f1", "confusion_matrix"}}}` as bytes, in eval.splits order; and the arrays
@@ -61,7 +61,9 @@ def write_outcome(folder: Path, result: EvalResult) -> Path:
                 arrays[f"{name}.{array}"] = getattr(split, array)
     meta = json.dumps({"record": result.to_record(), "evaluations": fields}).encode()
     make_folder(folder)
-    with atomic_file(path) as f:
+    # Not fsynced: an outcome lost or cut by a power loss is found unreadable or missing, and its checkpoint
+    # evaluated again (its claim's owner is gone), so durability would buy nothing but two fsyncs a checkpoint.
+    with atomic_file(path, durable=False) as f:
         np.savez(f, meta=np.frombuffer(meta, dtype=np.uint8), **arrays)
     return path
 

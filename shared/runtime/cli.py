@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import NoReturn
 
+from shared.runtime import threads
 from shared.runtime.errors import RunAborted, UsageError
 
 EXIT_ABORTED = 1
@@ -59,6 +60,12 @@ def add_common_options(
         default=[],
         metavar="SECTION.KEY=VALUE",
         help=f"override one config value; repeatable, e.g. --set {set_example}",
+    )
+    parser.add_argument(
+        "--threads",
+        type=threads.option,
+        metavar="N|share",
+        help="CPU threads for torch; share: this process's share of the cores beside the other (as compose)",
     )
 
 

@@ -1,0 +1,100 @@
+"""CPU threads per process: a trainer and its evaluators on one host split its cores instead of each
+taking all of them.
+
+Two torch processes on one host each start as many intra-op threads as there are cores. An OpenMP thread
+that waits on a core the other process took stalls the whole op, so the trainer loses far more than the
+evaluator's share of the CPU. Each process takes its count from the first of these that is given:
+
+1. `--threads N`, or `--threads share` for this process's share of the host (what launch.py and the
+   compose services pass: the cores a trainer and one evaluator split between them);
+2. `$OMP_NUM_THREADS`, which torch itself reads;
+3. for eval.py only: a trainer alive on the same train_dir (the pid in its lock file) makes it take the
+   evaluator's share, and say so;
+4. otherwise torch's default: every core.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+
+from shared.protocol.layout import TrainDir
+from shared.runtime.errors import UsageError
+
+SHARE = "share"
+
+
+def host_cores() -> int:
+    """The cores this process may run on (a cpuset or `taskset` narrows them), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def evaluator_share(cores: int) -> int:
+    """An evaluator's threads beside a trainer: a quarter of the cores, at least one. It works in short
+    bursts (one checkpoint at a time), so it needs few, and must not take the trainer's."""
+    return max(1, cores // 4)
+
+
+def trainer_share(cores: int, evaluators: int = 1) -> int:
+    """The trainer's threads: the cores the evaluators beside it leave, at least one."""
+    return max(1, cores - evaluators * evaluator_share(cores))
+
+
+def option(value: str) -> str:
+    """argparse type of --threads: a whole number >= 1, or `share`. UsageError passes through argparse,
+    so a bad value is one line and exit code 2 like every bad input (argparse's own error adds its usage)."""
+    if value != SHARE and not (value.isdigit() and int(value) >= 1):
+        raise UsageError(f"--threads {value!r}: give a whole number >= 1, or {SHARE}")
+    return value
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    count: int | None  # None: torch's default
+    why: str
+
+
+def choose(role: str, option: str | None, train_dir: TrainDir | None = None) -> ThreadChoice:
+    """This process's thread count and where it came from; `role` is "train" or "eval"."""
+    cores = host_cores()
+    if option == SHARE:
+        count = trainer_share(cores) if role == "train" else evaluator_share(cores)
+        return ThreadChoice(count, f"--threads {SHARE}: the {role} share of {cores} cores beside one evaluator")
+    if option is not None:
+        return ThreadChoice(int(option), "--threads")
+    if os.environ.get("OMP_NUM_THREADS", "").strip():
+        return ThreadChoice(None, "OMP_NUM_THREADS")
+    if role == "eval" and train_dir is not None and (pid := live_trainer(train_dir)) is not None:
+        why = f"train.py (pid {pid}) is training this train_dir on this host; --threads N to take more"
+        return ThreadChoice(evaluator_share(cores), why)
+    return ThreadChoice(None, "torch's default; --threads N or share to change it")
+
+
+def apply(choice: ThreadChoice) -> str:
+    """Set the intra- and inter-op thread counts; the line for the log saying what this process took and
+    why (its caller logs it once the command line's input is known to be good: a bad one is one line)."""
+    if choice.count is not None:
+        torch.set_num_threads(choice.count)
+        with contextlib.suppress(RuntimeError):  # only possible before any inter-op work; intra-op matters most
+            torch.set_num_interop_threads(choice.count)
+    intra, inter = torch.get_num_threads(), torch.get_num_interop_threads()
+    return f"CPU threads: {intra} intra-op, {inter} inter-op of {host_cores()} cores ({choice.why})"
+
+
+def live_trainer(train_dir: TrainDir) -> int | None:
+    """The pid of a train.py alive on this host that holds (or last held) the train_dir's lock, read
+    without taking the lock: probing it would make a trainer starting at that moment refuse to run."""
+    try:
+        pid = int(train_dir.lock.read_text().strip())
+        os.kill(pid, 0)
+    except PermissionError:  # alive, another user's
+        return pid
+    except (OSError, ValueError):  # no lock file, not a pid, or no such process (on this host)
+        return None
+    return pid
