@@ -67,18 +67,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="N",
         help="eval.py processes sharing the work (compose --scale)",
     )
-    parser.add_argument(
-        "--train-threads",
-        type=cli.number(int, 1, MAX_COUNT),
-        metavar="N",
-        help="train.py --threads (default: the cores the evaluators leave)",
-    )
-    parser.add_argument(
-        "--eval-threads",
-        type=cli.number(int, 1, MAX_COUNT),
-        metavar="N",
-        help="each eval.py's --threads (default: a quarter of the cores)",
-    )
+    for role, default in (("train", "the cores the evaluators leave"), ("eval", "a quarter of the cores, each")):
+        help_text = f"{role}.py --threads (default: {default})"
+        parser.add_argument(f"--{role}-threads", type=cli.number(int, 1, MAX_COUNT), metavar="N", help=help_text)
     parser.add_argument("--host", default="localhost", help="TensorBoard's address (default: localhost)")
     parser.add_argument(
         "--port", type=cli.number(int, 0, 65535), default=6006, help="TensorBoard's port (0: a free one)"

@@ -39,6 +39,7 @@ from shared.evaluation.coordination import SharedTrainDir, join_as_evaluator
 from shared.evaluation.evaluator import Evaluator
 from shared.protocol.layout import BEST_VERSION_RE, TrainDir
 from shared.protocol.outcomes import write_outcome
+from shared.tasks.loading import load_config
 
 SMOKE = ["model.width=8", "model.blocks_per_stage=[1, 1]", "data.train_examples=64", "data.eval_examples=64"]
 
@@ -184,7 +185,7 @@ def main() -> None:
     if args.smoke:
         args.config = "configs/synthetic.yaml"
     count = 2 if args.smoke else args.checkpoints
-    config = cfg.load(ROOT / args.config if not Path(args.config).is_absolute() else args.config, overrides)
+    config = load_config(ROOT / args.config if not Path(args.config).is_absolute() else args.config, overrides)
     with tempfile.TemporaryDirectory() as folder:
         rows, notes = measure_daemon(config, Path(folder) / "run", count)
         loads = measure_loads(config, Path(folder), count)

@@ -40,7 +40,7 @@ from shared.config.schema import (
     Seed,
     TrainConfig,
 )
-from shared.config.sources import apply_overrides, parse_yaml, read_with_overrides, read_yaml, save
+from shared.config.sources import apply_overrides, parse_yaml, read_with_overrides, read_yaml, save, to_yaml
 from shared.config.validation import resolve
 from shared.runtime.errors import ConfigError
 
@@ -77,4 +77,5 @@ __all__ = [
     "read_yaml",
     "resolve",
     "save",
+    "to_yaml",
 ]

@@ -87,5 +87,8 @@ def read_with_overrides(path: str | Path, overrides: list[str] = ()) -> dict[str
 
 def save(config: Config, path: Path) -> None:
     """Write the resolved config atomically, so eval.py never reads half of it."""
-    text = yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
-    write_atomic(path, text.encode())
+    write_atomic(path, to_yaml(config).encode())
+
+
+def to_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
