@@ -41,8 +41,6 @@ from shared.evaluation.watch import CheckpointWatcher
 from shared.loggers import dashboards
 from shared.loggers.backends import check_backends, open_run
 from shared.loggers.base import Logger
-from shared.loggers.confusion import confusion_image, confusion_markdown
-from shared.metrics.classification import SCALARS
 from shared.protocol.claims import this_evaluator
 from shared.protocol.files import refuse_linked_folders
 from shared.protocol.layout import METADATA, TrainDir
@@ -96,14 +94,12 @@ def read_config(args: argparse.Namespace, train_dir: TrainDir) -> cfg.Config:
     return config
 
 
-def write_summaries(logger: Logger, step: int, result: SplitResult, class_names: list[str]) -> None:
-    for tag in ("loss", *SCALARS):
-        logger.scalar(tag, result.metrics[tag], step)
-    image = confusion_image(result.confusion_matrix, class_names)
-    if image is not None:
-        logger.image("confusion_matrix", image, step)
-    logger.text("confusion_matrix", confusion_markdown(result.confusion_matrix, class_names), step)
-    dashboards.write_pr_curves(logger, result.targets, result.probabilities, class_names, step)
+def write_summaries(logger: Logger, step: int, result: SplitResult) -> None:
+    """One split's evaluation at `step`: every scalar by its metric's name, then the artifacts."""
+    for tag, value in result.metrics.items():
+        logger.scalar(tag, value, step)
+    for name, artifact in result.artifacts.items():
+        dashboards.write_artifact(logger, name, artifact, step)
     logger.flush()
 
 
@@ -123,12 +119,30 @@ def evaluate(checkpoint: Checkpoint, evaluator: Evaluator, train_dir: TrainDir, 
         log.error("%s: failed, %s", file, err)
         result = EvalResult(checkpoint.step, file, "failed", reason=str(err))
     else:
-        result = evaluator.evaluate(step, file)
-        for split, scores in result.splits.items():
-            log.info("step %d %s: %s", step, split, " ".join(f"{k}={v:.4f}" for k, v in scores.metrics.items()))
-        export.export_if_best(train_dir, evaluator.model, config, result)
+        result = score(evaluator, step, file)
+        if result.status == "ok":
+            for split, scores in result.splits.items():
+                log.info("step %d %s: %s", step, split, " ".join(f"{k}={v:.4f}" for k, v in scores.metrics.items()))
+            export.export_if_best(train_dir, evaluator.model, config, result)
     seconds = round(time.perf_counter() - started, 4)
     return dataclasses.replace(result, wall_time=wall_time, seconds=seconds, evaluator=this_evaluator())
+
+
+def score(evaluator: Evaluator, step: int, file: str) -> EvalResult:
+    """The loaded checkpoint's result; a `failed` one when the task's own code (model, loss, metrics)
+    raises, so that checkpoint fails and the daemon goes on with the next."""
+    try:
+        return evaluator.evaluate(step, file)
+    except Exception as err:
+        log.error("step %d: the task failed while evaluating it: %s", step, describe(err))
+        log.debug("step %d: the task's traceback", step, exc_info=True)
+        return EvalResult(step, file, "failed", reason=f"the task raised {describe(err)}")
+
+
+def describe(err: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    message = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {message[0]}" if message else type(err).__name__
 
 
 def skipped(checkpoint: Checkpoint, train_dir: TrainDir, reason: str) -> EvalResult:
@@ -196,9 +210,8 @@ def run_daemon(args: argparse.Namespace, train_dir: TrainDir, device: torch.devi
         check_backends(config)
         evaluator = Evaluator.from_config(config, device)
         log.info(took_threads)
-        plot = functools.partial(write_summaries, class_names=evaluator.task.class_names)
         runs = {split: train_dir.split_run(split) for split in evaluator.splits}  # one writer per split's run
-        with SharedTrainDir(train_dir, config, plot, runs) as shared:
+        with SharedTrainDir(train_dir, config, write_summaries, runs) as shared:
             return follow_checkpoints(args, shared, evaluator, config, watcher, stop)
 
 
@@ -296,7 +309,7 @@ def run_adhoc(args: argparse.Namespace, train_dir: TrainDir, device: torch.devic
     if args.write_summary:
         for split, scores in result.splits.items():
             with open_run(config, train_dir, train_dir.split_run(split, adhoc=True), purge_step=None) as logger:
-                write_summaries(logger, step, scores, evaluator.task.class_names)
+                write_summaries(logger, step, scores)
     return 0
 
 

@@ -39,6 +39,7 @@ from shared.runtime import cli, devices, health, seeding, threads
 from shared.runtime.errors import CheckpointError, UsageError
 from shared.runtime.signals import StopRequest
 from shared.tasks import Task
+from shared.tasks.base import check_first_batch
 from shared.tasks.loading import build_model, build_task, load_config
 from shared.training import distributed
 from shared.training.data import DataPosition, ResumableBatches, place
@@ -80,6 +81,7 @@ class StepResult:
     grad_norm: torch.Tensor
     lr: float
     examples: int
+    tokens: int | torch.Tensor | None  # for tasks that count tokens (Task.tokens)
 
 
 def train_step(
@@ -87,21 +89,22 @@ def train_step(
 ) -> StepResult:
     """One optimizer step over `grad_accum_steps` micro-batches, with mixed precision and clipping."""
     state.optimizer.zero_grad(set_to_none=True)
-    loss_sum, examples = torch.zeros((), device=device), 0
+    loss_sum, examples, tokens = torch.zeros((), device=device), 0, None
     for micro in range(1, options.grad_accum_steps + 1):
-        inputs, targets = next(batches)
-        inputs = devices.to_device(inputs, device, task.channels_last)
-        targets = targets.to(device, non_blocking=True)
+        inputs, targets = devices.to_device(next(batches), device, task.channels_last)
         with distributed.gradient_sync(state.forward, micro == options.grad_accum_steps):
             with devices.autocast(device, options.precision):
-                loss = task.loss(state.forward(inputs), targets)
+                loss = task.loss(task.forward(state.forward, inputs), targets)
             state.scaler.scale(loss / options.grad_accum_steps).backward()
         loss_sum += loss.detach().float()
-        examples += len(targets)
+        examples += task.examples(inputs, targets)
+        counted = task.tokens(inputs, targets)
+        tokens = None if counted is None else (tokens or 0) + counted
     state.scaler.unscale_(state.optimizer)
     max_norm = options.grad_clip_norm or math.inf  # the norm is logged even when clipping is off
     grad_norm = distributed.full(torch.nn.utils.clip_grad_norm_(state.model.parameters(), max_norm))
-    result = StepResult(loss_sum / options.grad_accum_steps, grad_norm, state.optimizer.param_groups[0]["lr"], examples)
+    lr = state.optimizer.param_groups[0]["lr"]
+    result = StepResult(loss_sum / options.grad_accum_steps, grad_norm, lr, examples, tokens)
     skip = options.nan_policy == "skip_step" and not bool(torch.isfinite(result.loss) & torch.isfinite(grad_norm))
     if options.nan_policy == "skip_step" and state.group.agree([skip], device)[0]:  # all ranks skip, or none
         log.warning("step %d: loss or gradient norm is NaN/Inf; skipped its update (train.nan_policy)", state.step + 1)
@@ -132,7 +135,7 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
             result = train_step(state, batches, task, device, options)
             state.step += 1
             guard.observe(state.step, result.loss, result.grad_norm)
-            train_log.add(result.loss, result.examples)
+            train_log.add(result.loss, result.examples, result.tokens)
             progress.advance()
             at_log_step = state.step % config.log.every_steps == 0
             if at_log_step:
@@ -179,7 +182,8 @@ def periodic_saver(
     """Saves as checkpoint.* says, each after the NaN check and a flush of the train run, and waits for a
     lagging evaluator after each (train.max_eval_lag)."""
     shards = (state.model, state.optimizer) if state.sharded else None
-    lag, policy = config.train.max_eval_lag, RetentionPolicy.from_options(config.checkpoint, config.eval.best_metric)
+    policy = RetentionPolicy.from_options(config.checkpoint, config.eval.best_metric, config.eval.best_mode)
+    lag = config.train.max_eval_lag
     return PeriodicSaver(
         train_dir, config.checkpoint, state.step, state.group, shards, ledger=ledger, max_eval_lag=lag, stop=stop,
         guard=guard, flush=logger.flush, policy=policy,
@@ -187,10 +191,13 @@ def periodic_saver(
 
 
 def training_batches(config: cfg.Config, task: Task, state: TrainState, device: torch.device) -> Iterator:
-    """This rank's share of the training data, in batches, from where the resumed state left off."""
+    """This rank's share of the training data, in batches, from where the resumed state left off; one
+    batch goes through the model first, so outputs the task cannot use stop the run before any step."""
+    data = place(splits.training_data(task), device, config.data.on_device)
+    check_first_batch(task, state.model, data, config.data.batch_size, device)
     return iter(
         ResumableBatches(
-            place(splits.training_data(task), device, config.data.on_device),
+            data,
             config.data.batch_size,
             config.seed,
             state.position,
@@ -198,6 +205,7 @@ def training_batches(config: cfg.Config, task: Task, state: TrainState, device: 
             pin_memory=device.type == "cuda",
             rank=state.group.rank,
             world_size=state.group.world_size,
+            collate_fn=task.collate,
         )
     )
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.tasks import Task
+from shared.tasks import ClassificationTask
 from tests.custom_task import BlobsTask
 
 
-class UnfinishedTask(Task):
+class UnfinishedTask(ClassificationTask):
     """No model and no data yet."""
 
     @property

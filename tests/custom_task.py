@@ -1,4 +1,4 @@
-"""A user's own task, chosen with `task: tests.custom_task:BlobsTask`: docs/tasks.md's example, tested."""
+"""A user's own task, chosen with `task: tests.custom_task:BlobsTask`: docs/tasks.md's classifier, tested."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from shared.config import DataConfig, Section
-from shared.tasks import Task
+from shared.tasks import ClassificationTask
 
 
 class BlobsModel(Section):
@@ -19,7 +19,7 @@ class BlobsData(DataConfig):
     examples: int = Field(600, ge=30, le=1_000_000)
 
 
-class BlobsTask(Task):
+class BlobsTask(ClassificationTask):
     """Three Gaussian blobs in 2-D, told apart by a small MLP."""
 
     ModelConfig = BlobsModel

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shared.metrics.artifacts import ConfusionMatrix, PerClass, PRCurves
 from shared.protocol.claims import ClaimInfo, Claims
 from shared.protocol.outcomes import OutcomeError, outcome_steps, read_outcome, write_outcome
 from shared.protocol.results import EvalResult, SplitResult
@@ -104,9 +105,14 @@ def test_a_claim_kept_fresh_is_never_stale(tmp_path: Path) -> None:
 
 
 def test_an_outcome_file_round_trips(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
+    curves = PRCurves(["a", "b"], [[1.0, 2.0], [0.0, 3.0]], [[4.0, 0.0], [2.0, 1.0]])
     evaluation = SplitResult(
-        {"loss": 0.1, "accuracy": 0.9}, [0.8, 1.0], [[3, 1], [0, 4]], rng.integers(0, 2, 8), rng.random((8, 2))
+        {"loss": 0.1, "accuracy": 0.9},
+        {
+            "per_class_f1": PerClass(["a", "b"], [0.8, 1.0]),
+            "confusion_matrix": ConfusionMatrix(["a", "b"], [[3, 1], [0, 4]]),
+            "pr_curves": curves,
+        },
     )
     record = EvalResult(200, "checkpoints/ckpt-000000200.pt", "ok", 1.0, 0.5, {"val": evaluation, "train": evaluation})
     write_outcome(tmp_path, record)
@@ -115,8 +121,8 @@ def test_an_outcome_file_round_trips(tmp_path: Path) -> None:
     back = read_outcome(outcome_steps(tmp_path)[200])
     assert back.to_record() == record.to_record() and back.splits == {"val": evaluation, "train": evaluation}
     for split in ("val", "train"):
-        assert np.array_equal(back.splits[split].targets, evaluation.targets)
-        assert np.array_equal(back.splits[split].probabilities, evaluation.probabilities)
+        assert back.splits[split].per_class_f1 == [0.8, 1.0]
+        assert back.splits[split].artifacts["pr_curves"] == curves
     assert read_outcome(outcome_steps(tmp_path)[300]).splits == {}
 
 

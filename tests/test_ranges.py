@@ -77,7 +77,9 @@ def options(task: str, model: type[BaseModel] | None = None, prefix: str = "") -
         bounds |= _constraints(field.metadata)
         if isinstance(kind, type) and issubclass(kind, BaseModel):
             yield from options(task, kind, f"{prefix}{name}.")
-        elif name != "task":  # which task: tests/test_config.py and tests/test_cli_errors.py
+        # Which task: tests/test_config.py and tests/test_cli_errors.py; which metric (any name the task
+        # declares, checked against it): tests/test_tasks.py.
+        elif name not in ("task", "metric", "best_metric"):
             default = field.get_default(call_default_factory=True)
             yield Option(task, f"{prefix}{name}", kind, bounds, default)
 

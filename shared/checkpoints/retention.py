@@ -100,10 +100,13 @@ class RetentionPolicy:
     best: KeepBest | None = None
 
     @classmethod
-    def from_options(cls, options: CheckpointConfig, best_metric: str | None = None) -> RetentionPolicy:
-        """The checkpoint section's policy; keep_best ranks by `best_metric` (eval.best_metric) in its direction."""
+    def from_options(
+        cls, options: CheckpointConfig, best_metric: str | None = None, best_mode: str = "auto"
+    ) -> RetentionPolicy:
+        """The checkpoint section's policy; keep_best ranks by `best_metric` (eval.best_metric) in its direction
+        (eval.best_mode)."""
         ranked = options.keep_best > 0 and best_metric is not None
-        best = KeepBest(options.keep_best, best_metric, higher_is_better(best_metric)) if ranked else None
+        best = KeepBest(options.keep_best, best_metric, higher_is_better(best_metric, best_mode)) if ranked else None
         return cls(options.max_to_keep, options.keep_every_n_steps, options.max_unevaluated, best)
 
     @property

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, model_validator
 
 from shared.metrics.direction import higher_is_better
 from shared.runtime.errors import ConfigError
@@ -28,8 +28,9 @@ Fraction = Annotated[float, Field(ge=0, le=1)]
 NonNegative = Annotated[float, Field(ge=0)]
 Seconds = Annotated[float, Field(ge=0, le=MAX_SECS)]
 
-# What eval.py measures; each improves upwards except loss.
-Metric = Literal["accuracy", "f1_macro", "precision_macro", "recall_macro", "loss"]
+# `loss`, or a metric the task's build_metrics() declares: shared.tasks.loading checks the name against the
+# task and records which way it improves (its higher_is_better).
+Metric = str
 Split = Literal["val", "train", "test"]
 
 
@@ -42,6 +43,20 @@ class Section(BaseModel):
     """A config section: strict types, no unknown keys, finite floats. Tasks subclass it for their own."""
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, protected_namespaces=())
+
+
+class Watched(Section):
+    """A section naming a metric to watch. Loading the config with its task records which way that metric
+    improves (`set_direction`); a section built in code without a task falls back to its mode, or to
+    loss improving downwards and every other metric upwards."""
+
+    _upwards: bool | None = PrivateAttr(default=None)
+
+    def set_direction(self, upwards: bool) -> None:
+        self._upwards = upwards
+
+    def improves_upwards(self, metric: str, mode: str = "auto") -> bool:
+        return self._upwards if self._upwards is not None else higher_is_better(metric, mode)
 
 
 class ModelConfig(Section):
@@ -58,11 +73,11 @@ class DataConfig(Section):
     fold: Count = 0  # the held-out fold (the `val` split), 0 <= fold < folds
 
 
-class PlateauConfig(Section):
+class PlateauConfig(Watched):
     """train.on_plateau: cut the LR when an evaluation metric stops improving (Keras ReduceLROnPlateau)."""
 
     metric: Metric = "loss"
-    mode: Literal["auto", "min", "max"] = "auto"  # auto: min for loss, max for the others
+    mode: Literal["auto", "min", "max"] = "auto"  # auto: the metric's direction (min for loss)
     split: Split = "val"  # which evaluation split feeds it: one of eval.splits
     patience: Count = 0  # evaluations without improvement; 0 turns it off
     factor: float = Field(0.1, gt=0, lt=1)  # the multiplier's cut
@@ -71,7 +86,7 @@ class PlateauConfig(Section):
     min_lr: NonNegative = 0.0  # cuts stop once train.lr x multiplier is this low
 
 
-class EarlyStopConfig(Section):
+class EarlyStopConfig(Watched):
     """train.early_stop: stop when an evaluation metric stops improving (Keras EarlyStopping)."""
 
     metric: Metric = "loss"
@@ -120,10 +135,10 @@ class LogConfig(Section):
     mlflow_tracking_uri: str = ""  # e.g. http://127.0.0.1:5000; empty: $MLFLOW_TRACKING_URI
 
 
-class EvalConfig(Section):
+class EvalConfig(Watched):
     batch_size: PositiveCount = 512
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 elsewhere
-    best_metric: Metric = "accuracy"  # improves upwards, or downwards for loss (eval.best_mode was that)
+    best_metric: Metric = "accuracy"  # in its own direction (eval.best_mode was that)
     rescan_secs: float = Field(5.0, gt=0, le=MAX_SECS)
     policy: Literal["all", "latest"] = "all"  # latest: when behind, skip to the newest (recorded as skipped)
     # Several evaluators on one train_dir: a claim not refreshed for this long is taken over (see docs/protocol.md).
@@ -134,8 +149,8 @@ class EvalConfig(Section):
 
     @property
     def best_mode(self) -> str:
-        """max, or min for loss: the direction in which best_metric improves."""
-        return implied_mode(self.best_metric)
+        """max or min: the direction in which best_metric improves (the task's metric says)."""
+        return "max" if self.improves_upwards(self.best_metric) else "min"
 
     @model_validator(mode="before")
     @classmethod
@@ -174,7 +189,6 @@ class Config(Section):
         """Options that are fine alone but not together; ConfigError passes through pydantic as it is."""
         for section in ("on_plateau", "early_stop"):
             policy = getattr(self.train, section)
-            _check_mode(f"train.{section}.mode", policy.metric, policy.mode)
             if policy.patience and policy.split not in self.eval.splits:
                 raise ConfigError(
                     f"train.{section}.split: {policy.split!r} is not one of eval.splits {self.eval.splits}; "
@@ -199,11 +213,3 @@ class Config(Section):
                 f"train.warmup_steps: must be <= train.steps ({self.train.steps}), got {self.train.warmup_steps}"
             )
         return self
-
-
-def _check_mode(key: str, metric: str, mode: str) -> None:
-    """A mode that contradicts its metric (loss with max, say) would reward getting worse."""
-    right = implied_mode(metric)
-    if mode not in ("auto", right):
-        direction = "downwards" if right == "min" else "upwards"
-        raise ConfigError(f"{key}: {metric} improves {direction}; set {key}={right}")

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.metrics.direction import higher_is_better
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_results
 from shared.protocol.results import best_of
@@ -75,7 +74,7 @@ def summarize(folders: list[Path]) -> Summary:
                 "give train.py's --train-dir, or launch.py's with --folds"
             )
         options = load_config(train_dir.config).eval
-        best = best_of(read_results(train_dir.results), options.best_metric, higher_is_better(options.best_metric))
+        best = best_of(read_results(train_dir.results), options.best_metric, options.best_mode == "max")
         if best is None:
             raise UsageError(f"--summarize {folder}: no evaluated checkpoint in {train_dir.results}; run eval.py first")
         metric = metric or options.best_metric

@@ -4,20 +4,21 @@ exactly the same numbers for the same checkpoint."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
 
 from shared.checkpoints.format import load_weights, restore_model
 from shared.config import Config
 from shared.evaluation.splits import eval_splits
-from shared.metrics.classification import classification_metrics
+from shared.metrics.artifacts import Artifact
+from shared.metrics.base import LOSS, value_of
 from shared.protocol.results import EvalResult, SplitResult
 from shared.runtime import devices
 from shared.tasks import Task
+from shared.tasks.base import batches, check_first_batch
 from shared.tasks.loading import build_model, build_task
 from shared.training.data import place
 
@@ -45,6 +46,7 @@ class Evaluator:
             self.model = self.model.to(memory_format=torch.channels_last)
         splits = splits or {"val": task.eval_data()}
         self.splits = {name: self._place(data, on_device) for name, data in splits.items()}
+        check_first_batch(task, self.model, next(iter(self.splits.values())), batch_size, device)
 
     def _place(self, dataset: Dataset, on_device: bool) -> Dataset:
         data = place(dataset, self.device, on_device)
@@ -60,11 +62,6 @@ class Evaluator:
         task = build_task(config)
         named = eval_splits(task, config.eval.splits, config.eval.max_examples)
         return cls(task, device, config.eval.batch_size, precision, config.data.on_device, named)
-
-    def batches(self, data: Dataset) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if isinstance(data, TensorDataset):
-            return zip(*(t.split(self.batch_size) for t in data.tensors), strict=True)
-        return iter(DataLoader(data, batch_size=self.batch_size, pin_memory=self.device.type == "cuda"))
 
     def load_checkpoint(self, path: Path, within: Path | None = None) -> int:
         """Load a checkpoint's weights into the model and return its step.
@@ -86,24 +83,29 @@ class Evaluator:
 
     @torch.inference_mode()
     def score(self, data: Dataset) -> SplitResult:
-        """The loaded weights scored on one split's `data`."""
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        predictions, targets, probabilities = [], [], []
-        for inputs, target in self.batches(data):
-            inputs = devices.to_device(inputs, self.device, self.task.channels_last)
-            target = target.to(self.device, non_blocking=True)
+        """The loaded weights scored on one split's `data` by the task's loss and a fresh set of its metrics.
+        Each batch's outputs go to the metrics and are dropped: memory stays one batch's."""
+        task = self.task
+        metrics = dict(task.build_metrics())
+        for metric in metrics.values():
+            if isinstance(metric, nn.Module):  # torchmetrics: its state lives on the outputs' device
+                metric.to(self.device)
+        loss_sum, examples = torch.zeros((), dtype=torch.float64, device=self.device), 0
+        for batch in batches(task, data, self.batch_size, pin_memory=self.device.type == "cuda"):
+            inputs, targets = devices.to_device(batch, self.device, task.channels_last)
             with devices.autocast(self.device, self.precision):
-                outputs = self.model(inputs)
-                loss = self.task.loss(outputs, target)
-            loss_sum += loss.double() * len(target)
-            predictions.append(self.task.predict(outputs))
-            probabilities.append(torch.softmax(outputs.float(), dim=-1))
-            targets.append(target)
-        y_true, y_pred = torch.cat(targets).cpu().numpy(), torch.cat(predictions).cpu().numpy()
-        scores: dict[str, Any] = classification_metrics(y_true, y_pred, len(self.task.class_names))
-        metrics = {"loss": float(loss_sum) / len(y_true)} | {
-            k: v for k, v in scores.items() if k not in ("per_class_f1", "confusion_matrix")
-        }
-        return SplitResult(
-            metrics, scores["per_class_f1"], scores["confusion_matrix"], y_true, torch.cat(probabilities).cpu().numpy()
-        )
+                outputs = task.forward(self.model, inputs)
+                loss = task.loss(outputs, targets)
+            count = task.examples(inputs, targets)
+            loss_sum += loss.double() * count
+            examples += count
+            for metric in metrics.values():
+                metric.update(outputs, targets)
+        scalars, artifacts = {LOSS: float(loss_sum) / examples}, {}
+        for name, metric in metrics.items():
+            value = value_of(name, metric.compute())
+            if isinstance(value, Artifact):
+                artifacts[name] = value
+            else:
+                scalars[name] = value
+        return SplitResult(scalars, artifacts)

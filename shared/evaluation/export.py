@@ -62,7 +62,7 @@ def export_if_best(
     Returns the new metrics.json contents, or None when the current best stays.
     """
     metric = config.eval.best_metric
-    upwards = higher_is_better(metric)
+    upwards = higher_is_better(metric, config.eval.best_mode)
     with exclusive_lock(train_dir.best_lock, "best/ is locked", wait=True):
         held = held_best(train_dir)
         if held is not None and not candidate.beats(held, metric, upwards):

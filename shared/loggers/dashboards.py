@@ -2,38 +2,43 @@
 
 `train/` (train.py) gets the custom-scalars overview layout and the resolved config as text (its
 `eval_lag` comes from shared.training.ledger_reader); `eval/` (the eval.py daemon) gets the HParams
-session and the PR curves. Nothing here opens a logger of its own: in TensorBoard a new writer would mean
-a new run folder (a "stray run") or two writers in one (lost points).
+session and the artifacts (confusion matrix, PR curves). Nothing here opens a logger of its own: in
+TensorBoard a new writer would mean a new run folder (a "stray run") or two writers in one (lost points).
 """
 
 from __future__ import annotations
+
+import re
+from typing import Any
 
 import numpy as np
 import yaml
 
 from shared import config as cfg
 from shared.loggers.base import HParam, Logger
-
-# The Custom Scalars tab: "is it learning, and is it overfitting?" first (train and eval loss on one chart,
-# accuracy beside it), then how training runs. Tags are regexes, so each chart shows every run with the tag.
-OVERVIEW_LAYOUT = {
-    "is it learning? (train vs eval)": {
-        "loss: train and eval": ["Multiline", [r"^loss$"]],
-        "accuracy: eval": ["Multiline", [r"^accuracy$"]],
-    },
-    "training": {
-        "learning_rate": ["Multiline", [r"^learning_rate$"]],
-        "grad_norm (before clipping)": ["Multiline", [r"^grad_norm$"]],
-        "examples_per_sec": ["Multiline", [r"^examples_per_sec$"]],
-        "eval_lag: train step minus newest evaluated step": ["Multiline", [r"^eval_lag$"]],
-    },
-}
+from shared.loggers.confusion import confusion_image, confusion_markdown
+from shared.metrics.artifacts import Artifact, ConfusionMatrix, PRCurves
 
 # Sections that are hyper-parameters; checkpoint, log and eval options say how a run is observed, not trained.
 HPARAM_SECTIONS = ("task", "seed", "model", "data", "train")
 
-# One PR curve per class; past this many classes the PR Curves tab is no longer readable.
-PR_CURVE_MAX_CLASSES = 20
+
+def overview_layout(metric: str) -> dict[str, Any]:
+    """The Custom Scalars tab: "is it learning, and is it overfitting?" first (train and eval loss on one
+    chart, the metric that chooses the best checkpoint beside it), then how training runs. Tags are
+    regexes, so each chart shows every run with the tag."""
+    learning = {"loss: train and eval": ["Multiline", [r"^loss$"]]}
+    if metric != "loss":
+        learning[f"{metric}: eval"] = ["Multiline", [f"^{re.escape(metric)}$"]]
+    return {
+        "is it learning? (train vs eval)": learning,
+        "training": {
+            "learning_rate": ["Multiline", [r"^learning_rate$"]],
+            "grad_norm (before clipping)": ["Multiline", [r"^grad_norm$"]],
+            "examples_per_sec": ["Multiline", [r"^examples_per_sec$"]],
+            "eval_lag: train step minus newest evaluated step": ["Multiline", [r"^eval_lag$"]],
+        },
+    }
 
 
 def write_train_header(logger: Logger, config: cfg.Config, step: int) -> None:
@@ -43,7 +48,7 @@ def write_train_header(logger: Logger, config: cfg.Config, step: int) -> None:
     both versions. Flushed at once: a crash right after must not lose the layout.
     """
     if step == 0:
-        logger.layout(OVERVIEW_LAYOUT)
+        logger.layout(overview_layout(config.eval.best_metric))
     text = yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
     logger.text("config", f"```yaml\n{text}```", step)
     logger.flush()
@@ -62,11 +67,22 @@ def write_hparams(logger: Logger, config: cfg.Config) -> None:
     logger.flush()
 
 
-def write_pr_curves(
-    logger: Logger, targets: np.ndarray, probabilities: np.ndarray, class_names: list[str], step: int
-) -> None:
-    """One-vs-rest precision/recall curve per class, from the evaluation's class probabilities."""
-    if len(class_names) > PR_CURVE_MAX_CLASSES:
-        return
-    for index, name in enumerate(class_names):
-        logger.pr_curve(f"pr_curve/{name}", targets == index, probabilities[:, index], step)
+def write_artifact(logger: Logger, name: str, artifact: Artifact, step: int) -> None:
+    """What an evaluation's artifact looks like on a dashboard: a confusion matrix as an image and a table,
+    PR curves as one curve per class (`pr_curve/<class>`); per-class values stay in the ledger."""
+    if isinstance(artifact, ConfusionMatrix):
+        image = confusion_image(artifact.counts, artifact.class_names)
+        if image is not None:
+            logger.image(name, image, step)
+        logger.text(name, confusion_markdown(artifact.counts, artifact.class_names), step)
+    elif isinstance(artifact, PRCurves):
+        # The loggers take labels and probabilities: each bucket's counts become that many examples at a
+        # probability inside the bucket, which the curve bins back into exactly the same bucket.
+        buckets = artifact.thresholds
+        inside = np.minimum((np.arange(buckets) + 0.5) / (buckets - 1), 1.0)
+        for class_name, positives, negatives in zip(
+            artifact.class_names, artifact.positives, artifact.negatives, strict=True
+        ):
+            counts = np.rint(np.concatenate([positives, negatives])).astype(np.int64)
+            labels = np.repeat(np.r_[np.ones(buckets, dtype=bool), np.zeros(buckets, dtype=bool)], counts)
+            logger.pr_curve(f"pr_curve/{class_name}", labels, np.repeat(np.r_[inside, inside], counts), step)

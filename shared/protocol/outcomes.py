@@ -2,14 +2,16 @@
 to the one that records it.
 
 `eval/pending/step-<step:09d>.npz` holds everything the recording evaluator needs to write that step's
-TensorBoard points and ledger line: the EvalResult, with each split's metrics, per-class F1, confusion
-matrix, and the targets and class probabilities the PR curves are drawn from. It is written atomically
-(temp + rename, not fsynced: see write_outcome), so a reader sees all of it or nothing, and read with
-`allow_pickle=False`: plain arrays only, never code.
+TensorBoard points and ledger line: the EvalResult, with each split's scalars and the small artifacts its
+task's metrics computed (a confusion matrix, per-class F1, binned PR curves; never per-example outputs,
+so the file's size does not grow with the evaluation set). It is written atomically (temp + rename, not
+fsynced: see write_outcome), so a reader sees all of it or nothing, and read with `allow_pickle=False`:
+never code.
 
 Inside: `meta`, the JSON `{"record": <the ledger line's fields>, "evaluations": {split: {"step",
-"metrics", "per_class_f1", "confusion_matrix"}}}` as bytes, in eval.splits order; and the arrays
-`<split>.targets` and `<split>.probabilities`.
+"metrics", "artifacts": {name: {"kind", ...}}}}}` as bytes, in eval.splits order. Files written before
+artifacts (per-class F1 and confusion matrix fields, `<split>.targets` and `<split>.probabilities`
+arrays) are read too, their PR curves binned from the arrays.
 """
 
 from __future__ import annotations
@@ -19,14 +21,17 @@ import os
 import re
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
+from shared.metrics import artifacts
+from shared.metrics.classification import PRCurveBuckets
 from shared.protocol.files import atomic_file, make_folder
 from shared.protocol.results import EvalResult, SplitResult
 
 OUTCOME_RE = re.compile(r"^step-(\d{9})\.npz$")
-_ARRAYS = ("targets", "probabilities")
 
 
 def outcome_name(step: int) -> str:
@@ -48,23 +53,20 @@ def outcome_steps(folder: Path) -> dict[int, Path]:
 
 def write_outcome(folder: Path, result: EvalResult) -> Path:
     path = folder / outcome_name(result.step)
-    fields, arrays = {}, {}
-    for name, split in result.splits.items():
-        fields[name] = {
+    fields = {
+        name: {
             "step": result.step,
             "metrics": split.metrics,
-            "per_class_f1": split.per_class_f1,
-            "confusion_matrix": split.confusion_matrix,
+            "artifacts": {key: artifact.to_dict() for key, artifact in split.artifacts.items()},
         }
-        for array in _ARRAYS:
-            if getattr(split, array) is not None:
-                arrays[f"{name}.{array}"] = getattr(split, array)
+        for name, split in result.splits.items()
+    }
     meta = json.dumps({"record": result.to_record(), "evaluations": fields}).encode()
     make_folder(folder)
     # Not fsynced: an outcome lost or cut by a power loss is found unreadable or missing, and its checkpoint
     # evaluated again (its claim's owner is gone), so durability would buy nothing but two fsyncs a checkpoint.
     with atomic_file(path, durable=False) as f:
-        np.savez(f, meta=np.frombuffer(meta, dtype=np.uint8), **arrays)
+        np.savez(f, meta=np.frombuffer(meta, dtype=np.uint8))
     return path
 
 
@@ -79,12 +81,29 @@ def read_outcome(path: Path) -> EvalResult:
             result.splits = {
                 name: SplitResult(
                     {str(k): float(v) for k, v in fields["metrics"].items()},
-                    [float(v) for v in fields["per_class_f1"]],
-                    [[int(v) for v in row] for row in fields["confusion_matrix"]],
-                    *(arrays.get(f"{name}.{array}") for array in _ARRAYS),
+                    _artifacts(fields, arrays.get(f"{name}.targets"), arrays.get(f"{name}.probabilities")),
                 )
                 for name, fields in meta["evaluations"].items()
             }
         return result
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as err:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, zipfile.BadZipFile) as err:
         raise OutcomeError(f"{path.name}: not a readable outcome file ({type(err).__name__}: {err})") from None
+
+
+def _artifacts(
+    fields: dict[str, Any], targets: np.ndarray | None, probabilities: np.ndarray | None
+) -> dict[str, artifacts.Artifact]:
+    """A split's artifacts; from a file written before artifacts, those its fields and arrays held."""
+    if "artifacts" in fields:
+        return {name: artifacts.from_dict(artifact) for name, artifact in fields["artifacts"].items()}
+    counts = [[int(v) for v in row] for row in fields["confusion_matrix"]]
+    names = artifacts.numbered(len(counts))
+    found: dict[str, artifacts.Artifact] = {
+        "per_class_f1": artifacts.PerClass(names, [float(v) for v in fields["per_class_f1"]]),
+        "confusion_matrix": artifacts.ConfusionMatrix(names, counts),
+    }
+    if targets is not None and probabilities is not None:
+        curves = PRCurveBuckets(names, probabilities=lambda outputs: outputs)
+        curves.update(torch.from_numpy(probabilities), torch.from_numpy(targets))
+        found["pr_curves"] = curves.compute()
+    return found

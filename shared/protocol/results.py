@@ -16,10 +16,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
+from shared.metrics.artifacts import Artifact, ConfusionMatrix, PerClass, numbered
 
 Status = Literal["ok", "failed", "skipped"]
 STATUSES = ("ok", "failed", "skipped")
+PER_CLASS_F1 = "per_class_f1"  # the artifact whose values the ledger keeps (the first split's), as it always did
 
 
 class RecordError(ValueError):
@@ -33,16 +34,23 @@ def is_better(value: float, than: float, higher_is_better: bool, min_delta: floa
 
 @dataclass
 class SplitResult:
-    """One split's scores. Beside the scalar metrics, what the summaries draw: the per-class F1 and the
-    confusion matrix, and for the PR curves each example's true class and class probabilities (these
-    travel in outcome files only; a result read from the ledger has none)."""
+    """One split's scores: each scalar metric by name, and the small artifacts the task's metrics computed
+    (a confusion matrix, per-class F1, binned PR curves), which the summaries draw. Artifacts travel in
+    outcome files; a result read from the ledger has only its per-class F1."""
 
     metrics: dict[str, float]
-    per_class_f1: list[float] = field(default_factory=list)
-    confusion_matrix: list[list[int]] = field(default_factory=list)
-    # Left out of == (arrays do not compare to one bool); the fields above already say whether two agree.
-    targets: np.ndarray | None = field(default=None, compare=False, repr=False)
-    probabilities: np.ndarray | None = field(default=None, compare=False, repr=False)
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+
+    @property
+    def per_class_f1(self) -> list[float]:
+        """The values of the `per_class_f1` artifact (a classifier's), which the ledger records."""
+        found = self.artifacts.get(PER_CLASS_F1)
+        return found.values if isinstance(found, PerClass) else []
+
+    @property
+    def confusion_matrix(self) -> list[list[int]]:
+        found = self.artifacts.get("confusion_matrix")
+        return found.counts if isinstance(found, ConfusionMatrix) else []
 
 
 @dataclass
@@ -111,8 +119,9 @@ class EvalResult:
         primary = next((name for name, scores in splits.items() if _same(scores, first)), None)
         ordered = {name: SplitResult(splits[name]) for name in sorted(splits, key=lambda name: name != primary)}
         per_class = record.get("per_class_f1") or []
-        if ordered and isinstance(per_class, list):
-            next(iter(ordered.values())).per_class_f1 = [float(v) for v in per_class if _is_number(v)]
+        if ordered and isinstance(per_class, list) and per_class:
+            values = [float(v) for v in per_class if _is_number(v)]
+            next(iter(ordered.values())).artifacts[PER_CLASS_F1] = PerClass(numbered(len(values)), values)
         return cls(
             step,
             str(record.get("file", "")),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -47,11 +49,20 @@ def use_fast_math(device: torch.device, autotune: bool) -> None:
         torch.backends.cudnn.benchmark = autotune
 
 
-def to_device(inputs: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """Inputs on the device, in NHWC layout for convolutional models on CUDA."""
-    if channels_last and device.type == "cuda" and inputs.dim() == 4:
-        return inputs.to(device, memory_format=torch.channels_last, non_blocking=True)
-    return inputs.to(device, non_blocking=True)
+def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """A batch on the device: a tensor, or any nesting of dicts, lists and tuples of tensors (other values
+    pass through as they are). 4-d tensors go to NHWC layout for convolutional models on CUDA."""
+    if isinstance(batch, torch.Tensor):
+        if channels_last and device.type == "cuda" and batch.dim() == 4:
+            return batch.to(device, memory_format=torch.channels_last, non_blocking=True)
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {key: to_device(value, device, channels_last) for key, value in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple keeps its type
+        return type(batch)(*(to_device(value, device, channels_last) for value in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(value, device, channels_last) for value in batch)
+    return batch
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from shared import config
-from shared.tasks import Task
+from shared.tasks import ClassificationTask
 
 
 class DigitsModel(config.Section):
@@ -38,7 +38,7 @@ def _split(val_fraction: float, split_seed: int) -> tuple[torch.Tensor, ...]:
     return x_train, x_val, y_train, y_val
 
 
-class DigitsTask(Task):
+class DigitsTask(ClassificationTask):
     ModelConfig = DigitsModel
     DataConfig = DigitsData
 

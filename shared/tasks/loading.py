@@ -20,10 +20,16 @@ from pydantic import Field
 from torch import nn
 
 from shared import config as cfg
+from shared.metrics.base import directions
 from shared.runtime.errors import ConfigError
 from shared.tasks import Task
 
-BUILTIN_TASKS = {"digits": "shared.tasks.digits:DigitsTask", "synthetic": "shared.tasks.synthetic:SyntheticTask"}
+BUILTIN_TASKS = {
+    "digits": "shared.tasks.digits:DigitsTask",
+    "synthetic": "shared.tasks.synthetic:SyntheticTask",
+    "regression": "shared.tasks.regression:RegressionTask",
+    "language_model": "shared.tasks.language:LanguageModelTask",
+}
 DEFAULT_TASK = cfg.Config.model_fields["task"].default
 
 
@@ -90,7 +96,30 @@ def resolve_config(raw: object) -> cfg.Config:
     name = raw.get("task", DEFAULT_TASK) if isinstance(raw, dict) else DEFAULT_TASK
     if not isinstance(name, str):
         raise ConfigError(f"task: expected a built-in task name or module:Class, got {name!r}")
-    return cfg.resolve(raw, config_class(task_class(name)))
+    cls = task_class(name)
+    config = cfg.resolve(raw, config_class(cls))
+    check_metrics(config, cls)
+    return config
+
+
+def check_metrics(config: cfg.Config, cls: type[Task]) -> None:
+    """Every metric the config names is `loss` or one the task declares, and each watching section learns
+    which way its metric improves (the metric's higher_is_better); a contradicting mode is refused."""
+    upwards = directions(cls(config.model, config.data, config.seed).build_metrics())
+    watched = [("eval.best_metric", None, config.eval, config.eval.best_metric, "auto")]
+    for name in ("on_plateau", "early_stop"):
+        policy = getattr(config.train, name)
+        watched.append((f"train.{name}.metric", f"train.{name}.mode", policy, policy.metric, policy.mode))
+    for metric_key, mode_key, section, metric, mode in watched:
+        if metric not in upwards:
+            raise ConfigError(
+                f"{metric_key}: task {config.task} has no metric {metric!r}; its metrics: {', '.join(upwards)}"
+            )
+        right = "max" if upwards[metric] else "min"
+        if mode not in ("auto", right):
+            direction = "upwards" if right == "max" else "downwards"
+            raise ConfigError(f"{mode_key}: {metric} improves {direction}; set {mode_key}={right}")
+        section.set_direction(upwards[metric])
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> cfg.Config:

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
 from shared import config
-from shared.tasks import Task
+from shared.tasks import ClassificationTask
 
 IMAGE = 32
 SHIFT = 4  # examples are shifted by up to this many pixels each way
@@ -102,7 +102,7 @@ class PatchTransformer(nn.Module):
         return self.head(self.blocks(tokens).mean(dim=1))
 
 
-class SyntheticTask(Task):
+class SyntheticTask(ClassificationTask):
     ModelConfig = SyntheticModel
     DataConfig = SyntheticData
 

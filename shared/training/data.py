@@ -3,7 +3,7 @@ exactly the batch the interrupted one would have seen next."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,7 +27,9 @@ class ResumableBatches:
 
     Under torchrun each rank takes every `world_size`-th index of the epoch's permutation from its
     `rank` on, as DistributedSampler does, so the ranks see disjoint shards of equal length and the
-    epoch's order still depends only on (seed, epoch). `batch_size` is per rank.
+    epoch's order still depends only on (seed, epoch). `batch_size` is per rank. A `collate_fn` (the
+    task's) makes batches of the examples the DataLoader way; without one an in-memory TensorDataset
+    is sliced directly.
     """
 
     def __init__(
@@ -40,6 +42,7 @@ class ResumableBatches:
         pin_memory: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
     ) -> None:
         self.size = len(dataset)  # type: ignore[arg-type]
         if batch_size * world_size > self.size:
@@ -50,7 +53,11 @@ class ResumableBatches:
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.position = position
-        self.loader_options: dict[str, Any] = {"num_workers": num_workers, "pin_memory": pin_memory}
+        self.loader_options: dict[str, Any] = {
+            "num_workers": num_workers,
+            "pin_memory": pin_memory,
+            "collate_fn": collate_fn,
+        }
 
     def epoch_generator(self, epoch: int) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -66,7 +73,7 @@ class ResumableBatches:
 
     def __iter__(self) -> Iterator[Any]:
         while True:
-            if isinstance(self.dataset, TensorDataset):
+            if isinstance(self.dataset, TensorDataset) and self.loader_options["collate_fn"] is None:
                 yield from self._tensor_batches()
             else:
                 yield from self._loader_batches()

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from shared import config as cfg
-from shared.metrics.direction import higher_is_better
 from shared.protocol.results import EvalResult, is_better
 
 log = logging.getLogger(__name__)
@@ -52,7 +51,7 @@ class Tracker:
 
 
 def _tracker(options: cfg.PlateauConfig | cfg.EarlyStopConfig) -> Tracker:
-    return Tracker(higher_is_better(options.metric), options.min_delta)
+    return Tracker(options.improves_upwards(options.metric, options.mode), options.min_delta)
 
 
 def _stalled(name: str, options: cfg.PlateauConfig | cfg.EarlyStopConfig) -> str:

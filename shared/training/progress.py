@@ -42,35 +42,44 @@ class Progress:
 
 class TrainLog:
     """train.py's log line every `log.every_steps`: the interval's loss (the mean over its steps and the
-    ranks), the LR, the gradient norm and the examples per second of all ranks, to the train run and the
-    progress display. The sums stay on the device between log steps, so steps need no host sync. Nothing
-    computed from a NaN/Inf loss is logged: the guard is checked first."""
+    ranks), the LR, the gradient norm and the examples (and, for tasks that count them, tokens) per second
+    of all ranks, to the train run and the progress display. The sums stay on the device between log
+    steps, so steps need no host sync. Nothing computed from a NaN/Inf loss is logged: the guard is checked
+    first."""
 
     def __init__(
         self, logger: Logger, progress: Progress, guard: NonFiniteGuard, group: Distributed, device: torch.device
     ) -> None:
         self.logger, self.progress, self.guard, self.group = logger, progress, guard, group
         self.loss, self.examples, self.steps = torch.zeros((), device=device), 0, 0
+        self.tokens: int | torch.Tensor | None = None  # None: the task counts no tokens
         self.started = time.perf_counter()
 
-    def add(self, loss: torch.Tensor, examples: int) -> None:
+    def add(self, loss: torch.Tensor, examples: int, tokens: int | torch.Tensor | None = None) -> None:
         self.loss += loss
         self.examples += examples
         self.steps += 1
+        if tokens is not None:
+            self.tokens = (self.tokens or 0) + tokens
 
     def write(self, step: int, lr: float, grad_norm: torch.Tensor, newest_checkpoint: int) -> None:
         """Log the interval that ends at `step` and start the next one; collective under torchrun."""
         self.guard.check(newest_checkpoint)
         elapsed = time.perf_counter() - self.started
-        loss_sum, examples = self.group.sum_(torch.stack([self.loss, self.loss.new_tensor(self.examples)]))
+        counts = [
+            torch.as_tensor(n, dtype=torch.float64, device=self.loss.device) for n in (self.examples, self.tokens or 0)
+        ]
+        loss_sum, examples, tokens = self.group.sum_(torch.stack([self.loss.double(), *counts])).tolist()
         scalars = {
-            "loss": loss_sum.item() / self.group.world_size / self.steps,
+            "loss": loss_sum / self.group.world_size / self.steps,
             "learning_rate": lr,
             "grad_norm": grad_norm.item(),
-            "examples_per_sec": examples.item() / elapsed,
+            "examples_per_sec": examples / elapsed,
         }
+        if self.tokens is not None:
+            scalars["tokens_per_sec"] = tokens / elapsed
         for tag, value in scalars.items():
             self.logger.scalar(tag, value, step)
         self.progress.report(step, scalars)
         self.loss.zero_()
-        self.examples, self.steps, self.started = 0, 0, time.perf_counter()
+        self.examples, self.steps, self.tokens, self.started = 0, 0, None, time.perf_counter()

@@ -1,0 +1,65 @@
+"""Small results a metric may compute instead of a number: what the dashboards draw beside the scalars.
+
+Each is plain data (lists of numbers and names), so an outcome file carries it as JSON, and its size
+depends on the number of classes, never on the number of examples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+
+@dataclass
+class Artifact:
+    kind: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+
+@dataclass
+class ConfusionMatrix(Artifact):
+    """Counts of (true class, predicted class); rows are the true class."""
+
+    kind: ClassVar[str] = "confusion_matrix"
+    class_names: list[str]
+    counts: list[list[int]]
+
+
+@dataclass
+class PerClass(Artifact):
+    """One value per class (per-class F1, say)."""
+
+    kind: ClassVar[str] = "per_class"
+    class_names: list[str]
+    values: list[float]
+
+
+@dataclass
+class PRCurves(Artifact):
+    """One-vs-rest precision/recall curves per class, as TensorBoard's PR-curve plugin bins them: for each
+    class, the positives and negatives whose probability for it fell in each of `thresholds` buckets."""
+
+    kind: ClassVar[str] = "pr_curves"
+    class_names: list[str]
+    positives: list[list[float]]  # [class][bucket]
+    negatives: list[list[float]]
+
+    @property
+    def thresholds(self) -> int:
+        return len(self.positives[0]) if self.positives else 0
+
+
+def numbered(count: int) -> list[str]:
+    """Class names where only the count is known (a ledger line, an outcome file from before artifacts)."""
+    return [str(index) for index in range(count)]
+
+
+KINDS: dict[str, type[Artifact]] = {cls.kind: cls for cls in (ConfusionMatrix, PerClass, PRCurves)}
+
+
+def from_dict(fields: dict[str, Any]) -> Artifact:
+    """The artifact `Artifact.to_dict` gave; KeyError or TypeError for anything else."""
+    fields = dict(fields)
+    return KINDS[fields.pop("kind")](**fields)

@@ -1,0 +1,124 @@
+"""The Task interface: everything train.py and eval.py need to know about one problem.
+
+A task is a model, its training and evaluation data, and a loss. Batches are `(inputs, targets)`, each a
+tensor or any nesting of dicts, lists and tuples of tensors; train.py and eval.py move them to the
+device as they are and hand them back to the task's own `forward`, `loss` and metrics.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from shared.config import DataConfig, ModelConfig
+from shared.metrics.base import Metric
+from shared.runtime import devices
+
+
+class Task(ABC):
+    """A problem: a model, its training and evaluation data, a loss, and the metrics it is judged by.
+
+    Subclasses may set `ModelConfig` and `DataConfig` to dataclasses of their own options (DataConfig must
+    extend `shared.config.DataConfig`); the config's `model:` and `data:` sections are checked against
+    them. Keep datasets deterministic given `self.seed`: eval.py rebuilds them from the config alone.
+    """
+
+    ModelConfig: ClassVar[type] = ModelConfig
+    DataConfig: ClassVar[type] = DataConfig
+    # Optional: `def collate(self, items) -> (inputs, targets)`, the DataLoader's collate_fn for training
+    # and evaluation alike (variable-length sequences, say). None: torch's default collate.
+    collate: ClassVar[Callable[[list[Any]], Any] | None] = None
+
+    def __init__(self, model: Any, data: Any, seed: int) -> None:
+        self.model_config = model
+        self.data_config = data
+        self.seed = seed
+
+    @abstractmethod
+    def build_model(self) -> nn.Module: ...
+
+    @abstractmethod
+    def train_data(self) -> Dataset: ...
+
+    @abstractmethod
+    def eval_data(self) -> Dataset: ...
+
+    @abstractmethod
+    def loss(self, outputs: Any, targets: Any) -> torch.Tensor:
+        """The mean loss over the batch, a 0-d tensor."""
+
+    def test_data(self) -> Dataset | None:
+        """A held-out test set for `eval.splits: [..., test]`; None when the task has none."""
+        return None
+
+    def forward(self, model: nn.Module, inputs: Any) -> Any:
+        """The model's outputs for a batch's inputs; override for models that need more than one call."""
+        return model(inputs)
+
+    def build_metrics(self) -> Mapping[str, Metric]:
+        """Name -> a fresh metric, for one split of one evaluation (`loss` is always measured besides)."""
+        return {}
+
+    def check_outputs(self, outputs: Any, targets: Any) -> None:
+        """Called once at start with one batch's outputs: raise UsageError for outputs the metrics cannot use."""
+        return None
+
+    def examples(self, inputs: Any, targets: Any) -> int:
+        """How many examples a batch holds: the first dimension of its first tensor (targets first)."""
+        for part in (targets, inputs):
+            tensor = first_tensor(part)
+            if tensor is not None:
+                return tensor.shape[0] if tensor.dim() else 1
+        raise TypeError("a batch holds no tensor; override Task.examples to count its examples")
+
+    def tokens(self, inputs: Any, targets: Any) -> int | torch.Tensor | None:
+        """How many tokens a batch holds, for `tokens_per_sec` (a 0-d tensor counts without a host sync);
+        None, the default, for tasks without tokens."""
+        return None
+
+    @property
+    def channels_last(self) -> bool:
+        """True for convolutional models, which run faster on CUDA with NHWC memory layout."""
+        return False
+
+
+def first_tensor(batch: Any) -> torch.Tensor | None:
+    """The first tensor of a nesting of dicts, lists and tuples, depth first; None when there is none."""
+    if isinstance(batch, torch.Tensor):
+        return batch
+    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
+    for value in values:
+        found = first_tensor(value)
+        if found is not None:
+            return found
+    return None
+
+
+def batches(task: Task, data: Dataset, batch_size: int, pin_memory: bool = False) -> Iterable[Any]:
+    """`(inputs, targets)` batches in order: an in-memory TensorDataset is sliced (on its own device), any
+    other dataset, or a task with its own `collate`, goes through a DataLoader."""
+    if isinstance(data, TensorDataset) and task.collate is None:
+        return zip(*(t.split(batch_size) for t in data.tensors), strict=True)
+    return DataLoader(data, batch_size=batch_size, collate_fn=task.collate, pin_memory=pin_memory)
+
+
+@torch.no_grad()
+def check_first_batch(task: Task, model: nn.Module, data: Dataset, batch_size: int, device: torch.device) -> None:
+    """One batch through the model before any work, so outputs the task's metrics cannot use (a width that
+    is not the number of classes, say) are one clear UsageError at start rather than a failure at step 1.
+
+    The model runs in eval mode and is put back as it was: no running statistics or RNG state change.
+    """
+    inputs, targets = devices.to_device(next(iter(batches(task, data, batch_size))), device, task.channels_last)
+    training = model.training
+    model.eval()
+    try:
+        outputs = task.forward(model, inputs)
+    finally:
+        model.train(training)
+    task.check_outputs(outputs, targets)
