@@ -41,6 +41,7 @@ def finished_run(name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     """(train_dir, start) after train.py and the daemon, started together, both exited 0."""
     folder = tmp_path_factory.mktemp(name)
     train_dir = TrainDir(folder / "run")
+    train_dir.root.mkdir()  # the daemon waits for train.py in an existing train_dir (it never creates one)
     with process_starter(folder) as start:
         evaluator = start("eval.py", "--train-dir", str(train_dir.root))
         wait_until(train_dir.results.exists, 60, "eval.py to create its ledger")

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.checkpoints.format import load
-from shared.protocol.layout import TrainDir
+from shared.protocol.layout import TrainDir, weights_name
 from shared.protocol.ledger import read_records
 from tests.odd_tasks import BOOM
 
@@ -33,11 +32,12 @@ def test_a_task_that_raises_on_one_checkpoint_fails_only_that_one(tmp_path: Path
         "train.py", "--train-dir", str(train_dir.root), "--config", blobs_config(tmp_path, "FailingBlobsTask"), *BLOBS
     )
     assert trainer.wait() == 0, trainer.output()
-    state = load(train_dir.checkpoint(40))  # the task's forward raises on these weights
-    state["model"]["0.bias"][0] = BOOM
-    temp = train_dir.checkpoints / ".ckpt-000000040.pt.tmp"
-    torch.save(state, temp)
-    os.replace(temp, train_dir.checkpoint(40))
+    for path in (train_dir.checkpoint(40), train_dir.checkpoints / weights_name(40)):  # the task raises on these
+        state = torch.load(path, weights_only=True)
+        state["model"]["0.bias"][0] = BOOM
+        temp = path.with_name(f".{path.name}.tmp")
+        torch.save(state, temp)
+        os.replace(temp, path)
 
     evaluator = start("eval.py", "--train-dir", str(train_dir.root))
     assert evaluator.wait() == 0, evaluator.output()
