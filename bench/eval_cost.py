@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import functools
 import importlib
 import os
 import pstats
@@ -71,8 +70,9 @@ def daemon_turns(train_dir: TrainDir, config: cfg.Config, steps: list[int]) -> t
     eval_py = importlib.import_module("eval")
     evaluator = Evaluator.from_config(config, torch.device("cpu"))
     join_as_evaluator(train_dir)
-    plot = functools.partial(eval_py.write_summaries, class_names=evaluator.task.class_names)
-    shared = SharedTrainDir(train_dir, config, plot, {s: train_dir.split_run(s) for s in evaluator.splits})
+    shared = SharedTrainDir(
+        train_dir, config, eval_py.write_summaries, {s: train_dir.split_run(s) for s in evaluator.splits}
+    )
     shared.record_ready()  # elected recorder, writers open: what the daemon has done before its first checkpoint
     times: list[float] = []
 
