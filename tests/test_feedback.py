@@ -37,7 +37,9 @@ EXPECTED = [(40, 50, "none"), (80, 90, "none"), (120, 130, "reduce_lr"), (160, 1
 
 
 def start_pair(start: Callable[..., Proc], train_dir: TrainDir) -> tuple[Proc, Proc]:
-    """eval.py first, so its ledger exists before train.py's first save (max_eval_lag then waits for it)."""
+    """eval.py first, so its ledger exists before train.py's first save (max_eval_lag then waits for it). The
+    train_dir exists first: a daemon never creates one, it waits for it."""
+    train_dir.root.mkdir(exist_ok=True)
     evaluator = start("eval.py", "--train-dir", str(train_dir.root))
     wait_until(train_dir.results.exists, 60, "eval.py to create its ledger")
     return evaluator, start("train.py", "--train-dir", str(train_dir.root), *FEEDBACK_RUN)

@@ -25,8 +25,7 @@ from tests.conftest import ROOT, Proc
 _SERVER = r"""
 import atexit, json, os, runpy, select, sys, traceback
 
-def run_child(request):
-    log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+def run_child(request, log):
     os.dup2(log, 1)
     os.dup2(log, 2)
     sys.argv = [request["script"], *request["args"]]
@@ -54,9 +53,13 @@ while reading or children:
         reading, pending = bool(chunk), pending + chunk
         while b"\n" in pending:
             line, pending = pending.split(b"\n", 1)
+            request = json.loads(line)
+            # The log exists before "started" is sent, so a test may stat it at once.
+            log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             pid = os.fork()
             if pid == 0:
-                run_child(json.loads(line))
+                run_child(request, log)
+            os.close(log)
             children.add(pid)
             print("started", pid, flush=True)
     while children:
