@@ -3,7 +3,7 @@
 As a daemon it watches a train_dir, evaluates every new checkpoint once, in step order, and writes the
 validation curves to the `eval` TensorBoard run beside train.py's `train` run. Several daemons may
 share a train_dir (other machines, `docker compose up --scale eval=N`): each checkpoint is evaluated by
-one of them, and one records them all (shared/coordination.py):
+one of them, and one records them all (shared/evaluation/coordination.py):
 
     python eval.py --train-dir runs/digits [--device cpu|cuda:N] [--poll SECS]
 

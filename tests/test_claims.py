@@ -1,4 +1,4 @@
-"""Claim files (shared/claims.py) and outcome files (shared/outcomes.py), on real files in a real folder."""
+"""Claim files (shared/protocol/claims.py) and outcome files (shared/protocol/outcomes.py), on real files."""
 
 from __future__ import annotations
 

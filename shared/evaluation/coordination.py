@@ -1,7 +1,7 @@
 """Several eval.py daemons on one train_dir: which checkpoint each evaluates, and who records the results.
 
-Every daemon is an evaluator: it claims the oldest checkpoint nobody holds (shared/claims.py), evaluates
-it and leaves its outcome in `eval/pending/` (shared/outcomes.py). One of them, the one holding the
+Every daemon is an evaluator: it claims the oldest checkpoint nobody holds (shared/protocol/claims.py), evaluates
+it and leaves its outcome in `eval/pending/` (shared/protocol/outcomes.py). One of them, the one holding the
 flock on `eval/.eval.lock`, is also the *recorder*: the only process that appends to the `eval`
 TensorBoard run and to the ledger, so each keeps one writer (two writers in one run folder lose or
 drop points). It records the outcomes in step order, each only once every earlier checkpoint is

@@ -130,7 +130,7 @@ class TrainDir:
 
     @property
     def claims(self) -> Path:
-        """One claim file per checkpoint an evaluator is working on (shared/claims.py)."""
+        """One claim file per checkpoint an evaluator is working on (shared/protocol/claims.py)."""
         return self.eval_run / "claims"
 
     @property
