@@ -21,6 +21,8 @@ from urllib.request import Request, urlopen
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from shared.protocol.layout import TrainDir
+
 ROOT = Path(__file__).resolve().parents[1]
 # Files a test keeps for people to look at (screenshots); listed at the end of the pytest run.
 ARTIFACTS = ROOT / "test-artifacts"
@@ -186,6 +188,16 @@ def fill_disk(folder: Path, leave: int = 0) -> Path:
                 chunk = chunk[: len(chunk) // 2] if len(chunk) > 4096 else b""
         f.truncate(max(0, f.tell() - leave))
     return filler
+
+
+# A hang guard, not a speed bound: about 10x a quiet start of eval.py or train.py (imports, config, first
+# write) on this project's 2-core machine, so a busy machine never trips it.
+START_GUARD = 600
+
+
+def wait_for_ledger(train_dir: TrainDir) -> None:
+    """eval.py has started, joined the train_dir and opened its ledger."""
+    wait_until(train_dir.results.exists, START_GUARD, "eval.py to open its ledger")
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:

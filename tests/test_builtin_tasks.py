@@ -17,7 +17,7 @@ from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records
 from shared.tasks.loading import build_task, load_config
 from shared.tasks.regression import diabetes_split
-from tests.conftest import Proc, process_starter, scalar_points, wait_until
+from tests.conftest import Proc, process_starter, scalar_points, wait_for_ledger
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,7 @@ def finished_run(name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     train_dir.root.mkdir()  # the daemon waits for train.py in an existing train_dir (it never creates one)
     with process_starter(folder) as start:
         evaluator = start("eval.py", "--train-dir", str(train_dir.root))
-        wait_until(train_dir.results.exists, 60, "eval.py to create its ledger")
+        wait_for_ledger(train_dir)
         trainer = start("train.py", "--train-dir", str(train_dir.root), *RUNS[name])
         assert trainer.wait(300) == 0, trainer.output()
         assert evaluator.wait(300) == 0, evaluator.output()

@@ -15,7 +15,7 @@ from shared.evaluation.export import read_best
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records, read_results
 from shared.protocol.results import best_of
-from tests.conftest import SHORT_RUN, scalar_points, wait_until
+from tests.conftest import SHORT_RUN, scalar_points, wait_for_ledger, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ def test_train_and_eval_daemon_end_to_end(tmp_path: Path, start) -> None:
     train_dir = TrainDir(tmp_path / "run")
     train_dir.root.mkdir()
     evaluator = start("eval.py", "--train-dir", str(train_dir.root), "--idle-timeout", "120")
-    wait_until(train_dir.results.exists, 60, "eval.py to open its ledger")
+    wait_for_ledger(train_dir)
     trainer = start("train.py", "--train-dir", str(train_dir.root), *SHORT_RUN)
     assert trainer.wait() == 0, trainer.output()
     assert evaluator.wait() == 0, evaluator.output()
@@ -106,7 +106,7 @@ def test_eval_killed_and_restarted_gives_one_point_per_step(tmp_path: Path, star
     train_dir.root.mkdir()
     run = [*SHORT_RUN, "--set", "train.steps=600", "--set", "checkpoint.every_steps=20"]
     evaluator = start("eval.py", "--train-dir", str(train_dir.root), "--idle-timeout", "120")
-    wait_until(train_dir.results.exists, 60, "eval.py to open its ledger")
+    wait_for_ledger(train_dir)
     trainer = start("train.py", "--train-dir", str(train_dir.root), *run)
     wait_until(lambda: len(read_records(train_dir.results)) >= 3, 120, "three evaluations")
     evaluator.signal(signal.SIGKILL)

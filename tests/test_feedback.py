@@ -20,7 +20,7 @@ from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records, read_results
 from shared.tasks.loading import load_config
 from shared.training.optim import lr_multiplier
-from tests.conftest import ROOT, SHORT_RUN, Proc, process_starter, scalar_points, wait_until
+from tests.conftest import ROOT, SHORT_RUN, Proc, process_starter, scalar_points, wait_for_ledger, wait_until
 
 FEEDBACK_RUN = [
     *SHORT_RUN,
@@ -41,7 +41,7 @@ def start_pair(start: Callable[..., Proc], train_dir: TrainDir) -> tuple[Proc, P
     train_dir exists first: a daemon never creates one, it waits for it."""
     train_dir.root.mkdir(exist_ok=True)
     evaluator = start("eval.py", "--train-dir", str(train_dir.root))
-    wait_until(train_dir.results.exists, 60, "eval.py to create its ledger")
+    wait_for_ledger(train_dir)
     return evaluator, start("train.py", "--train-dir", str(train_dir.root), *FEEDBACK_RUN)
 
 

@@ -73,6 +73,13 @@ class DataConfig(Section):
     fold: Count = 0  # the held-out fold (the `val` split), 0 <= fold < folds
 
 
+class HoldoutData(DataConfig):
+    """The data section of a task that holds out a fixed, seeded fraction of one bundled dataset for `val`."""
+
+    val_fraction: float = Field(0.2, ge=0.05, le=0.5)
+    split_seed: Seed = 0  # scikit-learn's random_state for the train/validation split
+
+
 class PlateauConfig(Watched):
     """train.on_plateau: cut the LR when an evaluation metric stops improving (Keras ReduceLROnPlateau)."""
 

@@ -114,7 +114,8 @@ def atomic_file(path: Path, temp: Path | None = None, durable: bool = True) -> I
 
 
 def write_synced(path: Path, data: bytes) -> None:
-    """Write and fsync a new file inside a temp folder, which is then renamed into place whole."""
+    """Write and fsync a new file (O_EXCL, never through a link): inside a temp folder that is then renamed
+    into place whole, or as the temp that create_once links into place."""
     fd = create_temp(path)
     try:
         write_all(fd, data)
@@ -134,12 +135,7 @@ def create_once(path: Path, data: bytes, temp: Path | None = None) -> bool:
     creators exactly one wins and no reader ever sees the file empty or half written."""
     temp = temp or path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        fd = create_temp(temp)
-        try:
-            write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_synced(temp, data)
         os.link(temp, path)
     except FileExistsError:
         return False

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 
 import torch
-from pydantic import Field
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
@@ -21,9 +20,7 @@ class DigitsModel(config.Section):
     dropout: config.Fraction = 0.2
 
 
-class DigitsData(config.DataConfig):
-    val_fraction: float = Field(0.2, ge=0.05, le=0.5)
-    split_seed: config.Seed = 0  # scikit-learn's random_state for the train/validation split
+DigitsData = config.HoldoutData  # batch options plus the held-out fraction and its seed
 
 
 @functools.cache

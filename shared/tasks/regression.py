@@ -28,9 +28,7 @@ class RegressionModel(config.Section):
     dropout: config.Fraction = 0.0
 
 
-class RegressionData(config.DataConfig):
-    val_fraction: float = Field(0.2, ge=0.05, le=0.5)
-    split_seed: config.Seed = 0  # scikit-learn's random_state for the train/validation split
+RegressionData = config.HoldoutData  # batch options plus the held-out fraction and its seed
 
 
 @functools.cache
