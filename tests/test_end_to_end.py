@@ -15,7 +15,7 @@ from shared.evaluation.export import read_best
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records, read_results
 from shared.protocol.results import best_of
-from tests.conftest import SHORT_RUN, scalar_points, wait_for_ledger, wait_until
+from tests.conftest import SHORT_RUN, scalar_points, wait_for_ledger, wait_until, wait_while_progressing
 
 pytestmark = pytest.mark.slow
 
@@ -123,7 +123,7 @@ def test_train_resumes_after_sigterm_and_continues_the_step_count(tmp_path: Path
     train_dir = TrainDir(tmp_path / "run")
     run = [*SHORT_RUN, "--set", "train.steps=100000", "--set", "checkpoint.every_steps=50"]
     trainer = start("train.py", "--train-dir", str(train_dir.root), *run)
-    wait_until(lambda: len(list_checkpoints(train_dir.checkpoints)) >= 2, 120, "two checkpoints")
+    wait_while_progressing(lambda: len(list_checkpoints(train_dir.checkpoints)) >= 2, trainer, "two checkpoints")
     trainer.signal(signal.SIGTERM)
     assert trainer.wait() == 0, trainer.output()
     stopped_at = list_checkpoints(train_dir.checkpoints)[-1].step
@@ -157,7 +157,9 @@ def test_resume_refuses_a_different_model_and_names_the_keys(tmp_path: Path, sta
 def test_a_second_trainer_on_the_same_train_dir_is_refused(tmp_path: Path, start) -> None:
     train_dir = TrainDir(tmp_path / "run")
     first = start("train.py", "--train-dir", str(train_dir.root), *SHORT_RUN, "--set", "train.steps=100000")
-    wait_until(lambda: bool(list_checkpoints(train_dir.checkpoints)), 120, "the first trainer's checkpoint")
+    wait_while_progressing(
+        lambda: bool(list_checkpoints(train_dir.checkpoints)), first, "the first trainer's checkpoint"
+    )
     second = start("train.py", "--train-dir", str(train_dir.root), *SHORT_RUN)
     assert second.wait() == 2
     assert "another train.py is already training" in second.output()

@@ -14,7 +14,7 @@ from shared.checkpoints.store import list_checkpoints
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records
 from shared.runtime import threads
-from tests.conftest import SHORT_RUN, Proc, fetch_json, tensorboard_url, wait_until
+from tests.conftest import SHORT_RUN, Proc, fetch_json, tensorboard_url, wait_until, wait_while_progressing
 
 pytestmark = pytest.mark.slow
 
@@ -91,7 +91,7 @@ def test_exit_when_done_stops_tensorboard_after_evaluation(tmp_path: Path, start
 def test_sigterm_mid_training_saves_a_checkpoint_and_stops_all(tmp_path: Path, start) -> None:
     train_dir = TrainDir(tmp_path / "run")
     launcher = launch(start, train_dir, "--set", "train.steps=100000")
-    wait_until(lambda: bool(list_checkpoints(train_dir.checkpoints)), 120, "a first checkpoint")
+    wait_while_progressing(lambda: bool(list_checkpoints(train_dir.checkpoints)), launcher, "a first checkpoint")
     launcher.signal(signal.SIGTERM)
     assert launcher.wait() == 0, launcher.output()
     output = launcher.output()

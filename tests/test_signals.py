@@ -14,7 +14,7 @@ from shared.checkpoints.store import list_checkpoints
 from shared.protocol.layout import TrainDir
 from shared.runtime import cli
 from shared.runtime.signals import StopRequest
-from tests.conftest import SHORT_RUN, wait_until
+from tests.conftest import SHORT_RUN, wait_until, wait_while_progressing
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ GRACE_SECS = 30  # the stop_grace_period docker-compose.yml gives the services, 
 def test_sigterm_saves_the_current_step_and_exits_0(tmp_path: Path, start) -> None:
     train_dir = TrainDir(tmp_path / "run")
     trainer = start("train.py", "--train-dir", str(train_dir.root), *SHORT_RUN, "--set", "train.steps=1000000")
-    wait_until(lambda: bool(list_checkpoints(train_dir.checkpoints)), 120, "a first checkpoint")
+    wait_while_progressing(lambda: bool(list_checkpoints(train_dir.checkpoints)), trainer, "a first checkpoint")
     trainer.signal(signal.SIGTERM)
     assert trainer.wait(timeout=GRACE_SECS) == 0, trainer.output()
     stopped_at = int(re.search(r"stopped at step (\d+)", trainer.output()).group(1))
