@@ -15,13 +15,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.request import Request, urlopen
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from shared.protocol.layout import TrainDir
+
+if TYPE_CHECKING:
+    from tests.warm_cli import WarmCli
 
 ROOT = Path(__file__).resolve().parents[1]
 # Files a test keeps for people to look at (screenshots); listed at the end of the pytest run.
@@ -80,15 +83,30 @@ class Proc:
         return self.log.read_text()
 
 
+# The scripts the `start` fixture runs from the session's warm server (tests/warm_cli.py) unless told `cold`.
+WARM_SCRIPTS = ("train.py", "eval.py")
+
+
 @contextmanager
-def process_starter(log_dir: Path) -> Iterator[Callable[..., Proc]]:
-    """start("train.py", *args) -> Proc, logging into log_dir; processes still running at the end are killed."""
+def process_starter(log_dir: Path, warm: WarmCli | None = None) -> Iterator[Callable[..., Proc]]:
+    """start("train.py", *args) -> Proc, logging into log_dir; processes still running at the end are killed.
+
+    With a `warm` server, train.py and eval.py run as its forked children (their imports paid once per
+    session), unless the call asks for `cold=True`, or for an environment or a preexec_fn, which must be in
+    place before the imports: then, as every other command, they start as a fresh interpreter."""
     procs: list[Proc] = []
 
     def _start(
-        script: str, *args: str, env: dict[str, str] | None = None, preexec_fn: Callable[[], None] | None = None
+        script: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+        cold: bool = False,
     ) -> Proc:
         log = log_dir / f"{Path(script).stem}-{len(procs)}.log"
+        if warm and script in WARM_SCRIPTS and not (cold or env or preexec_fn):
+            procs.append(warm.start(script, *args, log=log))
+            return procs[-1]
         with open(log, "wb") as out:
             popen = subprocess.Popen(
                 [sys.executable, script, *args],
@@ -110,10 +128,20 @@ def process_starter(log_dir: Path) -> Iterator[Callable[..., Proc]]:
                 proc.popen.wait()
 
 
+@pytest.fixture(scope="session")
+def warm_scripts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WarmCli]:
+    """One server per test session (per xdist worker) that has imported train.py and eval.py."""
+    from tests.warm_cli import warm_cli  # it builds on Proc, defined here
+
+    with warm_cli(*WARM_SCRIPTS, log_dir=tmp_path_factory.mktemp("warm-server")) as warm:
+        yield warm
+
+
 @pytest.fixture
-def start(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
-    """start("train.py", *args) -> Proc; every process still running at the end of the test is killed."""
-    with process_starter(tmp_path) as starter:
+def start(tmp_path: Path, warm_scripts: WarmCli) -> Iterator[Callable[..., Proc]]:
+    """start("train.py", *args) -> Proc; every process still running at the end of the test is killed.
+    train.py and eval.py start warm (see process_starter); `cold=True` starts a fresh interpreter."""
+    with process_starter(tmp_path, warm_scripts) as starter:
         yield starter
 
 

@@ -18,6 +18,7 @@ from shared.protocol.ledger import read_records
 from shared.tasks.loading import build_task, load_config
 from shared.tasks.regression import diabetes_split
 from tests.conftest import Proc, process_starter, scalar_points, wait_for_ledger
+from tests.warm_cli import WarmCli
 
 pytestmark = pytest.mark.slow
 
@@ -37,12 +38,14 @@ RUNS = {
 }  # fmt: skip
 
 
-def finished_run(name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TrainDir, Callable]]:
+def finished_run(
+    name: str, tmp_path_factory: pytest.TempPathFactory, warm: WarmCli
+) -> Iterator[tuple[TrainDir, Callable]]:
     """(train_dir, start) after train.py and the daemon, started together, both exited 0."""
     folder = tmp_path_factory.mktemp(name)
     train_dir = TrainDir(folder / "run")
     train_dir.root.mkdir()  # the daemon waits for train.py in an existing train_dir (it never creates one)
-    with process_starter(folder) as start:
+    with process_starter(folder, warm) as start:
         evaluator = start("eval.py", "--train-dir", str(train_dir.root))
         wait_for_ledger(train_dir)
         trainer = start("train.py", "--train-dir", str(train_dir.root), *RUNS[name])
@@ -52,13 +55,17 @@ def finished_run(name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 @pytest.fixture(scope="module")
-def regression_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TrainDir, Callable]]:
-    yield from finished_run("regression", tmp_path_factory)
+def regression_run(
+    tmp_path_factory: pytest.TempPathFactory, warm_scripts: WarmCli
+) -> Iterator[tuple[TrainDir, Callable]]:
+    yield from finished_run("regression", tmp_path_factory, warm_scripts)
 
 
 @pytest.fixture(scope="module")
-def language_model_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TrainDir, Callable]]:
-    yield from finished_run("language_model", tmp_path_factory)
+def language_model_run(
+    tmp_path_factory: pytest.TempPathFactory, warm_scripts: WarmCli
+) -> Iterator[tuple[TrainDir, Callable]]:
+    yield from finished_run("language_model", tmp_path_factory, warm_scripts)
 
 
 def adhoc(start, train_dir: TrainDir, checkpoint: str) -> dict:

@@ -10,7 +10,7 @@ from shared import config as cfg
 from shared.protocol.layout import TrainDir
 from shared.tasks.loading import load_config
 from tests.conftest import process_starter
-from tests.warm_cli import warm_cli
+from tests.warm_cli import WarmCli
 
 pytestmark = pytest.mark.slow
 
@@ -79,18 +79,20 @@ def assert_one_error_line(script: str, args: str, code: int, output: str, expect
     assert lines[0].startswith(f"{script}: error: ") and expected in lines[0], (script, args, lines[0])
 
 
-def test_bad_input_is_one_line_and_exit_code_2(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_bad_input_is_one_line_and_exit_code_2(
+    folder: Path, tmp_path_factory: pytest.TempPathFactory, warm_scripts: WarmCli
+) -> None:
     """Every case through the real script, and a refused train.py leaves nothing on disk that was not there
-    before (no train_dir, no lock file). The cases run one by one from a warm server (tests/warm_cli.py)
-    that pays the imports once; the first train.py and eval.py cases also run as cold processes, which
-    would show anything printed while importing."""
+    before (no train_dir, no lock file). The cases run one by one from the session's warm server
+    (tests/warm_cli.py) that pays the imports once; the first train.py and eval.py cases also run as cold
+    processes, which would show anything printed while importing."""
     logs = tmp_path_factory.mktemp("logs")
     cold = {script: next(case for case in CASES if case[0] == script) for script in ("train.py", "eval.py")}
-    with process_starter(logs) as start, warm_cli("train.py", "eval.py", log_dir=logs) as warm:
+    with process_starter(logs) as start:
         cold_procs = [(case, start(case[0], *case[1].format(tmp=folder).split())) for case in cold.values()]
         for script, args, expected in CASES:
             before = tree(folder)
-            proc = warm.start(script, *args.format(tmp=folder).split())
+            proc = warm_scripts.start(script, *args.format(tmp=folder).split())
             assert_one_error_line(script, args, proc.wait(), proc.output(), expected)
             if script == "train.py":
                 assert tree(folder) == before, (args, f"left {sorted(map(str, tree(folder) - before))}")

@@ -17,7 +17,6 @@ from shared.protocol.layout import CHECKPOINT_TEMP_RE, TrainDir
 from shared.protocol.ledger import read_records
 from tests.conftest import SHORT_RUN, Proc, scalar_points, wait_while_progressing
 from tests.test_end_to_end import assert_one_point_per_evaluated_step
-from tests.warm_cli import warm_cli
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +54,7 @@ def kill_trainer_at_some_moment(trainer: Proc, train_dir: TrainDir, rng: random.
 def test_train_killed_anywhere_resumes_to_the_same_losses(tmp_path: Path, start) -> None:
     """20+ SIGKILLs during steps and during checkpoint writes; the final loss curve equals an uninterrupted one.
 
-    The uninterrupted reference trains beside the killed runs; those start from a warm server
+    The uninterrupted reference trains beside the killed runs. They start from the warm server
     (tests/warm_cli.py), so each costs its start-up, not its imports; the last one starts cold."""
     run = [
         *SHORT_RUN,
@@ -70,18 +69,17 @@ def test_train_killed_anywhere_resumes_to_the_same_losses(tmp_path: Path, start)
     train_dir = TrainDir(tmp_path / "killed")
     rng = random.Random(7)
     moments: Counter[str] = Counter()
-    with warm_cli("train.py", log_dir=tmp_path) as warm:
-        while sum(moments.values()) < KILLS:
-            proc = warm.start("train.py", "--train-dir", str(train_dir.root), *run)
-            if kill_trainer_at_some_moment(proc, train_dir, rng) == 0:
-                break  # it finished before the kill landed
-            moments["during a checkpoint write" if temp_files(train_dir) else "between checkpoint writes"] += 1
-            assert_every_checkpoint_loads(train_dir)
+    while sum(moments.values()) < KILLS:
+        proc = start("train.py", "--train-dir", str(train_dir.root), *run)
+        if kill_trainer_at_some_moment(proc, train_dir, rng) == 0:
+            break  # it finished before the kill landed
+        moments["during a checkpoint write" if temp_files(train_dir) else "between checkpoint writes"] += 1
+        assert_every_checkpoint_loads(train_dir)
 
     assert uninterrupted.wait_while_logging() == 0, uninterrupted.output()
     expected = scalar_points(reference.train_run, "loss")
     assert len(expected) == 400
-    final = start("train.py", "--train-dir", str(train_dir.root), *run)
+    final = start("train.py", "--train-dir", str(train_dir.root), *run, cold=True)
     assert final.wait_while_logging() == 0, final.output()
     print(f"kills survived by train.py: {dict(moments)}")
     assert sum(moments.values()) >= KILLS, moments
@@ -110,7 +108,7 @@ def kill_evaluator_at_some_moment(evaluator: Proc, trainer: Proc, train_dir: Tra
 
 def test_eval_killed_anywhere_records_each_step_once(tmp_path: Path, start) -> None:
     """20+ SIGKILLs of eval.py while train.py runs: one ledger record and one point per tag per checkpoint.
-    The killed evaluators start from a warm server (tests/warm_cli.py); the last one starts cold."""
+    The killed evaluators start from the warm server (tests/warm_cli.py); the last one starts cold."""
     train_dir = TrainDir(tmp_path / "run")
     train_dir.root.mkdir()
     run = [
@@ -121,15 +119,14 @@ def test_eval_killed_anywhere_records_each_step_once(tmp_path: Path, start) -> N
     ]  # fmt: skip
     trainer = start("train.py", "--train-dir", str(train_dir.root), *run)
     rng = random.Random(11)
-    with warm_cli("eval.py", log_dir=tmp_path) as warm:
-        for _ in range(KILLS):
-            evaluator = warm.start("eval.py", "--train-dir", str(train_dir.root))
-            kill_evaluator_at_some_moment(evaluator, trainer, train_dir, rng)
-            assert trainer.popen.poll() is None, "training must still be running while the evaluator is killed"
+    for _ in range(KILLS):
+        evaluator = start("eval.py", "--train-dir", str(train_dir.root))
+        kill_evaluator_at_some_moment(evaluator, trainer, train_dir, rng)
+        assert trainer.popen.poll() is None, "training must still be running while the evaluator is killed"
     trainer.signal(signal.SIGTERM)
     assert trainer.wait() == 0, trainer.output()
 
-    final = start("eval.py", "--train-dir", str(train_dir.root), "--idle-timeout", "2")
+    final = start("eval.py", "--train-dir", str(train_dir.root), "--idle-timeout", "2", cold=True)
     assert final.wait() == 0, final.output()
     records = assert_one_point_per_evaluated_step(train_dir)
     saved = [c.step for c in list_checkpoints(train_dir.checkpoints)]

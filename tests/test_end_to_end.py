@@ -44,11 +44,12 @@ def assert_one_point_per_evaluated_step(train_dir: TrainDir) -> list[dict]:
 
 
 def test_train_and_eval_daemon_end_to_end(tmp_path: Path, start) -> None:
+    """Both processes start cold, as users start them (the other tests mostly start them warm)."""
     train_dir = TrainDir(tmp_path / "run")
     train_dir.root.mkdir()
-    evaluator = start("eval.py", "--train-dir", str(train_dir.root), "--idle-timeout", "120")
+    evaluator = start("eval.py", "--train-dir", str(train_dir.root), "--idle-timeout", "120", cold=True)
     wait_for_ledger(train_dir)
-    trainer = start("train.py", "--train-dir", str(train_dir.root), *SHORT_RUN)
+    trainer = start("train.py", "--train-dir", str(train_dir.root), *SHORT_RUN, cold=True)
     assert trainer.wait() == 0, trainer.output()
     assert evaluator.wait() == 0, evaluator.output()
 

@@ -21,6 +21,7 @@ from shared.protocol.ledger import read_records, read_results
 from shared.tasks.loading import load_config
 from shared.training.optim import lr_multiplier
 from tests.conftest import ROOT, SHORT_RUN, Proc, process_starter, scalar_points, wait_for_ledger, wait_until
+from tests.warm_cli import WarmCli
 
 FEEDBACK_RUN = [
     *SHORT_RUN,
@@ -59,11 +60,13 @@ def decision_texts(train_dir: TrainDir) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TrainDir, Proc, Proc]]:
+def uninterrupted(
+    tmp_path_factory: pytest.TempPathFactory, warm_scripts: WarmCli
+) -> Iterator[tuple[TrainDir, Proc, Proc]]:
     """One run with both policies, shared by the tests below: (train_dir, eval.py, train.py), both exited."""
     folder = tmp_path_factory.mktemp("feedback")
     train_dir = TrainDir(folder / "run")
-    with process_starter(folder) as start:
+    with process_starter(folder, warm_scripts) as start:
         evaluator, trainer = start_pair(start, train_dir)
         assert trainer.wait() == 0, trainer.output()
         assert evaluator.wait() == 0, evaluator.output()

@@ -21,6 +21,7 @@ from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records
 from shared.tasks.loading import load_config
 from tests.conftest import ROOT, SHORT_RUN, process_starter, wait_until
+from tests.warm_cli import WarmCli
 
 mlflow = pytest.importorskip("mlflow", reason="the dev extra installs mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -78,13 +79,15 @@ def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
     return sorted(point.step for point in client.get_metric_history(run_id, key))
 
 
-def test_train_and_evaluators_share_one_run_across_an_evaluator_sigkill(tmp_path: Path, tracking_uri: str) -> None:
+def test_train_and_evaluators_share_one_run_across_an_evaluator_sigkill(
+    tmp_path: Path, tracking_uri: str, warm_scripts: WarmCli
+) -> None:
     train_dir = TrainDir(tmp_path / "run")
     train_dir.root.mkdir()
     backends = ["--set", "log.backends=[tensorboard,mlflow]", "--set", f"log.mlflow_tracking_uri={tracking_uri}"]
     run = [*SHORT_RUN, "--set", "train.steps=120", *backends]
     started = time.monotonic()
-    with process_starter(tmp_path) as start:
+    with process_starter(tmp_path, warm_scripts) as start:
         evaluator = start("eval.py", "--train-dir", str(train_dir.root), "--idle-timeout", "120")
         trainer = start("train.py", "--train-dir", str(train_dir.root), *run)
         wait_until(lambda: len(read_records(train_dir.results)) >= 1, 300, "the first evaluation")

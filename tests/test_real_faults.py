@@ -32,6 +32,7 @@ from tests.conftest import (
     scalar_points,
     wait_until,
 )
+from tests.warm_cli import WarmCli
 
 STEPS = [20, 40, 60]
 TRAIN = [*SHORT_RUN, "--set", "train.steps=60", "--set", "checkpoint.every_steps=20", "--device", "cpu"]
@@ -39,10 +40,10 @@ TEMP = re.compile(r"\.tmp$")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(tmp_path_factory: pytest.TempPathFactory, warm_scripts: WarmCli) -> Path:
     """One finished train_dir (checkpoints at STEPS, no evaluation yet), copied by each test that needs it."""
     folder = tmp_path_factory.mktemp("trained")
-    with process_starter(folder) as start:
+    with process_starter(folder, warm_scripts) as start:
         trainer = start("train.py", "--train-dir", str(folder / "run"), *TRAIN)
         assert trainer.wait() == 0, trainer.output()
     return folder / "run"

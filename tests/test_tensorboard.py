@@ -32,6 +32,7 @@ from tests.conftest import (
     tensorboard_url,
     wait_until,
 )
+from tests.warm_cli import WarmCli
 
 pytestmark = pytest.mark.slow
 
@@ -224,13 +225,15 @@ RESTARTED_RUN = [
 
 
 @pytest.fixture(scope="module")
-def restarted_train_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TrainDir, dict[str, str]]]:
+def restarted_train_dir(
+    tmp_path_factory: pytest.TempPathFactory, warm_scripts: WarmCli
+) -> Iterator[tuple[TrainDir, dict[str, str]]]:
     """train.py SIGKILLed twice at step >= 70 (newest checkpoint: 50), then run to the end, while a
     TensorBoard per loader serves the train_dir throughout: (train_dir, loader -> URL)."""
     folder = tmp_path_factory.mktemp("restarts")
     train_dir = TrainDir(folder / "run")
     train_dir.root.mkdir()
-    with process_starter(folder) as start:
+    with process_starter(folder, warm_scripts) as start:
         urls = {}
         for loader in ["false", "true"] if server_binary() is not None else ["false"]:
             args = ["--logdir", str(train_dir.root), "--host", "127.0.0.1", "--port", "0", "--reload_interval", "1"]

@@ -110,9 +110,10 @@ class WarmCli:
         self.lock, self.replied = threading.Lock(), threading.Condition()
         threading.Thread(target=self._read_replies, daemon=True).start()
 
-    def start(self, script: str, *args: str) -> Proc:
+    def start(self, script: str, *args: str, log: Path | None = None) -> Proc:
+        """The child's output goes to `log` (default: a new file in the server's log_dir)."""
         with self.lock:  # one request at a time, so each "started" reply is this request's
-            log = self.log_dir / f"{Path(script).stem}-warm-{len(self.children)}.log"
+            log = log or self.log_dir / f"{Path(script).stem}-warm-{len(self.children)}.log"
             assert self.server.stdin is not None
             self.server.stdin.write(json.dumps({"script": script, "args": list(args), "log": str(log)}) + "\n")
             self.server.stdin.flush()
