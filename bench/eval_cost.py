@@ -42,6 +42,8 @@ from shared.tasks.loading import load_config
 
 SMOKE = ["model.width=8", "model.blocks_per_stage=[1, 1]", "data.train_examples=64", "data.eval_examples=64"]
 
+NOT_CALLED = "not called"
+
 # (row, the functions whose cumulative time it is: "file:function" suffixes as cProfile names them)
 PARTS = [
     ("load the checkpoint", ["evaluator.py:load_checkpoint"]),
@@ -49,11 +51,12 @@ PARTS = [
     ("best/ export", ["export.py:export_if_best"]),
     ("outcome file: write", ["outcomes.py:write_outcome"]),
     ("outcome file: read", ["outcomes.py:read_outcome"]),
-    ("TensorBoard: scalars", ["writer.py:add_scalar"]),
-    ("TensorBoard: confusion image", ["writer.py:add_image"]),
-    ("TensorBoard: confusion text", ["writer.py:add_text"]),
-    ("TensorBoard: PR curves", ["dashboards.py:write_pr_curves"]),
-    ("TensorBoard: flush", ["writer.py:flush"]),
+    ("TensorBoard: scalars", ["tensorboard.py:scalar"]),
+    ("confusion image: draw", ["confusion.py:confusion_image"]),
+    ("TensorBoard: confusion image (PNG)", ["tensorboard.py:image"]),
+    ("TensorBoard: confusion text", ["tensorboard.py:text"]),
+    ("TensorBoard: PR curves", ["tensorboard.py:pr_curve"]),
+    ("TensorBoard: flush", ["tensorboard.py:flush"]),
     ("ledger line", ["ledger.py:append"]),
 ]
 
@@ -88,13 +91,15 @@ def daemon_turns(train_dir: TrainDir, config: cfg.Config, steps: list[int]) -> t
     return times, turn
 
 
-def cumulative(stats: pstats.Stats, suffixes: list[str]) -> float:
-    """Seconds spent in (and under) the functions named by `suffixes`, over all their calls."""
-    total = 0.0
-    for (filename, _, function), (_, _, _, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
-        if any(f"{os.path.basename(filename)}:{function}" == s for s in suffixes):
-            total += cumtime
-    return total
+def cumulative(stats: pstats.Stats, suffixes: list[str]) -> float | None:
+    """Seconds spent in (and under) the functions named by `suffixes`, over all their calls; None if none
+    of them ran (a renamed function, or a part this task does not have)."""
+    found = [
+        cumtime
+        for (filename, _, function), (_, _, _, cumtime, _) in stats.stats.items()  # type: ignore[attr-defined]
+        if any(f"{os.path.basename(filename)}:{function}" == s for s in suffixes)
+    ]
+    return sum(found) if found else None
 
 
 def measure_daemon(config: cfg.Config, root: Path, count: int) -> tuple[list[list[object]], list[str]]:
@@ -124,8 +129,10 @@ def measure_daemon(config: cfg.Config, root: Path, count: int) -> tuple[list[lis
     stats = pstats.Stats(profiler)
     rows: list[list[object]] = [["bare evaluation (in-process validation)", f"{bare_secs * 1000:.1f}", "1.00"]]
     for name, suffixes in PARTS:
-        secs = cumulative(stats, suffixes) / count
-        rows.append([name, f"{secs * 1000:.1f}", f"{secs / bare_secs:.2f}"])
+        if (spent := cumulative(stats, suffixes)) is None:
+            rows.append([name, NOT_CALLED, ""])
+        else:
+            rows.append([name, f"{spent / count * 1000:.1f}", f"{spent / count / bare_secs:.2f}"])
     rows.append(["eval.py per checkpoint, unprofiled", f"{total * 1000:.1f}", f"{total / bare_secs:.2f}"])
     overhead = total - bare_secs
     notes = [

@@ -93,20 +93,28 @@ def training_parts(setup: Setup) -> tuple[Task, torch.nn.Module, torch.optim.Opt
     optimizer = build_optimizer(model, config.train, fused=device.type == "cuda")
     schedule = build_schedule(optimizer, config.train)
     data = place(task.train_data(), device, config.data.on_device)
-    batches = iter(ResumableBatches(data, config.data.batch_size, config.seed, DataPosition()))
+    batches = iter(ResumableBatches(data, config.data.batch_size, config.seed, DataPosition(), collate_fn=task.collate))
 
     def step() -> None:
-        inputs, targets = next(batches)
-        inputs = devices.to_device(inputs, device, task.channels_last)
+        inputs, targets = devices.to_device(next(batches), device, task.channels_last)
         optimizer.zero_grad(set_to_none=True)
         with devices.autocast(device, config.train.precision):
-            loss = task.loss(model(inputs), targets.to(device, non_blocking=True))
+            loss = task.loss(task.forward(model, inputs), targets)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip_norm or float("inf"))
         optimizer.step()
         schedule.step()
 
     return task, model, optimizer, step, batches
+
+
+def tokens_per_step(setup: Setup) -> int | None:
+    """How many tokens one training batch holds (the task's own count), or None for a task without tokens."""
+    task = build_task(setup.config)
+    data = place(task.train_data(), torch.device("cpu"), False)
+    batch = next(iter(ResumableBatches(data, setup.config.data.batch_size, 0, DataPosition(), collate_fn=task.collate)))
+    tokens = task.tokens(*batch)
+    return None if tokens is None else int(tokens)
 
 
 def sync(device: torch.device) -> None:
@@ -372,6 +380,7 @@ def main() -> None:
     chosen = args.variants or ("abce" if args.smoke else "abcdefg")
     variants = [v for v in chosen if v in VARIANTS and not (v == "d" and device.type != "cuda")]
 
+    tokens = tokens_per_step(setup)
     load_before = os.getloadavg()[0]
     results: list[tuple[str, Result]] = []
     for v in variants:
@@ -389,7 +398,10 @@ def main() -> None:
         ratio = f"{result.steps_per_sec / base:.3f}" if base else ""
         done = "" if math.isnan(result.done_secs) else f"{result.done_secs:.1f}"
         rate = f"{result.steps_per_sec:.1f}"
-        rows.append([f"({v}) {VARIANTS[v][0]}", rate, ratio, f"{result.wall_secs:.1f}", done, result.note])
+        row = [f"({v}) {VARIANTS[v][0]}", rate, ratio, f"{result.wall_secs:.1f}", done, result.note]
+        if tokens:
+            row.insert(2, f"{result.steps_per_sec * tokens:,.0f}")
+        rows.append(row)
     notes = [
         f"{steps} steps, batch {config.data.batch_size}, checkpoints/validation every {every} steps; "
         f"beside each other, train.py --threads {args.train_threads} and eval.py --threads {args.eval_threads}.",
@@ -412,6 +424,9 @@ def main() -> None:
         "(g) = (b) within noise."
     )
     header = ["variant", "steps/s (steady)", "x (a)", "wall to all steps (s)", "to the last validation (s)", "note"]
+    if tokens:
+        header.insert(2, "tokens/s")
+        notes.insert(1, f"{tokens:,} tokens per step ({config.task}).")
     report("Training throughput", header, rows, device, args.results, "\n".join(f"- {n}" for n in notes))
 
 

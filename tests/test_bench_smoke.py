@@ -73,4 +73,5 @@ def test_eval_cost_smoke(tmp_path: Path) -> None:
     assert "| part | ms per checkpoint | x bare |" in text
     for part in ("load the checkpoint", "best/ export", "TensorBoard: PR curves", "eval.py per checkpoint, unprofiled"):
         assert f"| {part} |" in text
+    assert "not called" not in text, "a part names a function eval.py no longer calls"
     assert "| weights file beside it (now) | cold |" in text

@@ -12,8 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator, plugin_event_accumulator
+from tensorboard.util import tensor_util
+from torch.utils.tensorboard import summary as summaries
 
-from shared.loggers.confusion import IMAGE_MAX_CLASSES, confusion_image
+from shared.loggers.confusion import IMAGE_MAX_CLASSES, ConfusionPlot, confusion_image
+from shared.loggers.tensorboard import TensorBoardLogger
+from shared.metrics.classification import PR_THRESHOLDS
 from tests.conftest import ROOT
 
 # Writes every kind of record at steps [first, last] into a run opened at purge_step, flushes, says so on
@@ -33,7 +37,7 @@ for step in range(first, last + 1):
     logger.scalar("loss", 1.0 / (step + 1), step)
     logger.text("notes", "step %d" % step, step)
     logger.image("picture", np.full((4, 4, 3), step, dtype=np.uint8), step)
-    logger.pr_curve("pr_curve/0", np.arange(8) % 2 == 0, np.linspace(0, 1, 8), step)
+    logger.pr_curve("pr_curve/0", np.arange(8.0), np.arange(8.0)[::-1], step)
 logger.flush()
 print("flushed", flush=True)
 if then == "die":
@@ -122,3 +126,34 @@ def test_the_confusion_image_is_drawn_up_to_the_class_cap_only() -> None:
     assert image.shape[1] > image.shape[0], "the colour bar sits beside the square matrix"
     names = [f"class {i}" for i in range(IMAGE_MAX_CLASSES + 1)]
     assert confusion_image(np.eye(len(names), dtype=int).tolist(), names) is None
+
+
+def test_a_confusion_image_redrawn_in_a_used_figure_equals_one_drawn_afresh() -> None:
+    """Each matrix redraws only the cells of its class names' figure: nothing of the matrix before shows."""
+    names = [str(digit) for digit in range(10)]
+    before = np.full((10, 10), 3) + np.diag(np.arange(10) * 4)
+    after = np.diag(np.arange(10) + 20)
+    after[2, 7] = 5
+    in_used_figure = confusion_image(before.tolist(), names), confusion_image(after.tolist(), names)
+    afresh = ConfusionPlot(tuple(names)).render(after)
+    assert not np.array_equal(in_used_figure[0], in_used_figure[1])
+    assert np.array_equal(in_used_figure[1], afresh)
+
+
+def test_a_pr_curve_from_bucket_counts_equals_tensorboards_own_from_the_examples(tmp_path: Path) -> None:
+    """The evaluator keeps only each class's counts per bucket; the curve written from them is the one
+    TensorBoard's own summary computes from every example's label and probability."""
+    rng = np.random.default_rng(0)
+    labels, probabilities = rng.random(500) < 0.3, rng.random(500)
+    buckets = np.minimum((probabilities * (PR_THRESHOLDS - 1)).astype(int), PR_THRESHOLDS - 1)
+    positives = np.bincount(buckets[labels], minlength=PR_THRESHOLDS).astype(float)
+    negatives = np.bincount(buckets[~labels], minlength=PR_THRESHOLDS).astype(float)
+    logger = TensorBoardLogger(tmp_path / "run", purge_step=None)
+    logger.pr_curve("pr_curve/0", positives, negatives, step=1)
+    logger.close()
+    accumulator = event_accumulator.EventAccumulator(str(tmp_path / "run"), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    (written,) = accumulator.Tensors("pr_curve/0")
+    expected = summaries.pr_curve("pr_curve/0", labels, probabilities, num_thresholds=PR_THRESHOLDS)
+    from_examples = tensor_util.make_ndarray(expected.value[0].tensor)
+    assert np.allclose(tensor_util.make_ndarray(written.tensor_proto), from_examples)

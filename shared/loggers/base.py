@@ -37,8 +37,10 @@ class Logger(ABC):
         """The run's hyper-parameters, once per run (the eval run's HParams session in TensorBoard)."""
 
     @abstractmethod
-    def pr_curve(self, tag: str, labels: np.ndarray, probabilities: np.ndarray, step: int) -> None:
-        """One-vs-rest precision/recall of one class: `labels` bool, `probabilities` of that class."""
+    def pr_curve(self, tag: str, positives: np.ndarray, negatives: np.ndarray, step: int) -> None:
+        """One-vs-rest precision/recall of one class: how many of its positives and of its negatives had a
+        probability for it in each of the equal buckets from 0 to 1 (what the evaluator keeps: its size
+        does not grow with the examples)."""
 
     @abstractmethod
     def layout(self, layout: Layout) -> None:
@@ -73,7 +75,7 @@ class NullLogger(Logger):
     def hparams(self, values: Mapping[str, HParam]) -> None:
         pass
 
-    def pr_curve(self, tag: str, labels: np.ndarray, probabilities: np.ndarray, step: int) -> None:
+    def pr_curve(self, tag: str, positives: np.ndarray, negatives: np.ndarray, step: int) -> None:
         pass
 
     def layout(self, layout: Layout) -> None:
@@ -108,9 +110,9 @@ class Fanout(Logger):
         for logger in self.loggers:
             logger.hparams(values)
 
-    def pr_curve(self, tag: str, labels: np.ndarray, probabilities: np.ndarray, step: int) -> None:
+    def pr_curve(self, tag: str, positives: np.ndarray, negatives: np.ndarray, step: int) -> None:
         for logger in self.loggers:
-            logger.pr_curve(tag, labels, probabilities, step)
+            logger.pr_curve(tag, positives, negatives, step)
 
     def layout(self, layout: Layout) -> None:
         for logger in self.loggers:

@@ -76,13 +76,7 @@ def write_artifact(logger: Logger, name: str, artifact: Artifact, step: int) -> 
             logger.image(name, image, step)
         logger.text(name, confusion_markdown(artifact.counts, artifact.class_names), step)
     elif isinstance(artifact, PRCurves):
-        # The loggers take labels and probabilities: each bucket's counts become that many examples at a
-        # probability inside the bucket, which the curve bins back into exactly the same bucket.
-        buckets = artifact.thresholds
-        inside = np.minimum((np.arange(buckets) + 0.5) / (buckets - 1), 1.0)
         for class_name, positives, negatives in zip(
             artifact.class_names, artifact.positives, artifact.negatives, strict=True
         ):
-            counts = np.rint(np.concatenate([positives, negatives])).astype(np.int64)
-            labels = np.repeat(np.r_[np.ones(buckets, dtype=bool), np.zeros(buckets, dtype=bool)], counts)
-            logger.pr_curve(f"pr_curve/{class_name}", labels, np.repeat(np.r_[inside, inside], counts), step)
+            logger.pr_curve(f"pr_curve/{class_name}", np.asarray(positives), np.asarray(negatives), step)

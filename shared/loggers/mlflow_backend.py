@@ -156,7 +156,7 @@ class MlflowLogger(Logger):
                 "parameters", self.client.log_batch, self.run_id, params=params[start : start + PARAM_BATCH_LIMIT]
             )
 
-    def pr_curve(self, tag: str, labels: np.ndarray, probabilities: np.ndarray, step: int) -> None:
+    def pr_curve(self, tag: str, positives: np.ndarray, negatives: np.ndarray, step: int) -> None:
         pass  # no MLflow view for it; the TensorBoard run has them
 
     def layout(self, layout: Layout) -> None:

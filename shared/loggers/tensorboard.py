@@ -31,6 +31,8 @@ from shared.loggers.base import HParam, Layout, Logger
 from shared.protocol.files import atomic_file, fsync_dir, make_folder
 from shared.protocol.layout import EVENTS_REPAIR_TEMP_RE, is_event_file
 
+MINIMUM_COUNT = 1e-7  # the PR-curve plugin's own floor under a precision's or recall's denominator
+
 
 class TensorBoardLogger(Logger):
     """One run folder's writer; `purge_step=None` (ad hoc runs) writes a new file and repairs nothing."""
@@ -65,8 +67,14 @@ class TensorBoardLogger(Logger):
         _, session_start, _ = summaries.hparams(shown, metric_dict={})
         self._write(session_start, 0)
 
-    def pr_curve(self, tag: str, labels: np.ndarray, probabilities: np.ndarray, step: int) -> None:
-        self._write(summaries.pr_curve(tag, labels, probabilities, num_thresholds=127), step)
+    def pr_curve(self, tag: str, positives: np.ndarray, negatives: np.ndarray, step: int) -> None:
+        """The plugin's raw form, from the counts: each threshold counts what lies in its bucket and above."""
+        true_pos, false_pos = (np.cumsum(counts[::-1])[::-1] for counts in (positives, negatives))
+        false_neg, true_neg = positives.sum() - true_pos, negatives.sum() - false_pos
+        precision = true_pos / np.maximum(true_pos + false_pos, MINIMUM_COUNT)
+        recall = true_pos / np.maximum(true_pos + false_neg, MINIMUM_COUNT)
+        raw = summaries.pr_curve_raw(tag, true_pos, false_pos, true_neg, false_neg, precision, recall, len(positives))
+        self._write(raw, step)
 
     def layout(self, layout: Layout) -> None:
         self._write(summaries.custom_scalars(dict(layout)), 0)

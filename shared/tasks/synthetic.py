@@ -34,7 +34,9 @@ class SyntheticModel(config.Section):
 
 
 class SyntheticData(config.DataConfig):
-    classes: int = Field(10, ge=2, le=config.MAX_COUNT)
+    # A classifier's confusion matrix holds classes x classes counts: 10,000 classes is 800 MB of them (2**31,
+    # the bound of other counts, made loading the config itself build two billion class names).
+    classes: int = Field(10, ge=2, le=10_000)
     train_examples: config.PositiveCount = 50_000
     eval_examples: config.PositiveCount = 10_000
     noise: config.NonNegative = 6.0
