@@ -10,6 +10,9 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?= auto
 TORCH_INDEX_URL := $(shell TORCH_INDEX='$(TORCH_INDEX)' scripts/torch-index)
 PYTEST_ARGS ?=
+# Two pytest workers (pytest-xdist), a test module each at a time: most tests wait on real processes, so two
+# keep both cores busy. `make test PYTEST_WORKERS=0` runs in one process.
+PYTEST_WORKERS ?= 2
 DEMO_DIR ?= runs/demo
 PORT ?= 6006
 PY := $(VENV)/bin/python
@@ -47,7 +50,7 @@ lint: $(VENV)/.installed
 
 test: lint
 	scripts/system-tools
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) runs test-artifacts .pytest_cache .ruff_cache

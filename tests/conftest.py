@@ -27,15 +27,23 @@ if TYPE_CHECKING:
     from tests.warm_cli import WarmCli
 
 ROOT = Path(__file__).resolve().parents[1]
+# One intra-op thread in every process the tests start, unless the caller set a count: two pytest workers
+# each run a trainer beside an evaluator on the same cores, and OpenMP threads waiting on a core another
+# process took cost more than they compute (shared/runtime/threads.py). tests/test_threads.py starts its processes
+# cold without it, to see the defaults.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Files a test keeps for people to look at (screenshots); listed at the end of the pytest run.
 ARTIFACTS = ROOT / "test-artifacts"
 _kept: list[Path] = []
 # The skip reason of a test that needs a system tool this machine lacks; the summary counts them per tool.
 MISSING_TOOL = "system tool missing: "
 
-# A few seconds of digits training with checkpoints often enough to give the evaluator work.
+# A few seconds of digits training with checkpoints often enough to give the evaluator work; a narrower model
+# than the demo's (3x the steps per second on a CPU): the tests are about the processes, not the accuracy.
 SHORT_RUN = [
     "--config", "configs/digits.yaml",
+    "--set", "model.channels=8",
+    "--set", "model.hidden=32",
     "--set", "train.steps=200",
     "--set", "train.warmup_steps=10",
     "--set", "checkpoint.every_steps=40",
@@ -295,6 +303,12 @@ def system_tool(name: str, *aliases: str) -> str:
         if path := shutil.which(program):
             return path
     pytest.skip(f"{MISSING_TOOL}{name} (`make test` installs it as root; else: sudo apt-get install {name})")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests marked `long` first, the rest in their order: two pytest workers, handed whole modules in
+    this order, then finish at about the same time instead of one running a long module alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -19,7 +19,7 @@ def run_smoke(module: str, results: Path) -> str:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=900,  # a hang guard, not a speed bound: over 10x the slowest smoke on a busy 2-core machine (~50 s)
     )
     assert done.returncode == 0, f"{module} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
     return results.read_text()

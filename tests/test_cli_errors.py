@@ -12,7 +12,7 @@ from shared.tasks.loading import load_config
 from tests.conftest import process_starter
 from tests.warm_cli import WarmCli
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 # (script, arguments with {tmp} for the test's folder, words the one error line must contain); each train.py
 # gets a train_dir of its own, which it must not create.

@@ -61,6 +61,7 @@ def losses(train_dir: Path) -> list[tuple[int, float]]:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_ddp_stopped_by_sigterm_resumes_to_the_same_losses(tmp_path: Path, start, gloo: None) -> None:
     """SIGTERM to torchrun reaches both ranks; they agree on the stop step, rank 0 saves it, and the
     resumed run logs the same loss at every step as an uninterrupted 2-process run."""
@@ -84,6 +85,7 @@ def test_ddp_stopped_by_sigterm_resumes_to_the_same_losses(tmp_path: Path, start
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_fsdp_folders_are_evaluated_in_one_process_and_steer_both_ranks(tmp_path: Path, start, gloo: None) -> None:
     """2 FSDP ranks write sharded checkpoint folders; the eval.py daemon and eval.py ad hoc read them in one
     process with no process group; the daemon's ledger, read by rank 0 and shared, makes both ranks cut the

@@ -17,7 +17,7 @@ from shared.protocol.ledger import read_records, read_results
 from shared.protocol.results import best_of
 from tests.conftest import SHORT_RUN, scalar_points, wait_for_ledger, wait_until, wait_while_progressing
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 EVAL_TAGS = ("loss", "accuracy", "f1_macro", "precision_macro", "recall_macro")
 
@@ -109,7 +109,7 @@ def test_eval_killed_and_restarted_gives_one_point_per_step(tmp_path: Path, star
     evaluator = start("eval.py", "--train-dir", str(train_dir.root), "--idle-timeout", "120")
     wait_for_ledger(train_dir)
     trainer = start("train.py", "--train-dir", str(train_dir.root), *run)
-    wait_until(lambda: len(read_records(train_dir.results)) >= 3, 120, "three evaluations")
+    wait_while_progressing(lambda: len(read_records(train_dir.results)) >= 3, trainer, "three evaluations")
     evaluator.signal(signal.SIGKILL)
     evaluator.wait()
     restarted = start("eval.py", "--train-dir", str(train_dir.root), "--idle-timeout", "120")
@@ -146,12 +146,11 @@ def test_resume_refuses_a_different_model_and_names_the_keys(tmp_path: Path, sta
     train_dir = tmp_path / "run"
     first = start("train.py", "--train-dir", str(train_dir), *SHORT_RUN, "--set", "train.steps=20")
     assert first.wait() == 0, first.output()
-    changed = start(
-        "train.py", "--train-dir", str(train_dir), *SHORT_RUN, "--set", "model.channels=8", "--set", "data.split_seed=3"
-    )
+    different = ["--set", "model.channels=16", "--set", "data.split_seed=3"]
+    changed = start("train.py", "--train-dir", str(train_dir), *SHORT_RUN, *different)
     assert changed.wait() == 2
     message = changed.output()
-    assert "model.channels: 32 -> 8" in message and "data.split_seed: 0 -> 3" in message
+    assert "model.channels: 8 -> 16" in message and "data.split_seed: 0 -> 3" in message
     assert "Traceback" not in message
 
 

@@ -12,7 +12,7 @@ from shared.evaluation.export import read_best
 from shared.protocol.claims import ClaimInfo, claim_step
 from shared.protocol.layout import TrainDir
 from shared.protocol.outcomes import outcome_steps
-from tests.conftest import SHORT_RUN, Proc, scalar_points, wait_until
+from tests.conftest import SHORT_RUN, Proc, scalar_points, wait_while_progressing
 from tests.test_end_to_end import EVAL_TAGS, assert_one_point_per_evaluated_step
 
 pytestmark = pytest.mark.slow
@@ -64,7 +64,8 @@ def test_three_evaluators_share_twenty_checkpoints_and_survive_a_kill(tmp_path: 
     trainer = start("train.py", "--train-dir", str(train_dir.root), *RUN, env=ONE_THREAD)
     victim = evaluators[1]
     found: list[int] = []
-    wait_until(lambda: found.append(claim_held_by(train_dir, victim)) or found[-1] is not None, 120, "a claim")
+    claimed = lambda: found.append(claim_held_by(train_dir, victim)) or found[-1] is not None  # noqa: E731
+    wait_while_progressing(claimed, trainer, "a claim")
     victim.signal(signal.SIGKILL)
     victim.wait()
     killed_step = found[-1]

@@ -20,7 +20,15 @@ from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records, read_results
 from shared.tasks.loading import load_config
 from shared.training.optim import lr_multiplier
-from tests.conftest import ROOT, SHORT_RUN, Proc, process_starter, scalar_points, wait_for_ledger, wait_until
+from tests.conftest import (
+    ROOT,
+    SHORT_RUN,
+    Proc,
+    process_starter,
+    scalar_points,
+    wait_for_ledger,
+    wait_while_progressing,
+)
 from tests.warm_cli import WarmCli
 
 FEEDBACK_RUN = [
@@ -116,9 +124,10 @@ def test_a_killed_trainer_replays_the_same_decisions_at_the_same_steps(
     reference = uninterrupted[0]
     train_dir = TrainDir(tmp_path / "run")
     evaluator, trainer = start_pair(start, train_dir)
-    wait_until(lambda: train_dir.checkpoint(120).exists() and 120 in evaluated(train_dir), 60, "step 120 evaluated")
+    at_120 = lambda: train_dir.checkpoint(120).exists() and 120 in evaluated(train_dir)  # noqa: E731
+    wait_while_progressing(at_120, trainer, "step 120 evaluated")
     evaluator.signal(signal.SIGSTOP)  # no evaluation of 160 now: train.py waits there (max_eval_lag=0)
-    wait_until(lambda: "waiting for eval.py: [160]" in trainer.output(), 60, "train.py to wait at step 160")
+    wait_while_progressing(lambda: "waiting for eval.py: [160]" in trainer.output(), trainer, "train.py at step 160")
     assert [d["applied_step"] for d in decided(train_dir)] == [50, 90, 130]
     trainer.signal(signal.SIGKILL)
     trainer.wait()

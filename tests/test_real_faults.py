@@ -30,12 +30,14 @@ from tests.conftest import (
     mounted_tmpfs,
     process_starter,
     scalar_points,
-    wait_until,
+    wait_while_progressing,
 )
 from tests.warm_cli import WarmCli
 
 STEPS = [20, 40, 60]
-TRAIN = [*SHORT_RUN, "--set", "train.steps=60", "--set", "checkpoint.every_steps=20", "--device", "cpu"]
+# The demo's model, not SHORT_RUN's narrower one: the sizes below (room left on a disk, an inflated size) fit it.
+DEMO_MODEL = ["--set", "model.channels=32", "--set", "model.hidden=128"]
+TRAIN = [*SHORT_RUN, *DEMO_MODEL, "--set", "train.steps=60", "--set", "checkpoint.every_steps=20", "--device", "cpu"]
 TEMP = re.compile(r"\.tmp$")
 
 
@@ -315,7 +317,7 @@ def test_a_train_dir_renamed_under_train_py_stops_it_with_one_line_and_it_resume
 ) -> None:
     train_dir = TrainDir(tmp_path / "run")
     trainer = start("train.py", "--train-dir", str(train_dir.root), *TRAIN, "--set", "train.steps=100000")
-    wait_until(lambda: train_dir.checkpoint(40).exists(), 180, "the checkpoint of step 40")
+    wait_while_progressing(lambda: train_dir.checkpoint(40).exists(), trainer, "the checkpoint of step 40")
     moved = train_dir.root.rename(tmp_path / "moved")
     assert trainer.wait() == 1, trainer.output()
     # Checked at every log step and save; TensorBoard's writer thread may meet the missing file first.
@@ -339,7 +341,8 @@ def test_a_folder_removed_or_renamed_under_the_daemon_stops_it_with_one_line(
     train_dir = copy_of(trained, tmp_path / "run")
     train_dir.finished.unlink()  # training goes on, as far as the daemon knows
     evaluator = start("eval.py", "--train-dir", str(train_dir.root), "--poll", "0.2")
-    wait_until(lambda: len(read_records(train_dir.results)) == len(STEPS), 180, "every step to be recorded")
+    recorded = lambda: len(read_records(train_dir.results)) == len(STEPS)  # noqa: E731
+    wait_while_progressing(recorded, evaluator, "every step to be recorded")
     folder = train_dir.root / vanished
     if vanished == "eval":
         shutil.rmtree(folder)

@@ -23,12 +23,12 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_slow_evaluator_gets_every_checkpoint(tmp_path: Path, start) -> None:
-    """max_to_keep=2, a checkpoint every 2 steps and an evaluator slowed by batch size 1: it falls far behind,
-    yet evaluates every checkpoint."""
+    """max_to_keep=2, a checkpoint every 2 steps and an evaluator slowed by batch size 1 (on 60 examples, so
+    the test itself stays quick): it falls far behind, yet evaluates every checkpoint."""
     train_dir = TrainDir(tmp_path / "run")
     train_dir.root.mkdir()
     # Every core too, not the evaluator's share it would take beside the trainer: slow on purpose.
-    slow = ["--set", "eval.batch_size=1", "--threads", str(threads.host_cores())]
+    slow = ["--set", "eval.batch_size=1", "--set", "eval.max_examples=60", "--threads", str(threads.host_cores())]
     evaluator = start("eval.py", "--train-dir", str(train_dir.root), *slow)
     wait_for_ledger(train_dir)
     run = [

@@ -67,6 +67,7 @@ def test_train_split_and_max_examples_are_fixed_subsets() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_launch_cross_validates_and_eval_summarizes(tmp_path: Path, start) -> None:
     sets = ["train.steps=40", "train.warmup_steps=0", "checkpoint.every_steps=20", "model.hidden=8"]
     launcher = start(

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,6 @@ from shared.checkpoints.store import list_checkpoints
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records
 from tests.conftest import (
-    ROOT,
     SHORT_RUN,
     Proc,
     fetch_json,
@@ -31,6 +28,7 @@ from tests.conftest import (
     system_tool,
     tensorboard_url,
     wait_until,
+    wait_while_progressing,
 )
 from tests.warm_cli import WarmCli
 
@@ -50,31 +48,17 @@ HPARAM_STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS
 
 
 @pytest.fixture(scope="module")
-def train_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainDir]:
+def train_dir(tmp_path_factory: pytest.TempPathFactory, warm_scripts: WarmCli) -> Iterator[TrainDir]:
     """A train_dir from a short real run: the eval.py daemon following train.py, as users run them."""
-    root = tmp_path_factory.mktemp("tensorboard") / "run"
-    root.mkdir()
-    log = root.parent / "processes.log"
-    with open(log, "wb") as out:
-        evaluator = subprocess.Popen(
-            [sys.executable, "eval.py", "--train-dir", str(root), "--idle-timeout", "120"],
-            cwd=ROOT,
-            stdout=out,
-            stderr=out,
-        )
-        try:
-            trained = subprocess.run(
-                [sys.executable, "train.py", "--train-dir", str(root), *SHORT_RUN],
-                cwd=ROOT,
-                stdout=out,
-                stderr=out,
-                timeout=180,
-            )
-            evaluated = evaluator.wait(timeout=120)
-        finally:
-            evaluator.kill()
-    assert trained.returncode == 0 and evaluated == 0, log.read_text()
-    yield TrainDir(root)
+    folder = tmp_path_factory.mktemp("tensorboard")
+    train_dir = TrainDir(folder / "run")
+    train_dir.root.mkdir()
+    with process_starter(folder, warm_scripts) as start:
+        evaluator = start("eval.py", "--train-dir", str(train_dir.root), "--idle-timeout", "120")
+        trainer = start("train.py", "--train-dir", str(train_dir.root), *SHORT_RUN)
+        assert trainer.wait_while_logging() == 0, trainer.output()
+        assert evaluator.wait() == 0, evaluator.output()
+    yield train_dir
 
 
 @pytest.fixture
@@ -156,7 +140,7 @@ def test_tensorboard_serves_train_and_eval_side_by_side(train_dir: TrainDir, ten
     )["sessionGroups"]
     assert [group["name"] for group in groups] == ["eval"]
     assert groups[0]["hparams"]["train.optimizer"] == "adamw"
-    assert groups[0]["hparams"]["model.channels"] == "32", "an integer option shows as 32, not 32.000"
+    assert groups[0]["hparams"]["model.channels"] == "8", "an integer option shows as 8, not 8.0000"
     final = {m["name"]["tag"]: m["value"] for m in groups[0]["metricValues"]}
     assert final["accuracy"] == pytest.approx(records[-1]["metrics"]["accuracy"], rel=1e-6)
 
@@ -217,6 +201,8 @@ def test_browser_shows_train_and_eval_loss_on_one_chart(train_dir: TrainDir, ten
 # Checkpoints every 50 steps, points every 5: a kill at step >= 70 leaves points 55..70 past checkpoint 50.
 RESTARTED_RUN = [
     "--config", "configs/digits.yaml",
+    "--set", "model.channels=8",
+    "--set", "model.hidden=32",
     "--set", "train.steps=150",
     "--set", "train.warmup_steps=10",
     "--set", "checkpoint.every_steps=50",
@@ -248,7 +234,7 @@ def restarted_train_dir(
                     return False
                 return beat["pid"] == pid and beat["step"] >= 70
 
-            wait_until(past_checkpoint_50, 300, "train.py to pass step 70")
+            wait_while_progressing(past_checkpoint_50, trainer, "train.py to pass step 70")
             trainer.signal(signal.SIGKILL)
             trainer.wait()
             assert [c.step for c in list_checkpoints(train_dir.checkpoints)] == [50], trainer.output()
