@@ -73,6 +73,7 @@ class Setup:
     every: int  # checkpoint / validation cadence, in steps
     train_threads: str  # train.py --threads beside eval.py (share: as launch.py and compose)
     eval_threads: str  # eval.py --threads beside the trainer
+    eval_nice: int = 0  # eval.py's niceness beside the trainer (0: as launch.py and compose start it)
 
     def argv(self) -> list[str]:
         """The command-line options that rebuild this setup in a child process."""
@@ -265,7 +266,7 @@ def run_train_py(setup: Setup, eval_device: str | None, launcher: list[str] | No
         started, evaluator = time.time(), None
         if eval_device:
             command = ["eval.py", "--train-dir", str(train_dir), "--device", eval_device, *args]
-            evaluator = spawn([*command, "--threads", setup.eval_threads], logs)
+            evaluator = spawn([*command, "--threads", setup.eval_threads], logs, nice=setup.eval_nice)
         device = "cuda" if launcher and setup.device.type == "cuda" else str(setup.device)  # torchrun: cuda:LOCAL_RANK
         command = [*(launcher or []), "train.py", "--train-dir", str(train_dir), "--device", device, *args]
         trainer = spawn([*command, *(["--threads", setup.train_threads] if evaluator else [])], logs, "train.py")
@@ -310,9 +311,15 @@ def in_own_process(variant: str) -> Callable[[Setup], Result]:
     return run
 
 
-def spawn(command: list[str], logs: Path, name: str = "") -> subprocess.Popen:
+def spawn(command: list[str], logs: Path, name: str = "", nice: int = 0) -> subprocess.Popen:
     with open(logs / f"{name or command[0]}.log", "w") as log:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen([sys.executable, *command], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, *command],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=(lambda: os.nice(nice)) if nice else None,
+        )
 
 
 def flops_per_step(setup: Setup) -> float:
@@ -362,6 +369,7 @@ def main() -> None:
     parser.add_argument("--variants", help="letters, a letter twice to run it twice (default abcdefg; smoke abce)")
     parser.add_argument("--train-threads", default="share", help="train.py --threads beside eval.py (c, d)")
     parser.add_argument("--eval-threads", default="share", help="eval.py --threads beside the trainer (c, d)")
+    parser.add_argument("--eval-nice", type=int, default=0, help="eval.py's niceness beside the trainer (c, d)")
     parser.add_argument("--smoke", action="store_true", help="a tiny model and few steps: seconds on a CPU")
     parser.add_argument("--child", choices=sorted(IN_PROCESS), help=argparse.SUPPRESS)  # one in-process loop
     add_results_option(parser)
@@ -370,7 +378,8 @@ def main() -> None:
     steps, warmup, every = (20, 5, 10) if args.smoke else (args.steps, args.warmup, args.every)
     device = devices.resolve("auto")
     config = load_config(args.config, overrides)
-    setup = Setup(args.config, config, overrides, device, steps, warmup, every, args.train_threads, args.eval_threads)
+    threads = (args.train_threads, args.eval_threads, args.eval_nice)
+    setup = Setup(args.config, config, overrides, device, steps, warmup, every, *threads)
     if args.child:
         started = time.time()
         print(json.dumps({"started": started, **dataclasses.asdict(IN_PROCESS[args.child](setup))}))
@@ -404,7 +413,8 @@ def main() -> None:
         rows.append(row)
     notes = [
         f"{steps} steps, batch {config.data.batch_size}, checkpoints/validation every {every} steps; "
-        f"beside each other, train.py --threads {args.train_threads} and eval.py --threads {args.eval_threads}.",
+        f"beside each other, train.py --threads {args.train_threads} and eval.py --threads {args.eval_threads}"
+        f"{f' (nice {args.eval_nice})' if args.eval_nice else ''}.",
         f"Load average (1 min) {load_before:.2f} before the run, {os.getloadavg()[0]:.2f} after it.",
     ]
     if device.type == "cuda" and base:
