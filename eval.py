@@ -211,7 +211,8 @@ def run_daemon(args: argparse.Namespace, train_dir: TrainDir, device: torch.devi
         evaluator = Evaluator.from_config(config, device)
         log.info(took_threads)
         runs = {split: train_dir.split_run(split) for split in evaluator.splits}  # one writer per split's run
-        with SharedTrainDir(train_dir, config, write_summaries, runs) as shared:
+        prepare = functools.partial(dashboards.prepare, evaluator.task.build_metrics)
+        with SharedTrainDir(train_dir, config, write_summaries, runs, prepare) as shared:
             return follow_checkpoints(args, shared, evaluator, config, watcher, stop)
 
 

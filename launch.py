@@ -115,11 +115,12 @@ def services(args: argparse.Namespace, train_dir: Path, overrides: list[str] = (
 
 def thread_options(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     """--threads for train.py and for each eval.py: --train-threads/--eval-threads, else each one's share
-    of this host's cores (`share` with one evaluator, as the compose services pass it)."""
-    train, evaluate = args.train_threads, args.eval_threads
-    if train is None:
-        train = threads.trainer_share(threads.host_cores(), args.evaluators) if args.evaluators > 1 else threads.SHARE
-    return ["--threads", str(train)], ["--threads", str(evaluate or threads.SHARE)]
+    of this host (`share`, as the compose services pass it: every core for the trainer, a quarter at a
+    lower priority for each evaluator; shared/runtime/threads.py)."""
+    return ["--threads", str(args.train_threads or threads.SHARE)], [
+        "--threads",
+        str(args.eval_threads or threads.SHARE),
+    ]
 
 
 class Launcher:

@@ -259,7 +259,8 @@ def run_train_py(setup: Setup, eval_device: str | None, launcher: list[str] | No
             f"checkpoint.every_steps={setup.every}",
             "checkpoint.every_secs=0",
             f"log.every_steps={setup.warmup}",
-            "checkpoint.max_unevaluated=0",  # the trainer never waits on, or keeps files for, the evaluator
+            # The trainer never waits on the evaluator (train.max_eval_lag unset), and retention keeps the
+            # checkpoints it has not evaluated yet (max_unevaluated's default): it evaluates every one.
         ]
         args = ["--config", setup.config_path, *(a for s in sets for a in ("--set", s))]
         logs = Path(folder)

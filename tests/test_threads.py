@@ -3,6 +3,7 @@ option overrides it; without a live trainer torch's default stands. Real process
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 from pathlib import Path
@@ -38,12 +39,13 @@ def test_eval_beside_a_live_trainer_takes_the_evaluators_share_unless_told(tmp_p
     share = threads.evaluator_share(threads.host_cores())
     assert thread_lines(beside.output()) == [
         f"CPU threads: {share} intra-op, {share} inter-op of {threads.host_cores()} cores (train.py (pid "
-        f"{trainer.popen.pid}) is training this train_dir on this host; --threads N to take more)"
+        f"{trainer.popen.pid}) is training this train_dir on this host; --threads N to take more); niceness "
+        f"{threads.EVALUATOR_NICENESS + os.getpriority(os.PRIO_PROCESS, 0)}, so the trainer's threads run first"
     ]
     told = start(*adhoc, "--threads", "2", cold=True)
     assert told.wait() == 0, told.output()
     assert [line.split(" of ")[0] for line in thread_lines(told.output())] == ["CPU threads: 2 intra-op, 2 inter-op"]
-    assert thread_lines(told.output())[0].endswith("(--threads)")
+    assert thread_lines(told.output())[0].endswith("(--threads)"), "--threads N: as it is, at the same priority"
 
     trainer.signal(signal.SIGTERM)
     assert trainer.wait() == 0, trainer.output()

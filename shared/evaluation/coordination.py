@@ -77,8 +77,10 @@ class Recorder:
     whatever a dead recorder left half done is redone under the crash rules of docs/protocol.md.
     """
 
-    def __init__(self, train_dir: TrainDir, config: Config, plot: Plot, runs: dict[str, Path]) -> None:
-        self.train_dir, self.config, self.plot, self.runs = train_dir, config, plot, runs
+    def __init__(
+        self, train_dir: TrainDir, config: Config, plot: Plot, runs: dict[str, Path], prepare: Callable[[], None]
+    ) -> None:
+        self.train_dir, self.config, self.plot, self.runs, self.prepare = train_dir, config, plot, runs, prepare
         self.lock_fd: int | None = None
         self.ledger: Ledger | None = None
         self.loggers: dict[str, Logger] = {}
@@ -95,6 +97,7 @@ class Recorder:
             if not self.ledger.results:  # a fresh eval run: the first split's becomes the HParams session, once
                 dashboards.write_hparams(next(iter(self.loggers.values())), self.config)
             log.info("recording results (this evaluator holds %s)", self.train_dir.eval_lock)
+            self.prepare()  # now, while train.py starts, not at its first checkpoint
         return self.lock_fd is not None
 
     def record_ready(self, unrecorded: Iterable[int], claims: Claims) -> int:
@@ -145,11 +148,20 @@ def join_as_evaluator(train_dir: TrainDir) -> None:
 class SharedTrainDir:
     """One evaluator's part in a train_dir that several may share: scanning, claiming, recording."""
 
-    def __init__(self, train_dir: TrainDir, config: Config, plot: Plot, runs: dict[str, Path]) -> None:
+    def __init__(
+        self,
+        train_dir: TrainDir,
+        config: Config,
+        plot: Plot,
+        runs: dict[str, Path],
+        prepare: Callable[[], None] = lambda: None,
+    ) -> None:
+        """`plot` writes a split's summaries at a step; `prepare`, once this process is elected recorder, does
+        the one-time work of the first `plot` (imports, a figure's frame) before any checkpoint is due."""
         self.train_dir = train_dir
         self.scan = CheckpointScan(train_dir)
         self.claims = Claims(train_dir.claims, config.eval.claim_timeout_secs)
-        self.recorder = Recorder(train_dir, config, plot, runs)
+        self.recorder = Recorder(train_dir, config, plot, runs, prepare)
         self.policy, self.rescan_secs = config.eval.policy, config.eval.rescan_secs
         self.scan.update()
 

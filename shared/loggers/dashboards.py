@@ -9,6 +9,7 @@ TensorBoard a new writer would mean a new run folder (a "stray run") or two writ
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from shared import config as cfg
 from shared.loggers.base import HParam, Logger
 from shared.loggers.confusion import confusion_image, confusion_markdown
 from shared.metrics.artifacts import Artifact, ConfusionMatrix, PRCurves
+from shared.metrics.base import Metric
 
 # Sections that are hyper-parameters; checkpoint, log and eval options say how a run is observed, not trained.
 HPARAM_SECTIONS = ("task", "seed", "model", "data", "train")
@@ -80,3 +82,16 @@ def write_artifact(logger: Logger, name: str, artifact: Artifact, step: int) -> 
             artifact.class_names, artifact.positives, artifact.negatives, strict=True
         ):
             logger.pr_curve(f"pr_curve/{class_name}", np.asarray(positives), np.asarray(negatives), step)
+
+
+def prepare(build_metrics: Callable[[], Mapping[str, Metric]]) -> None:
+    """Draw, to nowhere, the confusion matrix that fresh metrics give (all zeros): matplotlib's import and the
+    figure's frame cost seconds of CPU once per process, which the recorder then pays at start-up, while
+    train.py starts too, and not beside the trainer's steps at the first checkpoint."""
+    try:
+        artifacts = [m.compute() for m in build_metrics().values() if m.higher_is_better is None]
+    except Exception:  # a task's metric may need data first: then the first checkpoint draws, as before
+        return
+    for artifact in artifacts:
+        if isinstance(artifact, ConfusionMatrix):
+            confusion_image(artifact.counts, artifact.class_names)
