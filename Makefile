@@ -11,7 +11,8 @@ TORCH_INDEX ?= auto
 TORCH_INDEX_URL := $(shell TORCH_INDEX='$(TORCH_INDEX)' scripts/torch-index)
 PYTEST_ARGS ?=
 # Two pytest workers (pytest-xdist), a test module each at a time: most tests wait on real processes, so two
-# keep both cores busy. `make test PYTEST_WORKERS=0` runs in one process.
+# keep both cores busy. In collection order, so the tests marked `long` start first (tests/conftest.py).
+# `make test PYTEST_WORKERS=0` runs in one process.
 PYTEST_WORKERS ?= 2
 DEMO_DIR ?= runs/demo
 PORT ?= 6006
@@ -50,7 +51,7 @@ lint: $(VENV)/.installed
 
 test: lint
 	scripts/system-tools
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) runs test-artifacts .pytest_cache .ruff_cache

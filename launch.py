@@ -19,6 +19,7 @@ and standard deviation over the folds (eval.py --summarize). TensorBoard is left
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import queue
 import signal
@@ -123,6 +124,17 @@ def thread_options(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     ]
 
 
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None  # loaded before any fork
+
+
+def stop_when_parent_dies() -> None:
+    """In a child, before it runs: on Linux the kernel sends it SIGTERM if launch.py dies, even by SIGKILL
+    (which launch.py cannot pass on), so train.py saves a checkpoint and stops instead of running on alone."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class Launcher:
     """Starts the services, prefixes their output, passes signals on, and decides the exit code."""
 
@@ -150,15 +162,18 @@ class Launcher:
             self.out.flush()
 
     def start(self) -> None:
+        # Every process before any reader thread: a preexec_fn is only safe to run while no other thread is.
         for service in self.stack:
-            proc = subprocess.Popen(
+            self.procs[service.name] = subprocess.Popen(
                 service.argv,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **service.env},
                 start_new_session=True,  # a terminal's Ctrl-C reaches launch.py only; it passes it on once
+                preexec_fn=stop_when_parent_dies,
             )
-            self.procs[service.name] = proc
+        for service in self.stack:
+            proc = self.procs[service.name]
             threading.Thread(target=self._pump, args=(service.name, proc), daemon=True).start()
             self.say("launch", f"started {service.name} (pid {proc.pid}): {' '.join(service.argv)}")
 

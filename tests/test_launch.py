@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from shared.checkpoints.format import load
 from shared.checkpoints.store import list_checkpoints
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records
 from shared.runtime import threads
-from tests.conftest import SHORT_RUN, Proc, fetch_json, tensorboard_url, wait_until, wait_while_progressing
+from tests.conftest import SHORT_RUN, START_GUARD, Proc, fetch_json, tensorboard_url, wait_until, wait_while_progressing
 
 pytestmark = pytest.mark.slow
 
@@ -102,6 +103,30 @@ def test_sigterm_mid_training_saves_a_checkpoint_and_stops_all(tmp_path: Path, s
     assert list_checkpoints(train_dir.checkpoints)[-1].step == int(stopped.group(1))
     assert not train_dir.finished.exists()
     assert_gone(child_pids(output))
+
+
+def test_a_sigkilled_launcher_leaves_no_process_running(tmp_path: Path, start) -> None:
+    """SIGKILL cannot be passed on, so the kernel does it (PR_SET_PDEATHSIG): each child gets SIGTERM as
+    launch.py dies, and train.py stops as after a Ctrl-C, its checkpoints whole."""
+    train_dir = TrainDir(tmp_path / "run")
+    launcher = launch(start, train_dir, "--set", "train.steps=100000")
+    wait_while_progressing(lambda: bool(list_checkpoints(train_dir.checkpoints)), launcher, "a first checkpoint")
+    pids = child_pids(launcher.output())
+    launcher.signal(signal.SIGKILL)
+    assert launcher.wait() == -signal.SIGKILL
+    wait_until(lambda: not any(alive(pid) for pid in pids.values()), START_GUARD, "the children to stop")
+    assert not train_dir.finished.exists()
+    for checkpoint in list_checkpoints(train_dir.checkpoints):
+        load(checkpoint.path)  # whole: CheckpointError otherwise
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, exited but not yet reaped by init, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_a_failing_process_stops_the_others_and_sets_the_exit_code(tmp_path: Path, start) -> None:

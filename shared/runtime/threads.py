@@ -7,7 +7,7 @@ evaluator's share of the CPU. Splitting the cores between them costs the trainer
 leaves idle between checkpoints (it works in bursts); so the trainer keeps every core, and the evaluator
 takes a quarter of them at niceness +10, which lets the kernel run it mostly on what the trainer leaves.
 On this project's 2-core machine (docs/benchmarks.md) the trainer beside an evaluator ran at 0.70 x the
-bare loop with the cores split 1 + 1, 0.74 with 2 + 1, and 0.89 with 2 + 1 and the evaluator niced.
+bare loop with the cores split 1 + 1, 0.74 with 2 + 1, and 0.86 with 2 + 1 and the evaluator at niceness 10.
 
 Each process takes its count from the first of these that is given:
 
