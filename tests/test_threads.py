@@ -42,7 +42,7 @@ def test_eval_beside_a_live_trainer_takes_the_evaluators_share_unless_told(tmp_p
         f"{trainer.popen.pid}) is training this train_dir on this host; --threads N to take more); niceness "
         f"{threads.EVALUATOR_NICENESS + os.getpriority(os.PRIO_PROCESS, 0)}, so the trainer's threads run first"
     ]
-    told = start(*adhoc, "--threads", "2", cold=True)
+    told = start(*adhoc, "--threads", "2")  # warm: --threads comes before OMP_NUM_THREADS
     assert told.wait() == 0, told.output()
     assert [line.split(" of ")[0] for line in thread_lines(told.output())] == ["CPU threads: 2 intra-op, 2 inter-op"]
     assert thread_lines(told.output())[0].endswith("(--threads)"), "--threads N: as it is, at the same priority"
