@@ -261,6 +261,16 @@ def wait_while_progressing(
         time.sleep(interval)
 
 
+def assert_every_checkpoint_loads(train_dir: TrainDir) -> None:
+    """Every committed checkpoint is whole: `load` raises CheckpointError on a partial one."""
+    # Imported here, not at the top: torch must not load in pytest's process before OMP_NUM_THREADS is set.
+    from shared.checkpoints.format import load
+    from shared.checkpoints.store import list_checkpoints
+
+    for checkpoint in list_checkpoints(train_dir.checkpoints):
+        load(checkpoint.path)
+
+
 def scalar_points(run_dir: Path, tag: str) -> list[tuple[int, float]]:
     """(step, value) of every point TensorBoard's own loader keeps for `tag` (purges applied)."""
     accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0})

@@ -49,8 +49,8 @@ def finished_run(
         evaluator = start("eval.py", "--train-dir", str(train_dir.root))
         wait_for_ledger(train_dir)
         trainer = start("train.py", "--train-dir", str(train_dir.root), *RUNS[name])
-        assert trainer.wait(300) == 0, trainer.output()
-        assert evaluator.wait(300) == 0, evaluator.output()
+        assert trainer.wait_while_logging() == 0, trainer.output()
+        assert evaluator.wait() == 0, evaluator.output()
         yield train_dir, start
 
 

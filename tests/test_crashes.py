@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.checkpoints.format import load
 from shared.checkpoints.store import list_checkpoints
 from shared.protocol.layout import CHECKPOINT_TEMP_RE, TrainDir
-from tests.conftest import SHORT_RUN, Proc, scalar_points, wait_while_progressing
+from tests.conftest import SHORT_RUN, Proc, assert_every_checkpoint_loads, scalar_points, wait_while_progressing
 
 pytestmark = [pytest.mark.slow, pytest.mark.long]
 
@@ -29,11 +28,6 @@ def temp_files(train_dir: TrainDir) -> list[str]:
 def newest_step(train_dir: TrainDir) -> int:
     found = list_checkpoints(train_dir.checkpoints)
     return found[-1].step if found else 0
-
-
-def assert_every_checkpoint_loads(train_dir: TrainDir) -> None:
-    for checkpoint in list_checkpoints(train_dir.checkpoints):
-        load(checkpoint.path)  # raises CheckpointError on a partial file
 
 
 def kill_trainer_at_some_moment(trainer: Proc, train_dir: TrainDir, rng: random.Random) -> int:

@@ -95,7 +95,7 @@ def test_fsdp_folders_are_evaluated_in_one_process_and_steer_both_ranks(tmp_path
     wait_for_ledger(train_dir)
     trainer = torchrun(start, tmp_path, *FEEDBACK_RUN, *TINY, "--set", "train.strategy=fsdp")
     assert trainer.wait() == 0, trainer.output()
-    assert evaluator.wait(60) == 0, evaluator.output()
+    assert evaluator.wait() == 0, evaluator.output()
     assert [(d["eval_step"], d["applied_step"], d["action"]) for d in decided(train_dir)] == EXPECTED
     assert json.loads(train_dir.finished.read_text())["reason"] == "early_stop"
 

@@ -10,12 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from shared.checkpoints.format import load
 from shared.checkpoints.store import list_checkpoints
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records
 from shared.runtime import threads
-from tests.conftest import SHORT_RUN, START_GUARD, Proc, fetch_json, tensorboard_url, wait_until, wait_while_progressing
+from tests.conftest import (
+    SHORT_RUN,
+    START_GUARD,
+    Proc,
+    assert_every_checkpoint_loads,
+    fetch_json,
+    tensorboard_url,
+    wait_until,
+    wait_while_progressing,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +89,7 @@ def test_exit_when_done_stops_tensorboard_after_evaluation(tmp_path: Path, start
     evaluators (--evaluators 2), which share the checkpoints and both exit when all are evaluated."""
     train_dir = TrainDir(tmp_path / "run")
     launcher = launch(start, train_dir, "--exit-when-done", "--evaluators", "2")
-    assert launcher.wait(timeout=240) == 0, launcher.output()
+    assert launcher.wait_while_logging() == 0, launcher.output()
     output = launcher.output()
     assert set(child_pids(output)) == {"train", "eval-0", "eval-1", "tensorboard"}
     assert "training and evaluation are done (--exit-when-done): stopping all" in output
@@ -116,8 +124,7 @@ def test_a_sigkilled_launcher_leaves_no_process_running(tmp_path: Path, start) -
     assert launcher.wait() == -signal.SIGKILL
     wait_until(lambda: not any(alive(pid) for pid in pids.values()), START_GUARD, "the children to stop")
     assert not train_dir.finished.exists()
-    for checkpoint in list_checkpoints(train_dir.checkpoints):
-        load(checkpoint.path)  # whole: CheckpointError otherwise
+    assert_every_checkpoint_loads(train_dir)
 
 
 def alive(pid: int) -> bool:

@@ -94,8 +94,8 @@ def test_train_and_evaluators_share_one_run_across_an_evaluator_sigkill(
         evaluator.signal(signal.SIGKILL)  # mid-run: train.py goes on writing checkpoints
         evaluator.wait()
         restarted = start("eval.py", "--train-dir", str(train_dir.root), "--idle-timeout", "120")
-        assert trainer.wait(300) == 0, trainer.output()
-        assert restarted.wait(300) == 0, restarted.output()
+        assert trainer.wait_while_logging() == 0, trainer.output()
+        assert restarted.wait() == 0, restarted.output()
 
     client = MlflowClient(tracking_uri)
     run_id = json.loads(train_dir.mlflow_run.read_text())["run_id"]

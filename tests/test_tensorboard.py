@@ -239,7 +239,7 @@ def restarted_train_dir(
             trainer.wait()
             assert [c.step for c in list_checkpoints(train_dir.checkpoints)] == [50], trainer.output()
         final = start("train.py", "--train-dir", str(train_dir.root), *RESTARTED_RUN)
-        assert final.wait(300) == 0, final.output()
+        assert final.wait_while_logging() == 0, final.output()
         yield train_dir, urls
 
 
