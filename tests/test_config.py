@@ -100,13 +100,20 @@ def test_override_accepts_scientific_notation() -> None:
         pytest.param(
             ["eval.best_metric=accuracy", "eval.best_mode=min"], ["eval.best_mode", "best_mode=max"], id="acc-with-min"
         ),
+        pytest.param(  # the metric it would go with is the task's now, unknown to the schema
+            ["eval.best_metric=null", "eval.best_mode=max"],
+            ["eval.best_mode", "drop it", "set eval.best_metric"],
+            id="mode-without-metric",
+        ),
         pytest.param(
             ["train.on_plateau.metric=accuracy", "train.on_plateau.mode=min"],
             ["train.on_plateau.mode", "accuracy improves upwards", "set train.on_plateau.mode=max"],
             id="plateau-mode-against-metric",
         ),
         pytest.param(
-            ["train.early_stop.mode=max"], ["train.early_stop.mode", "set train.early_stop.mode=min"], id="stop-max"
+            ["train.early_stop.metric=loss", "train.early_stop.mode=max"],
+            ["train.early_stop.mode", "set train.early_stop.mode=min"],
+            id="stop-max",
         ),
         pytest.param(["train.on_plateau.factor=1"], ["train.on_plateau.factor", "exclusive"], id="plateau-factor-1"),
         pytest.param(

@@ -40,8 +40,9 @@ FEEDBACK_RUN = [
     "--set", "train.early_stop.patience=3",
     "--set", "train.early_stop.min_delta=100",
 ]  # fmt: skip
-# Evaluations of steps 40, 80, 120, 160, each applied 10 steps later: the first sets the best loss, the
-# third is the second without improvement (on_plateau.patience=2), the fourth the third (early_stop.patience=3).
+# Evaluations of steps 40, 80, 120, 160, each applied 10 steps later: the first sets the best accuracy (the
+# policies watch eval.best_metric when they name no metric), the third is the second without improvement
+# (on_plateau.patience=2), the fourth the third (early_stop.patience=3).
 EXPECTED = [(40, 50, "none"), (80, 90, "none"), (120, 130, "reduce_lr"), (160, 170, "early_stop")]
 
 
@@ -88,7 +89,7 @@ def test_plateau_cuts_the_lr_at_the_expected_evaluation(uninterrupted: tuple[Tra
     assert [(d["eval_step"], d["applied_step"], d["action"]) for d in decisions] == EXPECTED
     ledger = {r.step: r for r in read_results(train_dir.results)}
     assert [d["values"]["on_plateau"] for d in decisions] == [
-        ledger[step].value("loss", "val") for step, _, _ in EXPECTED
+        ledger[step].value("accuracy", "val") for step, _, _ in EXPECTED
     ]
     cut = decisions[2]
     assert cut["lr_multiplier"] == pytest.approx(0.1) and cut["new_lr"] == pytest.approx(0.1 * cut["old_lr"])

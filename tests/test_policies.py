@@ -34,7 +34,7 @@ def test_tracker_state_keeps_the_format_checkpoints_hold() -> None:
 
 
 def test_plateau_cuts_after_patience_then_cools_down_and_stops_at_the_floor() -> None:
-    options = cfg.PlateauConfig(patience=2, factor=0.5, cooldown=1, min_delta=0.0, min_lr=0.25)
+    options = cfg.PlateauConfig(metric="loss", patience=2, factor=0.5, cooldown=1, min_delta=0.0, min_lr=0.25)
     plateau = Plateau(options, base_lr=1.0)
     multiplier, cuts = 1.0, []
     for value in (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0):
@@ -52,7 +52,8 @@ def test_early_stop_says_why_after_patience_evaluations_without_improvement() ->
 
 def test_policies_read_their_split_and_metric_from_a_result() -> None:
     options = cfg.TrainConfig(
-        on_plateau=cfg.PlateauConfig(patience=1, split="train"), early_stop=cfg.EarlyStopConfig(metric="accuracy")
+        on_plateau=cfg.PlateauConfig(metric="loss", patience=1, split="train"),
+        early_stop=cfg.EarlyStopConfig(metric="accuracy"),
     )
     policies = Policies(options)
     assert list(policies.enabled) == ["on_plateau"], "patience 0 turns a policy off"
@@ -64,7 +65,9 @@ def test_policies_read_their_split_and_metric_from_a_result() -> None:
 
 def test_policies_decide_a_cut_and_a_stop_from_values_alone() -> None:
     options = cfg.TrainConfig(
-        lr=0.1, on_plateau=cfg.PlateauConfig(patience=1), early_stop=cfg.EarlyStopConfig(patience=2)
+        lr=0.1,
+        on_plateau=cfg.PlateauConfig(metric="loss", patience=1),
+        early_stop=cfg.EarlyStopConfig(metric="loss", patience=2),
     )
     policies = Policies(options)
     verdicts = [policies.decide({"on_plateau": v, "early_stop": v}, 1.0) for v in (0.5, 0.6)]
@@ -76,12 +79,12 @@ def test_policies_decide_a_cut_and_a_stop_from_values_alone() -> None:
 
 
 def test_policies_state_round_trips_and_a_new_policy_starts_fresh() -> None:
-    options = cfg.TrainConfig(on_plateau=cfg.PlateauConfig(patience=3))
+    options = cfg.TrainConfig(on_plateau=cfg.PlateauConfig(metric="loss", patience=3))
     policies = Policies(options)
     policies.decide({"on_plateau": 0.4}, 1.0)
     state = policies.state_dict()
     assert state == {"on_plateau": {"best": -0.4, "wait": 0, "cooldown": 0}}
-    stop = cfg.EarlyStopConfig(patience=1)
-    both = Policies(cfg.TrainConfig(on_plateau=cfg.PlateauConfig(patience=3), early_stop=stop))
+    stop = cfg.EarlyStopConfig(metric="loss", patience=1)
+    both = Policies(cfg.TrainConfig(on_plateau=cfg.PlateauConfig(metric="loss", patience=3), early_stop=stop))
     both.load_state_dict(state)
     assert both.plateau.tracker.best == 0.4 and both.early_stop.tracker.best == math.inf

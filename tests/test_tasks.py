@@ -24,7 +24,7 @@ from shared.runtime import devices
 from shared.runtime.errors import UsageError
 from shared.tasks.base import Task
 from shared.tasks.language import LanguageModelTask
-from shared.tasks.loading import load_config
+from shared.tasks.loading import load_config, resolve_config
 from tests.custom_task import BlobsData, BlobsModel
 from tests.odd_tasks import DictSequenceTask, MislabelledBlobsTask, NarrowBlobsTask, OneLogitTask, TopThreeTask
 
@@ -152,6 +152,34 @@ def test_an_unknown_metric_name_lists_the_tasks_metrics(overrides: list[str], na
     with pytest.raises(cfg.ConfigError) as caught:
         load_config("configs/digits.yaml", overrides)
     assert all(part in str(caught.value) for part in named), caught.value
+
+
+@pytest.mark.parametrize(
+    ("task", "metric"),
+    [
+        ("digits", "accuracy"),
+        ("regression", "r2"),
+        ("language_model", "perplexity"),
+        ("tests.odd_tasks:DictSequenceTask", "loss"),  # declares none
+    ],
+)
+def test_the_best_metric_is_the_tasks_own_unless_the_config_names_one(task: str, metric: str) -> None:
+    """eval.best_metric unset is the task's best_metric, and a policy's unset metric is eval.best_metric."""
+    config = resolve_config({"task": task})
+    assert config.eval.best_metric == config.train.on_plateau.metric == config.train.early_stop.metric == metric
+    saved = cfg.parse_yaml(cfg.to_yaml(config))  # config.yaml holds the names, as older train_dirs' do
+    assert saved["eval"]["best_metric"] == saved["train"]["early_stop"]["metric"] == metric
+    named = resolve_config({"task": task, "eval": {"best_metric": "loss"}, "train": {"early_stop": {"metric": metric}}})
+    assert (named.eval.best_metric, named.eval.best_mode, named.train.on_plateau.metric) == ("loss", "min", "loss")
+    assert named.train.early_stop.metric == metric
+
+
+def test_a_task_whose_best_metric_it_does_not_measure_is_refused() -> None:
+    with pytest.raises(cfg.ConfigError) as caught:
+        resolve_config({"task": "tests.odd_tasks:MisnamedBestTask"})
+    assert "MisnamedBestTask.best_metric" in str(caught.value) and "'top3'" in str(caught.value), caught.value
+    named = resolve_config({"task": "tests.odd_tasks:MisnamedBestTask", "eval": {"best_metric": "f1_macro"}})
+    assert named.train.early_stop.metric == "f1_macro"
 
 
 def test_directions_come_from_the_metrics() -> None:

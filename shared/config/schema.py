@@ -29,7 +29,8 @@ NonNegative = Annotated[float, Field(ge=0)]
 Seconds = Annotated[float, Field(ge=0, le=MAX_SECS)]
 
 # `loss`, or a metric the task's build_metrics() declares: shared.tasks.loading checks the name against the
-# task and records which way it improves (its higher_is_better).
+# task and records which way it improves (its higher_is_better). Left unset (null), eval.best_metric is the
+# task's own (Task.best_metric) and a policy's metric is eval.best_metric: one metric says what "better" is.
 Metric = str
 Split = Literal["val", "train", "test"]
 
@@ -83,7 +84,7 @@ class HoldoutData(DataConfig):
 class PlateauConfig(Watched):
     """train.on_plateau: cut the LR when an evaluation metric stops improving (Keras ReduceLROnPlateau)."""
 
-    metric: Metric = "loss"
+    metric: Metric | None = None  # null: eval.best_metric
     mode: Literal["auto", "min", "max"] = "auto"  # auto: the metric's direction (min for loss)
     split: Split = "val"  # which evaluation split feeds it: one of eval.splits
     patience: Count = 0  # evaluations without improvement; 0 turns it off
@@ -96,7 +97,7 @@ class PlateauConfig(Watched):
 class EarlyStopConfig(Watched):
     """train.early_stop: stop when an evaluation metric stops improving (Keras EarlyStopping)."""
 
-    metric: Metric = "loss"
+    metric: Metric | None = None  # null: eval.best_metric
     mode: Literal["auto", "min", "max"] = "auto"
     split: Split = "val"
     patience: Count = 0  # evaluations without improvement; 0 turns it off
@@ -143,9 +144,13 @@ class LogConfig(Section):
 
 
 class EvalConfig(Watched):
-    batch_size: PositiveCount = 512
+    # Fits a 124M-parameter language model's evaluation (1024 tokens of 50k-way logits an example) beside its
+    # trainer on a 24 GB GPU; a small classifier evaluates faster with more (configs/digits.yaml: 512).
+    batch_size: PositiveCount = 16
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 elsewhere
-    best_metric: Metric = "accuracy"  # in its own direction (eval.best_mode was that)
+    # null: the task's own (Task.best_metric: accuracy for a classifier, loss when it declares none); a metric
+    # improves in its own direction (eval.best_mode was that)
+    best_metric: Metric | None = None
     rescan_secs: float = Field(5.0, gt=0, le=MAX_SECS)
     policy: Literal["all", "latest"] = "all"  # latest: when behind, skip to the newest (recorded as skipped)
     # Several evaluators on one train_dir: a claim not refreshed for this long is taken over (see docs/protocol.md).
@@ -166,7 +171,9 @@ class EvalConfig(Watched):
         if not (isinstance(raw, dict) and "best_mode" in raw):
             return raw
         raw = dict(raw)
-        mode, metric = raw.pop("best_mode"), raw.get("best_metric", "accuracy")
+        mode, metric = raw.pop("best_mode"), raw.get("best_metric")
+        if metric is None:  # it was accuracy then; now the task's own, which this model cannot know
+            raise ConfigError("eval.best_mode: drop it; set eval.best_metric, whose direction it was derived from")
         implied = implied_mode(metric) if isinstance(metric, str) else mode
         if mode != implied:
             raise ConfigError(  # not a ValueError: pydantic passes it on as it is

@@ -33,6 +33,9 @@ class Task(ABC):
     # Optional: `def collate(self, items) -> (inputs, targets)`, the DataLoader's collate_fn for training
     # and evaluation alike (variable-length sequences, say). None: torch's default collate.
     collate: ClassVar[Callable[[list[Any]], Any] | None] = None
+    # The metric that chooses the best checkpoint (best/, checkpoint.keep_best) and that the feedback policies
+    # watch, unless the config names another: `loss` or a scalar of build_metrics(), in its own direction.
+    best_metric: ClassVar[str] = "loss"
 
     def __init__(self, model: Any, data: Any, seed: int) -> None:
         self.model_config = model

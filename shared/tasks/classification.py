@@ -21,6 +21,8 @@ PR_CURVE_MAX_CLASSES = 20  # one PR curve per class; past this many the PR Curve
 
 
 class ClassificationTask(Task):
+    best_metric = "accuracy"
+
     @property
     @abstractmethod
     def class_names(self) -> list[str]:

@@ -130,6 +130,7 @@ class TinyTransformer(nn.Module):
 class LanguageModelTask(Task):
     ModelConfig = LanguageModel
     DataConfig = LanguageData
+    best_metric = "perplexity"
 
     @property
     def vocab_size(self) -> int:

@@ -103,12 +103,18 @@ def resolve_config(raw: object) -> cfg.Config:
 
 
 def check_metrics(config: cfg.Config, cls: type[Task]) -> None:
-    """Every metric the config names is `loss` or one the task declares, and each watching section learns
-    which way its metric improves (the metric's higher_is_better); a contradicting mode is refused."""
+    """Resolve the metrics left unset, here once for every reader (best/, keep_best, the feedback policies,
+    dashboards, summaries): eval.best_metric to the task's `best_metric`, a policy's metric to eval.best_metric.
+    Every metric is `loss` or one the task declares, and each watching section learns which way its metric
+    improves (the metric's higher_is_better); a contradicting mode is refused."""
     upwards = directions(cls(config.model, config.data, config.seed).build_metrics())
-    watched = [("eval.best_metric", None, config.eval, config.eval.best_metric, "auto")]
+    best_key = "eval.best_metric"
+    if config.eval.best_metric is None:
+        config.eval.best_metric, best_key = cls.best_metric, f"{cls.__name__}.best_metric (eval.best_metric unset)"
+    watched = [(best_key, None, config.eval, config.eval.best_metric, "auto")]
     for name in ("on_plateau", "early_stop"):
         policy = getattr(config.train, name)
+        policy.metric = policy.metric or config.eval.best_metric
         watched.append((f"train.{name}.metric", f"train.{name}.mode", policy, policy.metric, policy.mode))
     for metric_key, mode_key, section, metric, mode in watched:
         if metric not in upwards:
