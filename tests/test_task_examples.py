@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from shared.config import read_yaml
+from shared.evaluation.export import read_best
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records
 from tests.conftest import ROOT
@@ -57,3 +59,5 @@ def test_a_pages_example_trains_and_evaluates(tmp_path: Path, start, config: str
     records = read_records(train_dir.results)
     assert records and all(r["status"] == "ok" for r in records), records
     assert good_enough(records[-1]["metrics"][metric]), records[-1]["metrics"]
+    assert read_best(train_dir)["metric"] == metric, "the task's best_metric chooses best/ (the config names none)"
+    assert read_yaml(train_dir.config)["train"]["early_stop"]["metric"] == metric
