@@ -9,7 +9,7 @@ one of them, and one records them all (shared/evaluation/coordination.py):
 
 Ad hoc it evaluates one checkpoint and prints the metrics (`--json` for one JSON object):
 
-    python eval.py --train-dir runs/digits --checkpoint latest|best|PATH
+    python eval.py --train-dir runs/digits --checkpoint latest|best|STEP|PATH
 
 With --summarize it prints the mean and standard deviation of each metric over train_dirs (folds):
 
@@ -65,7 +65,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--idle-timeout", type=seconds, metavar="SECS", help="exit 0 after SECS with no new checkpoint")
     parser.add_argument(
-        "--checkpoint", metavar="PATH|latest|best", help="evaluate this one checkpoint (best: the best/ export), exit"
+        "--checkpoint",
+        metavar="PATH|STEP|latest|best",
+        help="evaluate this one checkpoint (STEP: that step's in checkpoints/; best: the best/ export), exit",
     )
     parser.add_argument("--json", action="store_true", help="ad hoc: print one JSON object instead of a table")
     parser.add_argument("--write-summary", action="store_true", help="ad hoc: also write to the eval_adhoc run")
@@ -87,7 +89,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def read_config(args: argparse.Namespace, train_dir: TrainDir) -> cfg.Config:
     """The train_dir's config.yaml, whose model eval.py rebuilds; --config/--set may change eval.* only."""
     if not train_dir.config.exists():
-        raise UsageError(f"{train_dir.root} is not a train_dir (no config.yaml); point --train-dir at train.py's")
+        raise UsageError(
+            f"{train_dir.root} is not a train_dir (no config.yaml); point --train-dir at the folder train.py was "
+            "given as its --train-dir (train.py writes config.yaml there when it starts)"
+        )
     saved = load_config(train_dir.config)
     config = load_config(args.config or train_dir.config, args.overrides)
     cfg.check_eval_only(saved, config, "--config/--set")
@@ -263,15 +268,28 @@ def follow_checkpoints(
 
 
 def resolve_checkpoint(choice: str, train_dir: TrainDir) -> Path:
+    """--checkpoint's checkpoint: latest, a step number (its checkpoint in checkpoints/), or a path."""
+    found = list_checkpoints(train_dir.checkpoints)
     if choice == "latest":
-        found = list_checkpoints(train_dir.checkpoints)
         if not found:
             raise UsageError(f"--checkpoint latest: {train_dir.checkpoints} holds no checkpoint yet")
         return found[-1].path
+    if choice.isdigit():
+        at_step = [checkpoint.path for checkpoint in found if checkpoint.step == int(choice)]
+        if not at_step:
+            steps = [str(checkpoint.step) for checkpoint in found]
+            if len(steps) > 10:  # keep_every_n_steps may keep many: the first and the newest say enough
+                steps = [*steps[:3], "...", *steps[-5:], f"({len(found)} in all)"]
+            raise UsageError(
+                f"--checkpoint {choice}: {train_dir.checkpoints} holds no checkpoint of step {int(choice)}; "
+                f"its steps: {', '.join(steps) or 'none yet'}; give one of them, latest, best or a PATH"
+            )
+        return at_step[0]
     path = Path(choice)
     if not (path.is_file() or (path / METADATA).is_file()):
         raise UsageError(
-            f"--checkpoint {choice}: no such file; give a checkpoint (file or sharded folder), latest or best"
+            f"--checkpoint {choice}: no such file; give a checkpoint (file or sharded folder), a step number, "
+            "latest or best"
         )
     if not path.resolve().is_relative_to(train_dir.root.resolve()):
         raise UsageError(

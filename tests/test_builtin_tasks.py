@@ -103,8 +103,8 @@ def test_every_declared_metric_is_recorded_plotted_and_equal_ad_hoc(request: pyt
     assert (config.eval.best_metric, config.eval.batch_size) == (metric, cfg.EvalConfig().batch_size)
     best = read_best(train_dir)
     assert best["metric"] == metric and best["value"] == better(r["metrics"][metric] for r in records)
-    latest = adhoc(start, train_dir, "latest")
-    assert latest["metrics"] == records[-1]["metrics"] and latest["step"] == records[-1]["step"]
+    last = adhoc(start, train_dir, str(records[-1]["step"]))  # a bare step: its checkpoint in checkpoints/
+    assert last["metrics"] == records[-1]["metrics"] and last["step"] == records[-1]["step"]
 
 
 def test_regression_is_as_good_as_least_squares(regression_run: tuple[TrainDir, Callable]) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from shared import config as cfg
-from shared.protocol.layout import TrainDir
+from shared.protocol.layout import TrainDir, checkpoint_name
 from shared.tasks.loading import load_config
 from tests.conftest import process_starter
 from tests.warm_cli import WarmCli
@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.long]
 CASES = [
     ("eval.py", "--train-dir {tmp}/missing --checkpoint latest", "does not exist"),
     ("eval.py", "--train-dir {tmp}/no/such/parent", "parent folder does not exist"),
-    ("eval.py", "--train-dir {tmp}/empty --checkpoint latest", "is not a train_dir (no config.yaml)"),
+    ("eval.py", "--train-dir {tmp}/empty --checkpoint latest", "not a train_dir (no config.yaml); point --train"),
     ("train.py", "--train-dir {tmp}/empty", "has no config.yaml to resume from; pass --config"),
     ("train.py", "--train-dir {tmp}/a-file --config configs/digits.yaml", "is a file, not a folder"),
     ("train.py", "--train-dir {tmp}/t1 --config configs/digits.yaml --device cuda:3", "--device cuda:3"),
@@ -28,11 +28,16 @@ CASES = [
     ("eval.py", "--train-dir {tmp}/run --checkpoint latest --device gpu0", "is not a device"),
     ("train.py", "--train-dir {tmp}/t3 --config {tmp}/not-yaml.yaml", "is not valid YAML"),
     ("train.py", "--train-dir {tmp}/t4 --config {tmp}/missing.yaml", "does not exist"),
+    ("train.py", "--train-dir {tmp}/t14 --config configs/digit.yaml", "(did you mean configs/digits.yaml?)"),
+    ("train.py", "--train-dir {tmp}/t15 --config {tmp}/typo.yaml", "unknown key 'trian' (did you mean train?)"),
+    ("train.py", "--train-dir {tmp}/t16 --config {tmp}/misplaced.yaml", "(did you mean data.batch_size or eval.batch"),
     ("train.py", "--train-dir {tmp}/t5 --config configs/digits.yaml --set task=nope.mod:Task", "cannot import module"),
     ("train.py", "--train-dir {tmp}/t6 --config configs/digits.yaml --set train.lrr=1", "unknown key 'train.lrr'"),
+    ("train.py", "--train-dir {tmp}/t17 --config configs/digits.yaml --set lr=0.1", "'lr' (did you mean train.lr?)"),
     ("train.py", "--train-dir {tmp}/t7 --config configs/digits.yaml --set train.strategy=fsdp", "needs torchrun"),
     ("eval.py", "--train-dir {tmp}/run --checkpoint {tmp}/outside.pt", "is outside --train-dir"),
     ("eval.py", "--train-dir {tmp}/run --checkpoint best", "no best checkpoint yet"),
+    ("eval.py", "--train-dir {tmp}/stepped --checkpoint 1500", "no checkpoint of step 1500; its steps: 100, 200; give"),
     ("eval.py", "--train-dir {tmp}/run --checkpoint latest --set model.channels=8", "model.channels: 32 -> 8"),
     ("train.py", "--train-dir {tmp}/t9 --config configs/digits.yaml --set data.folds=2 --set data.fold=2", "data.fold"),
     ("eval.py", "--train-dir {tmp}/run --checkpoint latest --set eval.splits=[val,nope]", "eval.splits[1]"),
@@ -62,9 +67,14 @@ def folder(tmp_path: Path) -> Path:
     (tmp_path / "not-yaml.yaml").write_text("train: [steps: 10\n")
     (tmp_path / "outside.pt").write_bytes(b"anything")
     (tmp_path / "latin1.yaml").write_bytes("train:\n  lr: 0.1  # caf\xe9\n".encode("latin-1"))
-    run = TrainDir(tmp_path / "run")
-    run.checkpoints.mkdir(parents=True)
-    cfg.save(load_config("configs/digits.yaml"), run.config)
+    (tmp_path / "typo.yaml").write_text("trian: {lr: 0.1}\n")
+    (tmp_path / "misplaced.yaml").write_text("train: {batch_size: 8}\n")
+    for name, steps in (("run", ()), ("stepped", (100, 200))):
+        train_dir = TrainDir(tmp_path / name)
+        train_dir.checkpoints.mkdir(parents=True)
+        cfg.save(load_config("configs/digits.yaml"), train_dir.config)
+        for step in steps:  # named as checkpoints, which is all that choosing one by its step reads
+            (train_dir.checkpoints / checkpoint_name(step)).write_bytes(b"not read")
     return tmp_path
 
 

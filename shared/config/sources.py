@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist; pass an existing file to --config") from None
+        raise ConfigError(
+            f"config file {path} does not exist{_nearby(path)}; pass an existing file to --config"
+        ) from None
     except UnicodeDecodeError as err:
         raise ConfigError(
             f"config file {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
@@ -53,6 +57,16 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, got a {type(raw).__name__}")
     return raw
+
+
+def _nearby(path: Path) -> str:
+    """' (did you mean configs/digits.yaml?)' for the closest file name beside a missing `path`, else ''."""
+    try:
+        names = [entry.name for entry in os.scandir(path.parent) if entry.is_file()]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, names, n=1)
+    return f" (did you mean {path.parent / close[0]}?)" if close else ""
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

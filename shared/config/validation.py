@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import types
 import typing
+from collections.abc import Iterator
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -76,9 +77,29 @@ def _unknown_key(schema: type[BaseModel], loc: tuple[Any, ...]) -> str:
     section, _, _ = _target(schema, tuple(parents))
     allowed = list(section.model_fields) if isinstance(section, type) and issubclass(section, BaseModel) else []
     prefix = "".join(f"{part}." for part in parents)
-    close = difflib.get_close_matches(str(leaf), allowed, n=1)
-    hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+    close = [prefix + name for name in difflib.get_close_matches(str(leaf), allowed, n=1)]
+    close = close or _keys_elsewhere(schema, str(leaf))
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
     return f"unknown key {prefix + str(leaf)!r}{hint}; allowed keys here: {', '.join(allowed) or 'none'}"
+
+
+def _keys_elsewhere(schema: type[BaseModel], leaf: str) -> list[str]:
+    """The dotted keys anywhere in the schema named `leaf`, or else the closest name: `--set lr=0.1` and
+    `train: {batch_size: 8}` were meant for train.lr and data.batch_size or eval.batch_size."""
+    by_name: dict[str, list[str]] = {}
+    for key in _dotted_keys(schema):
+        by_name.setdefault(key.rpartition(".")[2], []).append(key)
+    closest = difflib.get_close_matches(leaf, list(by_name), n=1)
+    return by_name[closest[0]] if closest else []
+
+
+def _dotted_keys(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
+    """Every key of the schema, sections and options alike, dotted (`train`, `train.on_plateau.patience`)."""
+    for name, field in model.model_fields.items():
+        yield prefix + name
+        tp, _, _ = _unwrap(field.annotation)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            yield from _dotted_keys(tp, f"{prefix}{name}.")
 
 
 def _target(schema: type[BaseModel], loc: tuple[Any, ...]) -> tuple[Any, list[Any], bool]:
