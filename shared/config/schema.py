@@ -67,97 +67,153 @@ class ModelConfig(Section):
 class DataConfig(Section):
     """Options every task's data section has; a task subclasses this to add its own."""
 
-    batch_size: PositiveCount = 64
-    num_workers: int = Field(0, ge=0, le=MAX_WORKERS)  # DataLoader workers, for file-backed data
-    on_device: bool = False  # keep an in-memory (TensorDataset) training set on the training device
-    folds: Count = 0  # cross-validation: K folds of the training set; 0/1: off
-    fold: Count = 0  # the held-out fold (the `val` split), 0 <= fold < folds
+    batch_size: PositiveCount = Field(64, description="examples per training step (per process under torchrun)")
+    num_workers: int = Field(
+        0, ge=0, le=MAX_WORKERS, description="DataLoader worker processes, for file-backed data; 0: load in the loop"
+    )
+    on_device: bool = Field(
+        False, description="keep an in-memory (TensorDataset) training set on the training device: no copy per step"
+    )
+    folds: Count = Field(0, description="cross-validation: K folds of the training set; 0 or 1: off")
+    fold: Count = Field(0, description="the held-out fold (the `val` split), 0 <= fold < folds")
 
 
 class HoldoutData(DataConfig):
     """The data section of a task that holds out a fixed, seeded fraction of one bundled dataset for `val`."""
 
-    val_fraction: float = Field(0.2, ge=0.05, le=0.5)
-    split_seed: Seed = 0  # scikit-learn's random_state for the train/validation split
+    val_fraction: float = Field(0.2, ge=0.05, le=0.5, description="the fraction of the dataset held out for `val`")
+    split_seed: Seed = Field(0, description="scikit-learn's random_state for the train/validation split")
 
 
 class PlateauConfig(Watched):
     """train.on_plateau: cut the LR when an evaluation metric stops improving (Keras ReduceLROnPlateau)."""
 
-    metric: Metric | None = None  # null: eval.best_metric
-    mode: Literal["auto", "min", "max"] = "auto"  # auto: the metric's direction (min for loss)
-    split: Split = "val"  # which evaluation split feeds it: one of eval.splits
-    patience: Count = 0  # evaluations without improvement; 0 turns it off
-    factor: float = Field(0.1, gt=0, lt=1)  # the multiplier's cut
-    min_delta: NonNegative = 1e-4  # a smaller change is no improvement
-    cooldown: Count = 0  # evaluations after a cut before counting again
-    min_lr: NonNegative = 0.0  # cuts stop once train.lr x multiplier is this low
+    metric: Metric | None = Field(None, description="`loss` or a metric the task declares; null: eval.best_metric")
+    mode: Literal["auto", "min", "max"] = Field(
+        "auto", description="auto: the metric's own direction (min for loss); another is refused"
+    )
+    split: Split = Field("val", description="which evaluation split feeds it: one of eval.splits")
+    patience: Count = Field(0, description="evaluations without improvement before a cut; 0 turns it off")
+    factor: float = Field(0.1, gt=0, lt=1, description="what each cut multiplies the LR by")
+    min_delta: NonNegative = Field(1e-4, description="a smaller change is no improvement")
+    cooldown: Count = Field(0, description="evaluations after a cut before counting again")
+    min_lr: NonNegative = Field(0.0, description="cuts stop once train.lr x multiplier is this low")
 
 
 class EarlyStopConfig(Watched):
     """train.early_stop: stop when an evaluation metric stops improving (Keras EarlyStopping)."""
 
-    metric: Metric | None = None  # null: eval.best_metric
-    mode: Literal["auto", "min", "max"] = "auto"
-    split: Split = "val"
-    patience: Count = 0  # evaluations without improvement; 0 turns it off
-    min_delta: NonNegative = 0.0
+    metric: Metric | None = Field(None, description="`loss` or a metric the task declares; null: eval.best_metric")
+    mode: Literal["auto", "min", "max"] = Field(
+        "auto", description="auto: the metric's own direction (min for loss); another is refused"
+    )
+    split: Split = Field("val", description="which evaluation split feeds it: one of eval.splits")
+    patience: Count = Field(0, description="evaluations without improvement before stopping; 0 turns it off")
+    min_delta: NonNegative = Field(0.0, description="a smaller change is no improvement")
 
 
 class TrainConfig(Section):
-    steps: int = Field(1000, ge=1, le=MAX_STEP)
-    optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: NonNegative = 0.0
-    momentum: Fraction = 0.9
-    schedule: Literal["cosine", "constant"] = "cosine"
-    warmup_steps: int = Field(0, ge=0, le=MAX_STEP)
-    min_lr_ratio: Fraction = 0.0
-    grad_clip_norm: NonNegative = 0.0  # 0 turns clipping off
-    grad_accum_steps: PositiveCount = 1
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 elsewhere
-    compile: bool = False  # torch.compile the model for training
-    nan_policy: Literal["stop", "skip_step"] = "stop"  # on a NaN/Inf loss or gradient norm
-    strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard (FSDP2) the model
-    on_plateau: PlateauConfig = Field(default_factory=PlateauConfig)
-    early_stop: EarlyStopConfig = Field(default_factory=EarlyStopConfig)
-    # Wait at a save while more than this many checkpoints are not evaluated yet (docs/protocol.md); null: never
-    max_eval_lag: Count | None = None
+    steps: int = Field(1000, ge=1, le=MAX_STEP, description="optimizer steps in all; raise it on resume to go on")
+    optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = Field(
+        "adamw", description="torch.optim's; adamw suits most models with the default lr"
+    )
+    lr: float = Field(
+        1e-3, gt=0, description="the peak learning rate (after warmup); sgd usually wants more (0.01 to 0.1)"
+    )
+    weight_decay: NonNegative = Field(0.0, description="decoupled for adamw, L2 in the gradient for the others")
+    momentum: Fraction = Field(0.9, description="sgd's momentum and rmsprop's; adam and adamw ignore it")
+    schedule: Literal["cosine", "constant"] = Field(
+        "cosine", description="after warmup: cosine decay to lr x min_lr_ratio at the last step, or constant"
+    )
+    warmup_steps: int = Field(0, ge=0, le=MAX_STEP, description="linear warmup from 0 to lr; at most train.steps")
+    min_lr_ratio: Fraction = Field(0.0, description="where the cosine schedule ends, as a fraction of lr")
+    grad_clip_norm: NonNegative = Field(0.0, description="clip the global gradient norm to this; 0 turns it off")
+    grad_accum_steps: PositiveCount = Field(
+        1, description="micro-batches per optimizer step: a larger effective batch in the same memory"
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on CUDA, fp32 elsewhere; fp16 adds a gradient scaler"
+    )
+    compile: bool = Field(False, description="torch.compile the model for training: faster steps, a slower start")
+    nan_policy: Literal["stop", "skip_step"] = Field(
+        "stop", description="on a NaN/Inf loss or gradient norm: exit (code 1), or skip that step's update"
+    )
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="under torchrun: replicate (DDP) or shard (FSDP2) the model (docs/distributed.md)"
+    )
+    on_plateau: PlateauConfig = Field(
+        default_factory=PlateauConfig, description="cut the LR when an evaluation metric stops improving"
+    )
+    early_stop: EarlyStopConfig = Field(
+        default_factory=EarlyStopConfig, description="stop when an evaluation metric stops improving"
+    )
+    max_eval_lag: Count | None = Field(
+        None,
+        description="wait at a save while more than this many checkpoints are not evaluated yet "
+        "(docs/protocol.md); null: never wait",
+    )
 
 
 class CheckpointConfig(Section):
-    every_steps: int = Field(100, ge=0, le=MAX_STEP)  # 0: only by time and at the end
-    every_secs: Seconds = 0.0  # 0: only by steps and at the end
-    max_to_keep: PositiveCount = 5
-    keep_every_n_steps: int = Field(0, ge=0, le=MAX_STEP)  # 0: keep no extra ones
-    max_unevaluated: Count = 20  # see docs/protocol.md, retention
-    keep_best: Count = 0  # also keep the N best by eval.best_metric; 0: none
-    max_save_failures: PositiveCount = 3  # in a row, then exit; 1 = at the first
-    async_save: bool = True  # the loop only snapshots; a background thread writes (see docs/protocol.md)
+    every_steps: int = Field(100, ge=0, le=MAX_STEP, description="save every N steps; 0: only by time and at the end")
+    every_secs: Seconds = Field(0.0, description="save every N seconds as well; 0: only by steps and at the end")
+    max_to_keep: PositiveCount = Field(5, description="the newest checkpoints kept; older ones are deleted")
+    keep_every_n_steps: int = Field(
+        0, ge=0, le=MAX_STEP, description="also keep every checkpoint at a multiple of N steps; 0: none extra"
+    )
+    max_unevaluated: Count = Field(
+        20, description="keep checkpoints the evaluator has not reached yet, up to this many (docs/protocol.md)"
+    )
+    keep_best: Count = Field(0, description="also keep the N best by eval.best_metric; 0: none")
+    max_save_failures: PositiveCount = Field(
+        3, description="failed saves in a row (a full disk, say) before train.py exits; 1: at the first"
+    )
+    async_save: bool = Field(
+        True, description="the loop only snapshots; a background thread writes the file (docs/protocol.md)"
+    )
 
 
 class LogConfig(Section):
-    every_steps: int = Field(10, ge=1, le=MAX_STEP)
-    # Where summaries go (docs/logging.md); mlflow needs the extra: pip install -e '.[mlflow]'
-    backends: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"])
-    mlflow_tracking_uri: str = ""  # e.g. http://127.0.0.1:5000; empty: $MLFLOW_TRACKING_URI
+    every_steps: int = Field(10, ge=1, le=MAX_STEP, description="write the training summaries every N steps")
+    backends: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="where summaries go (docs/logging.md); mlflow needs the extra: pip install -e '.[mlflow]'",
+    )
+    mlflow_tracking_uri: str = Field(
+        "", description="the MLflow server, e.g. http://127.0.0.1:5000; empty: $MLFLOW_TRACKING_URI"
+    )
 
 
 class EvalConfig(Watched):
-    # Fits a 124M-parameter language model's evaluation (1024 tokens of 50k-way logits an example) beside its
-    # trainer on a 24 GB GPU; a small classifier evaluates faster with more (configs/digits.yaml: 512).
-    batch_size: PositiveCount = 16
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 elsewhere
-    # null: the task's own (Task.best_metric: accuracy for a classifier, loss when it declares none); a metric
-    # improves in its own direction (eval.best_mode was that)
-    best_metric: Metric | None = None
-    rescan_secs: float = Field(5.0, gt=0, le=MAX_SECS)
-    policy: Literal["all", "latest"] = "all"  # latest: when behind, skip to the newest (recorded as skipped)
-    # Several evaluators on one train_dir: a claim not refreshed for this long is taken over (see docs/protocol.md).
-    claim_timeout_secs: float = Field(60.0, ge=1, le=MAX_SECS)
-    # Evaluated at every checkpoint, each into its own TensorBoard run; the first also scores best_metric.
-    splits: list[Split] = Field(default_factory=lambda: ["val"])
-    max_examples: Count = 0  # > 0: a fixed subset of each split; 0: all
+    batch_size: PositiveCount = Field(
+        16,
+        description="examples per evaluation batch: fits a 124M-parameter language model (1024 tokens of 50k-way "
+        "logits an example) beside its trainer on a 24 GB GPU; a small classifier evaluates faster with more "
+        "(configs/digits.yaml: 512)",
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA, fp32 elsewhere")
+    best_metric: Metric | None = Field(
+        None,
+        description="the metric that chooses best/, in its own direction (eval.best_mode was that); null: the "
+        "task's own (Task.best_metric: accuracy for a classifier, loss when it declares none)",
+    )
+    rescan_secs: float = Field(
+        5.0, gt=0, le=MAX_SECS, description="rescan the train_dir this often even without a file event"
+    )
+    policy: Literal["all", "latest"] = Field(
+        "all", description="latest: when behind, skip to the newest checkpoint (recorded as skipped)"
+    )
+    claim_timeout_secs: float = Field(
+        60.0,
+        ge=1,
+        le=MAX_SECS,
+        description="several evaluators on one train_dir: a claim not refreshed for this long is taken over",
+    )
+    splits: list[Split] = Field(
+        default_factory=lambda: ["val"],
+        description="evaluated at every checkpoint, each into its own TensorBoard run; the first scores best_metric",
+    )
+    max_examples: Count = Field(0, description="> 0: a fixed subset of each split, for speed; 0: all")
 
     @property
     def best_mode(self) -> str:
@@ -186,8 +242,8 @@ class EvalConfig(Watched):
 class Config(Section):
     """The whole config. The loader uses a subclass whose model and data are the task's own sections."""
 
-    task: str = "digits"
-    seed: Seed = 0
+    task: str = Field("digits", description="a built-in task's name, or module:Class of your own (docs/tasks.md)")
+    seed: Seed = Field(0, description="seeds the model's initialisation, the data order and the folds; kept for life")
     model: SerializeAsAny[Section] = Field(default_factory=ModelConfig)
     data: SerializeAsAny[DataConfig] = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

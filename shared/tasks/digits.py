@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 import torch
+from pydantic import Field
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
@@ -15,9 +16,9 @@ from shared.tasks import ClassificationTask
 
 
 class DigitsModel(config.Section):
-    channels: config.PositiveCount = 32
-    hidden: config.PositiveCount = 128
-    dropout: config.Fraction = 0.2
+    channels: config.PositiveCount = Field(32, description="channels of the first convolution (the second has twice)")
+    hidden: config.PositiveCount = Field(128, description="width of the hidden fully connected layer")
+    dropout: config.Fraction = Field(0.2, description="dropout before each fully connected layer, in training only")
 
 
 DigitsData = config.HoldoutData  # batch options plus the held-out fraction and its seed

@@ -33,19 +33,21 @@ BYTES = 256
 
 
 class LanguageModel(config.Section):
-    dim: int = Field(64, ge=8, le=65_536)
-    layers: int = Field(2, ge=1, le=1024)
-    heads: int = Field(4, ge=1, le=1024)
-    dropout: config.Fraction = 0.0
+    dim: int = Field(64, ge=8, le=65_536, description="the transformer's width; a multiple of heads")
+    layers: int = Field(2, ge=1, le=1024, description="transformer blocks")
+    heads: int = Field(4, ge=1, le=1024, description="attention heads per block")
+    dropout: config.Fraction = Field(0.0, description="dropout in every block, in training only")
 
 
 class LanguageData(config.DataConfig):
-    corpus: Literal["grammar", "markov"] = "grammar"
-    context: int = Field(64, ge=2, le=1_000_000)  # tokens per example
-    train_tokens: int = Field(200_000, ge=1000, le=config.MAX_COUNT)
-    eval_tokens: int = Field(20_000, ge=100, le=config.MAX_COUNT)
-    vocab_size: int = Field(32_768, ge=2, le=config.MAX_COUNT)  # markov only; grammar is bytes
-    corpus_seed: config.Seed = 0
+    corpus: Literal["grammar", "markov"] = Field(
+        "grammar", description="grammar: English-like sentences as bytes; markov: a seeded Markov chain of token ids"
+    )
+    context: int = Field(64, ge=2, le=1_000_000, description="tokens per example")
+    train_tokens: int = Field(200_000, ge=1000, le=config.MAX_COUNT, description="tokens generated for training")
+    eval_tokens: int = Field(20_000, ge=100, le=config.MAX_COUNT, description="tokens generated for evaluation")
+    vocab_size: int = Field(32_768, ge=2, le=config.MAX_COUNT, description="markov only; grammar is bytes")
+    corpus_seed: config.Seed = Field(0, description="seeds the generated corpus")
 
 
 NOUNS = ["cat", "dog", "bird", "child", "teacher", "farmer", "river", "city", "garden", "window", "letter", "song"]

@@ -24,8 +24,8 @@ from shared.tasks.base import Task
 
 
 class RegressionModel(config.Section):
-    hidden: int = Field(0, ge=0, le=65_536)  # 0: a linear model
-    dropout: config.Fraction = 0.0
+    hidden: int = Field(0, ge=0, le=65_536, description="width of one hidden layer; 0: a linear model")
+    dropout: config.Fraction = Field(0.0, description="dropout before the output, in training only")
 
 
 RegressionData = config.HoldoutData  # batch options plus the held-out fraction and its seed

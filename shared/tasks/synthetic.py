@@ -26,21 +26,25 @@ SHIFT = 4  # examples are shifted by up to this many pixels each way
 
 
 class SyntheticModel(config.Section):
-    arch: Literal["resnet", "transformer"] = "resnet"
-    width: config.PositiveCount = 64  # resnet: channels of the first stage
-    blocks_per_stage: list[config.Count] = Field(default_factory=lambda: [2, 2, 2, 2])  # resnet: ResNet-18
-    dim: int = Field(512, ge=64, le=config.MAX_COUNT, multiple_of=64)  # transformer: model width, 64 per head
-    layers: config.PositiveCount = 8  # transformer: blocks
+    arch: Literal["resnet", "transformer"] = Field("resnet", description="a ResNet, or a ViT-like transformer")
+    width: config.PositiveCount = Field(64, description="resnet: channels of the first stage")
+    blocks_per_stage: list[config.Count] = Field(
+        default_factory=lambda: [2, 2, 2, 2], description="resnet: residual blocks per stage; [2, 2, 2, 2] is ResNet-18"
+    )
+    dim: int = Field(
+        512, ge=64, le=config.MAX_COUNT, multiple_of=64, description="transformer: model width, 64 per head"
+    )
+    layers: config.PositiveCount = Field(8, description="transformer: blocks")
 
 
 class SyntheticData(config.DataConfig):
     # A classifier's confusion matrix holds classes x classes counts: 10,000 classes is 800 MB of them (2**31,
     # the bound of other counts, made loading the config itself build two billion class names).
-    classes: int = Field(10, ge=2, le=10_000)
-    train_examples: config.PositiveCount = 50_000
-    eval_examples: config.PositiveCount = 10_000
-    noise: config.NonNegative = 6.0
-    data_seed: config.Seed = 0
+    classes: int = Field(10, ge=2, le=10_000, description="classes, one image template each")
+    train_examples: config.PositiveCount = Field(50_000, description="images generated for training")
+    eval_examples: config.PositiveCount = Field(10_000, description="images generated for evaluation")
+    noise: config.NonNegative = Field(6.0, description="standard deviation of the Gaussian noise added to each image")
+    data_seed: config.Seed = Field(0, description="seeds the templates and the noise")
 
 
 def make_images(classes: int, examples: int, noise: float, seed: int, split: int) -> TensorDataset:
