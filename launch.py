@@ -12,8 +12,8 @@ training and evaluation are done, until you stop it, or, with --exit-when-done (
 
 With --folds K it cross-validates: folds 0..K-1 one after the other, each a train.py and an eval.py in
 its own train_dir `<train-dir>/fold-<i>` (`data.folds=K`, `data.fold=i`), then prints each metric's mean
-and standard deviation over the folds (eval.py --summarize). TensorBoard is left out: run it on
-<train-dir> to compare the folds.
+and standard deviation over the folds (eval.py --summarize). TensorBoard is left out: the last line says
+how to run it on <train-dir> to compare the folds.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="N",
         help="eval.py processes sharing the work (compose --scale)",
     )
-    for role, default in (("train", "the cores the evaluators leave"), ("eval", "a quarter of the cores, each")):
+    for role, default in (("train", "every core"), ("eval", "a quarter of the cores each, at niceness +10")):
         help_text = f"{role}.py --threads (default: {default})"
         parser.add_argument(f"--{role}-threads", type=cli.number(int, 1, MAX_COUNT), metavar="N", help=help_text)
     parser.add_argument("--host", default="localhost", help="TensorBoard's address (default: localhost)")
@@ -258,7 +258,7 @@ def cross_validate(args: argparse.Namespace) -> int:
         if code or launcher.signals:
             return code
     crossval.print_summary(folders, as_json=False)
-    print(f"compare the folds: tensorboard --logdir {args.train_dir}")
+    print(f"compare the folds: {Path(sys.executable).with_name('tensorboard')} --logdir {args.train_dir}")
     return 0
 
 

@@ -68,14 +68,18 @@ def row(what: str, checkpoints: int, times: list[float], target: float | None) -
     return [what, f"{checkpoints:,}", len(times), f"{median:.2f}", f"{p95:.2f}", verdict]
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoints", type=int, default=10_000, help="checkpoint names in the folder")
     parser.add_argument("--polls", type=int, default=200, help="polls timed per row")
     parser.add_argument("--dir", type=Path, help="make the train_dir under this folder (default: $TMPDIR)")
     parser.add_argument("--smoke", action="store_true", help="1,000 checkpoints, 20 polls")
     add_results_option(parser)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.smoke:
         args.checkpoints, args.polls = 1_000, 20
 

@@ -100,8 +100,9 @@ def process_starter(log_dir: Path, warm: WarmCli | None = None) -> Iterator[Call
     """start("train.py", *args) -> Proc, logging into log_dir; processes still running at the end are killed.
 
     With a `warm` server, train.py and eval.py run as its forked children (their imports paid once per
-    session), unless the call asks for `cold=True`, or for an environment or a preexec_fn, which must be in
-    place before the imports: then, as every other command, they start as a fresh interpreter."""
+    session), unless the call asks for `cold=True`, or for an environment, a preexec_fn or a folder to run in
+    (`cwd`, the checkout by default), which must be in place before the imports: then, as every other
+    command, they start as a fresh interpreter."""
     procs: list[Proc] = []
 
     def _start(
@@ -110,15 +111,16 @@ def process_starter(log_dir: Path, warm: WarmCli | None = None) -> Iterator[Call
         env: dict[str, str] | None = None,
         preexec_fn: Callable[[], None] | None = None,
         cold: bool = False,
+        cwd: Path = ROOT,
     ) -> Proc:
         log = log_dir / f"{Path(script).stem}-{len(procs)}.log"
-        if warm and script in WARM_SCRIPTS and not (cold or env or preexec_fn):
+        if warm and script in WARM_SCRIPTS and not (cold or env or preexec_fn or cwd != ROOT):
             procs.append(warm.start(script, *args, log=log))
             return procs[-1]
         with open(log, "wb") as out:
             popen = subprocess.Popen(
                 [sys.executable, script, *args],
-                cwd=ROOT,
+                cwd=cwd,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},

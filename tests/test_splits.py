@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import statistics
 from pathlib import Path
 
@@ -81,6 +83,9 @@ def test_launch_cross_validates_and_eval_summarizes(tmp_path: Path, start) -> No
         config = load_config(TrainDir(folder).config)
         assert (config.data.folds, config.data.fold) == (2, fold)
     assert "accuracy" in launcher.output() and "±" in launcher.output()
+    # The hint runs in a fresh shell: the venv's own TensorBoard, by its path (nothing is activated).
+    program, logdir = re.search(r"compare the folds: (\S+) --logdir (\S+)", launcher.output()).groups()
+    assert os.access(program, os.X_OK) and Path(program).name == "tensorboard" and logdir == str(tmp_path / "cv")
 
     summary = start("eval.py", "--summarize", *map(str, folders), "--json")
     assert summary.wait() == 0, summary.output()

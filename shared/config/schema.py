@@ -177,7 +177,7 @@ class LogConfig(Section):
     every_steps: int = Field(10, ge=1, le=MAX_STEP, description="write the training summaries every N steps")
     backends: list[Literal["tensorboard", "mlflow"]] = Field(
         default_factory=lambda: ["tensorboard"],
-        description="where summaries go (docs/logging.md); mlflow needs the extra: pip install -e '.[mlflow]'",
+        description="where summaries go (docs/logging.md); mlflow needs .venv/bin/pip install -e '.[mlflow]'",
     )
     mlflow_tracking_uri: str = Field(
         "", description="the MLflow server, e.g. http://127.0.0.1:5000; empty: $MLFLOW_TRACKING_URI"
@@ -195,7 +195,8 @@ class EvalConfig(Watched):
     best_metric: Metric | None = Field(
         None,
         description="the metric that chooses best/, in its own direction (eval.best_mode was that); null: the "
-        "task's own (Task.best_metric: accuracy for a classifier, loss when it declares none)",
+        "task's own Task.best_metric (accuracy for a classifier, r2 for regression, perplexity for "
+        "language_model; loss for a task that names none)",
     )
     rescan_secs: float = Field(
         5.0, gt=0, le=MAX_SECS, description="rescan the train_dir this often even without a file event"

@@ -2,8 +2,9 @@
 data sections, the task, and its model.
 
 shared.config knows no task; this module is where the two meet, so the import graph has no cycle.
-A task module is imported like any Python module: from the project folder (where train.py and eval.py
-live), an installed package, or PYTHONPATH (`PYTHONPATH=.` for a module in the folder you run from).
+A task module is found where `python -m` would find it, from the folder the command runs in, as well as
+among the installed packages, PYTHONPATH and the project folder (where train.py and eval.py live). The
+current folder comes last, so a file there cannot shadow an installed package (docs/tasks.md).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import difflib
 import functools
 import importlib
 import inspect
+import os
+import sys
 from pathlib import Path
 
 import pydantic
@@ -42,12 +45,13 @@ def task_class(name: str) -> type[Task]:
             f"task: {name!r} is neither a built-in task ({', '.join(BUILTIN_TASKS)}) "
             "nor a dotted path like mypackage.module:MyTask"
         )
+    search_current_folder_last()
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise ConfigError(
-            f"task: cannot import module {module_name!r} ({err}); run from the project folder, install it, "
-            "or add its folder to PYTHONPATH"
+            f"task: cannot import module {module_name!r} ({err}); run from the folder that holds it, install "
+            "it, or add its folder to PYTHONPATH"
         ) from None
     if not hasattr(module, attr):
         tasks = [
@@ -66,6 +70,17 @@ def task_class(name: str) -> type[Task]:
         raise ConfigError(f"task: {target} leaves abstract methods unimplemented ({missing}); define them in {attr}")
     _check_sections(cls, target)
     return cls
+
+
+def search_current_folder_last() -> None:
+    """Let a task module in the folder the command runs in be imported, as `python -m` does, but after
+    everything else on sys.path: a `torch.py` or `shared/` there cannot shadow the real ones."""
+    try:
+        here = os.getcwd()
+    except OSError:  # the folder was deleted under us: nothing to find there
+        return
+    if here not in sys.path:
+        sys.path.append(here)
 
 
 def _check_sections(cls: type[Task], target: str) -> None:
