@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import add_results_option, report
+from bench.common import add_results_option, report, results_file
 from shared import config as cfg
 from shared.checkpoints.retention import RetentionPolicy, apply_retention
 from shared.checkpoints.saver import PeriodicSaver
@@ -135,7 +135,7 @@ def main() -> None:
         f"- Disk write bandwidth with fsync: {bandwidth / 1e9:.2f} GB/s. The first asynchronous save allocates "
         "its pinned buffers; later saves reuse them. Target: blocked <= 0.1 x sync at 100M and 1B."
     )
-    report("Checkpoint cost", header, rows, device, args.results, notes)
+    report("Checkpoint cost", header, rows, device, results_file(args), notes)
 
 
 if __name__ == "__main__":

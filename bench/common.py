@@ -1,5 +1,7 @@
 """What every benchmark shares: a table printed to the terminal and appended to bench/RESULTS.md with
-the device, torch version, date and commit, so figures from different days stay comparable."""
+the device, torch version, date and commit, so figures from different days stay comparable. A `--smoke`
+run (or one with `--no-record`) only prints: the committed file holds measurements, not checks that a
+script still runs."""
 
 from __future__ import annotations
 
@@ -17,7 +19,17 @@ RESULTS = ROOT / "bench" / "RESULTS.md"
 
 
 def add_results_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results", type=Path, default=RESULTS, help="Markdown file to append the table to")
+    parser.add_argument(
+        "--results", type=Path, help="Markdown file to append the tables to (default: bench/RESULTS.md; --smoke: none)"
+    )
+    parser.add_argument("--no-record", action="store_true", help="print the tables only; append them nowhere")
+
+
+def results_file(args: argparse.Namespace) -> Path | None:
+    """Where this run's tables go: --results, else bench/RESULTS.md for a measurement; None: printed only."""
+    if args.no_record:
+        return None
+    return args.results or (None if args.smoke else RESULTS)
 
 
 def device_name(device: torch.device) -> str:
@@ -45,14 +57,16 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
 
 
 def report(
-    title: str, header: list[str], rows: list[list[object]], device: torch.device, results: Path, notes: str = ""
+    title: str, header: list[str], rows: list[list[object]], device: torch.device, results: Path | None, notes: str = ""
 ) -> None:
-    """Print the table and append it, with where and when it was measured, to `results`."""
+    """Print the table and append it, with where and when it was measured, to `results` (None: print only)."""
     table = markdown_table(header, rows)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     meta = f"{device_name(device)}, torch {torch.__version__}, {when}, commit {commit()}"
     print(f"\n{title} ({meta})\n{table}")
     if notes:
         print(notes)
+    if results is None:
+        return
     with open(results, "a") as f:
         f.write(f"\n## {title}\n\n{meta}\n\n{table}\n" + (f"\n{notes}\n" if notes else ""))

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import ROOT, add_results_option, report
+from bench.common import ROOT, add_results_option, report, results_file
 from bench.eval_speed import write_checkpoint
 from shared import config as cfg
 from shared.checkpoints.format import load, load_weights, restore_model
@@ -201,14 +201,14 @@ def main() -> None:
     title = "Evaluator cost per checkpoint" + (" (smoke)" if args.smoke else "")
     device = torch.device("cpu")
     header = ["part", "ms per checkpoint", "x bare"]
-    report(title, header, rows, device, args.results, "\n".join(f"- {n}" for n in notes))
+    report(title, header, rows, device, results_file(args), "\n".join(f"- {n}" for n in notes))
     load_notes = "- Median of the runs after one; cold: the file evicted from the page cache first (posix_fadvise)."
     report(
         "Checkpoint load options" + (" (smoke)" if args.smoke else ""),
         ["how", "page cache", "file MiB", "ms to weights in the model"],
         loads,
         device,
-        args.results,
+        results_file(args),
         load_notes,
     )
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from bench.common import add_results_option, device_name, report
+from bench.common import add_results_option, device_name, report, results_file
 from shared import config as cfg
 from shared.checkpoints.store import save
 from shared.evaluation.evaluator import Evaluator
@@ -149,7 +149,7 @@ def main() -> None:
     ]
     title = "Evaluation speed" + (" (smoke)" if args.smoke else "")
     header = ["device", "what", "examples/s", "ratio to plain"]
-    report(title, header, rows, measured[0], args.results, "\n".join(f"- {n}" for n in notes))
+    report(title, header, rows, measured[0], results_file(args), "\n".join(f"- {n}" for n in notes))
 
 
 if __name__ == "__main__":

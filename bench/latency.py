@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from watchdog.observers import Observer
 
-from bench.common import ROOT, add_results_option, report
+from bench.common import ROOT, add_results_option, report, results_file
 from shared import config as cfg
 from shared.checkpoints.store import save
 from shared.protocol.layout import TrainDir
@@ -140,7 +140,7 @@ def main() -> None:
     ]
     title = "Checkpoint-to-eval latency" + (" (smoke)" if args.smoke else "")
     header = ["mode", "N", "p50 ms", "p95 ms", "max ms"]
-    report(title, header, rows, torch.device("cpu"), args.results, "\n".join(f"- {n}" for n in notes))
+    report(title, header, rows, torch.device("cpu"), results_file(args), "\n".join(f"- {n}" for n in notes))
 
 
 if __name__ == "__main__":

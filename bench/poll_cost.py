@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from watchdog.utils.dirsnapshot import DirectorySnapshot
 
-from bench.common import ROOT, add_results_option, report
+from bench.common import ROOT, add_results_option, report, results_file
 from shared import config as cfg
 from shared.evaluation.coordination import SharedTrainDir, join_as_evaluator
 from shared.evaluation.watch import FolderPoll
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     title = "Evaluator poll cost" + (" (smoke)" if args.smoke else "")
     header = ["what", "checkpoints", "polls", "median ms", "p95 ms", f"p95 < {TARGET_MS:g} ms"]
     notes = f"train_dir {where}; every checkpoint already recorded, so each poll finds nothing new."
-    report(title, header, rows, torch.device("cpu"), args.results, notes)
+    report(title, header, rows, torch.device("cpu"), results_file(args), notes)
 
 
 if __name__ == "__main__":

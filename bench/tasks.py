@@ -29,7 +29,7 @@ from sklearn.linear_model import LinearRegression
 from sklearn.metrics import r2_score
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from bench.common import ROOT, add_results_option, report
+from bench.common import ROOT, add_results_option, report, results_file
 from shared.evaluation.export import read_best
 from shared.protocol.layout import TrainDir
 from shared.tasks.language import LanguageModelTask
@@ -157,7 +157,7 @@ def main() -> None:
     threads = os.environ.get("OMP_NUM_THREADS", "1")
     notes = f"- One thread per process (OMP_NUM_THREADS={threads}); load average at the end: {os.getloadavg()[0]:.1f}."
     title = "Built-in tasks" + (" (smoke)" if args.smoke else "")
-    report(title, ["what", "value", "note"], rows, torch.device("cpu"), args.results, notes)
+    report(title, ["what", "value", "note"], rows, torch.device("cpu"), results_file(args), notes)
 
 
 if __name__ == "__main__":

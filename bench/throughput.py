@@ -33,7 +33,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import ROOT, add_results_option, report
+from bench.common import ROOT, add_results_option, report, results_file
 from shared import config as cfg
 from shared.evaluation.evaluator import Evaluator
 from shared.protocol.ledger import read_records
@@ -438,7 +438,7 @@ def main() -> None:
     if tokens:
         header.insert(2, "tokens/s")
         notes.insert(1, f"{tokens:,} tokens per step ({config.task}).")
-    report("Training throughput", header, rows, device, args.results, "\n".join(f"- {n}" for n in notes))
+    report("Training throughput", header, rows, device, results_file(args), "\n".join(f"- {n}" for n in notes))
 
 
 if __name__ == "__main__":

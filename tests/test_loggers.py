@@ -1,9 +1,10 @@
 """The logger backends on their own: a run reopened after its writer was SIGKILLed keeps one point per
 (tag, step) for every kind of record, in TensorBoard's own readers; HParams integers stay integers; the
-confusion-matrix image stops at its class cap."""
+confusion-matrix image stops at its class cap, and its class names stay apart."""
 
 from __future__ import annotations
 
+import itertools
 import signal
 import subprocess
 import sys
@@ -138,6 +139,34 @@ def test_a_confusion_image_redrawn_in_a_used_figure_equals_one_drawn_afresh() ->
     afresh = ConfusionPlot(tuple(names)).render(after)
     assert not np.array_equal(in_used_figure[0], in_used_figure[1])
     assert np.array_equal(in_used_figure[1], afresh)
+
+
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.mark.parametrize(
+    "names",
+    [CIFAR10, [str(digit) for digit in range(10)], [f"category_{i:02d}" for i in range(IMAGE_MAX_CLASSES)]],
+    ids=["10 names", "10 digits", f"{IMAGE_MAX_CLASSES} names"],
+)
+def test_the_predicted_class_names_neither_overlap_nor_leave_the_image(names: list[str]) -> None:
+    """Neighbouring x labels, upright or slanted, are apart along the axis or across their own lines."""
+    plot = ConfusionPlot(tuple(names))
+    renderer = plot.canvas.get_renderer()
+    labels = plot.axes.get_xticklabels()
+    column = plot.axes.transData.transform((1, 0))[0] - plot.axes.transData.transform((0, 0))[0]
+    for left, right in itertools.pairwise(labels):
+        angle = np.radians(left.get_rotation())
+        (width_left, height, _), (width_right, _, _) = (
+            renderer.get_text_width_height_descent(label.get_text(), label.get_fontproperties(), ismath=False)
+            for label in (left, right)
+        )
+        along, across = column * abs(np.cos(angle)), column * abs(np.sin(angle))
+        assert along >= (width_left + width_right) / 2 or across >= height, (left.get_text(), right.get_text())
+    image = plot.figure.bbox
+    for label in labels:
+        extent = label.get_window_extent(renderer)
+        assert image.x0 <= extent.x0 and extent.x1 <= image.x1 and image.y0 <= extent.y0, label.get_text()
 
 
 def test_a_pr_curve_from_bucket_counts_equals_tensorboards_own_from_the_examples(tmp_path: Path) -> None:

@@ -20,6 +20,8 @@ import numpy as np
 IMAGE_MAX_CLASSES = 20
 COUNTS_MAX_CLASSES = 12
 DPI = 64
+CELL_INCHES = 0.4  # each class's row and column, whatever the class count: the labels' room never shrinks
+UPRIGHT_MAX_CHARS = 3  # the longest predicted-class name that fits under its column unrotated (digits do)
 
 
 class ConfusionPlot:
@@ -33,8 +35,8 @@ class ConfusionPlot:
         from matplotlib.figure import Figure
         from sklearn.metrics import ConfusionMatrixDisplay
 
-        classes = len(class_names)
-        side = 2.5 + 0.4 * classes  # inches: room for the names and, up to COUNTS_MAX_CLASSES, the counts
+        classes, longest = len(class_names), max(map(len, class_names))
+        side = 2.5 + CELL_INCHES * classes  # inches: room for the names and, up to COUNTS_MAX_CLASSES, the counts
         self.figure = Figure(figsize=(side + 1.4, side), dpi=DPI)
         self.canvas = FigureCanvasAgg(self.figure)
         display = ConfusionMatrixDisplay(np.zeros((classes, classes)), display_labels=list(class_names))
@@ -44,13 +46,15 @@ class ConfusionPlot:
             cmap="Blues",
             colorbar=True,
             include_values=False,
-            xticks_rotation="vertical" if classes > 10 else "horizontal",
         )
+        if longest > UPRIGHT_MAX_CHARS:  # slanted, each name ending under its column: no name overlaps the next
+            for label in self.axes.get_xticklabels():
+                label.set(rotation=45, horizontalalignment="right", rotation_mode="anchor")
         self.cells = display.im_
         self.cells.set_clim(0.0, 1.0)
         display.figure_.axes[-1].set_ylabel("share of the true class")
         # Fixed margins from the longest name: tight_layout would cost a second drawing.
-        margin = min(0.4, (1.0 + 0.09 * max(map(len, class_names))) / side)
+        margin = min(0.4, (1.0 + 0.09 * longest) / side)
         self.figure.subplots_adjust(left=margin, bottom=margin, right=0.9, top=0.95)
         self.counts = [
             [self.axes.text(j, i, "", ha="center", va="center") for j in range(classes)] for i in range(classes)

@@ -1,11 +1,12 @@
-"""Progress for people: a tqdm bar with loss and LR on a terminal, plain log lines in logs and pipes; and
-the training scalars of each log interval."""
+"""Progress for people: a tqdm bar with the step, its rate, loss and LR on a terminal, plain log lines in
+logs and pipes; and the training scalars of each log interval."""
 
 from __future__ import annotations
 
 import logging
 import sys
 import time
+from typing import Any, TextIO
 
 import torch
 from tqdm import tqdm
@@ -16,14 +17,37 @@ from shared.training.optim import NonFiniteGuard
 
 log = logging.getLogger("train")
 
+BAR_MAX_COLUMNS = 120  # on a wider terminal the line stops here: a longer bar tells nothing more
+BAR_SCALARS = {"loss": "loss", "learning_rate": "lr"}  # the rest is in the log lines and the dashboards
+
+
+class CappedBar(tqdm):
+    """tqdm as wide as the terminal, up to BAR_MAX_COLUMNS."""
+
+    @property
+    def format_dict(self) -> dict[str, Any]:
+        found = super().format_dict
+        found["ncols"] = min(found["ncols"] or BAR_MAX_COLUMNS, BAR_MAX_COLUMNS)
+        return found
+
 
 class Progress:
-    """`shown` by one process only (rank 0 under torchrun); the others' bars would overwrite it."""
+    """`shown` by one process only (rank 0 under torchrun); the others' bars would overwrite it.
 
-    def __init__(self, start: int, total: int, shown: bool = True) -> None:
+    The bar's postfix holds the loss and LR only: with every scalar of the log line, tqdm squeezed the bar
+    itself to one character at 100 columns. `file` and `columns`: another terminal than stderr's."""
+
+    def __init__(
+        self, start: int, total: int, shown: bool = True, file: TextIO | None = None, columns: int | None = None
+    ) -> None:
         self.total = total
-        terminal = shown and sys.stderr.isatty()
-        self.bar = tqdm(initial=start, total=total, unit="step", dynamic_ncols=True) if terminal else None
+        file = file or sys.stderr
+        terminal = shown and (columns is not None or file.isatty())
+        self.bar = (
+            CappedBar(initial=start, total=total, unit="step", file=file, ncols=columns, dynamic_ncols=columns is None)
+            if terminal
+            else None
+        )
 
     def advance(self) -> None:
         if self.bar:
@@ -31,7 +55,8 @@ class Progress:
 
     def report(self, step: int, scalars: dict[str, float]) -> None:
         if self.bar:
-            self.bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items()}, refresh=False)
+            shown = {name: f"{scalars[key]:.4g}" for key, name in BAR_SCALARS.items()}
+            self.bar.set_postfix(shown, refresh=False)
         else:
             log.info("step %d/%d %s", step, self.total, " ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
 
