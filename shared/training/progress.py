@@ -1,5 +1,5 @@
-"""Progress for people: a tqdm bar with the step, its rate, loss and LR on a terminal, plain log lines in
-logs and pipes; and the training scalars of each log interval."""
+"""Progress for people: a tqdm bar with the step, its rate and the loss on a terminal, plain log lines with
+every scalar in logs and pipes; and the training scalars of each log interval."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from shared.training.optim import NonFiniteGuard
 log = logging.getLogger("train")
 
 BAR_MAX_COLUMNS = 120  # on a wider terminal the line stops here: a longer bar tells nothing more
-BAR_SCALARS = {"loss": "loss", "learning_rate": "lr"}  # the rest is in the log lines and the dashboards
 
 
 class CappedBar(tqdm):
@@ -34,8 +33,9 @@ class CappedBar(tqdm):
 class Progress:
     """`shown` by one process only (rank 0 under torchrun); the others' bars would overwrite it.
 
-    The bar's postfix holds the loss and LR only: with every scalar of the log line, tqdm squeezed the bar
-    itself to one character at 100 columns. `file` and `columns`: another terminal than stderr's."""
+    The bar's postfix holds the loss only (the dashboards have the rest): with every scalar of the log line,
+    tqdm squeezed the bar itself to one character at 100 columns. `file` and `columns`: another terminal
+    than stderr's."""
 
     def __init__(
         self, start: int, total: int, shown: bool = True, file: TextIO | None = None, columns: int | None = None
@@ -55,8 +55,7 @@ class Progress:
 
     def report(self, step: int, scalars: dict[str, float]) -> None:
         if self.bar:
-            shown = {name: f"{scalars[key]:.4g}" for key, name in BAR_SCALARS.items()}
-            self.bar.set_postfix(shown, refresh=False)
+            self.bar.set_postfix(loss=f"{scalars['loss']:.4g}", refresh=False)
         else:
             log.info("step %d/%d %s", step, self.total, " ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
 
