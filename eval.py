@@ -39,7 +39,7 @@ from shared.evaluation.coordination import SharedTrainDir, join_as_evaluator
 from shared.evaluation.evaluator import Evaluator
 from shared.evaluation.watch import CheckpointWatcher
 from shared.loggers import dashboards
-from shared.loggers.backends import check_backends, open_run
+from shared.loggers.backends import check_backends, mark_run, open_run
 from shared.loggers.base import Logger
 from shared.protocol.claims import this_evaluator
 from shared.protocol.files import refuse_linked_folders
@@ -255,6 +255,7 @@ def follow_checkpoints(
             continue
         if finished and shared.all_recorded():
             log.info("training finished and every checkpoint is evaluated")
+            mark_run(config, train_dir, "FINISHED")  # the run's last point is in: MLflow's run ends here
             return 0
         idle = time.monotonic() - idle_since
         if args.idle_timeout is not None and idle >= args.idle_timeout:

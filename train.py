@@ -30,7 +30,7 @@ from shared.checkpoints.saver import PeriodicSaver
 from shared.checkpoints.store import list_checkpoints, remove_stale_temps
 from shared.evaluation import splits
 from shared.loggers import dashboards
-from shared.loggers.backends import check_backends, open_run
+from shared.loggers.backends import check_backends, mark_run, open_run, running
 from shared.loggers.base import Logger
 from shared.protocol.files import exclusive_lock, refuse_linked_folders, write_atomic
 from shared.protocol.layout import TrainDir
@@ -126,7 +126,10 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
     written = (train_dir.root, train_dir.checkpoints, train_dir.train_run) if group.is_main else ()
     folders = FolderGuard("train.py", *written)  # rank 0 writes, so rank 0 checks its folders are still there
     feedback.begin()
-    with open_run(config, train_dir, train_dir.train_run, state.step + 1, enabled=group.is_main) as logger:
+    with (
+        open_run(config, train_dir, train_dir.train_run, state.step + 1, enabled=group.is_main) as logger,
+        running(config, train_dir, enabled=group.is_main),
+    ):
         saver = periodic_saver(config, train_dir, state, ledger, stop, guard, logger)
         train_log = TrainLog(logger, progress, guard, group, device)
         dashboards.write_train_header(logger, config, state.step)
@@ -145,6 +148,7 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
                 if (lag := ledger.lag(state.step)) is not None:
                     logger.scalar("eval_lag", lag, state.step)
                 feedback.at_log_step(state.step, ledger.take(), state.scheduler, logger)  # may cut the LR, or stop
+                feedback.expect_evaluator(saver.saved, ledger.newest)
                 write_heartbeat(train_dir, state.step, group)
             save_by_time = False
             if at_log_step or not group.enabled:  # under torchrun, what one rank decides alone is agreed here
@@ -157,7 +161,10 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
         saver.close()
     progress.close()
     if group.is_main:
-        finish(train_dir, state.step, state.step >= options.steps or feedback.stopped, feedback)
+        finished = state.step >= options.steps or feedback.stopped
+        finish(train_dir, state.step, finished, feedback)
+        if not finished or ledger.newest is None:  # else eval.py ends it, once every checkpoint is evaluated
+            mark_run(config, train_dir, "FINISHED" if finished else "KILLED")
 
 
 def finish(train_dir: TrainDir, step: int, finished: bool, feedback: Feedback) -> None:

@@ -1,9 +1,12 @@
 """The MLflow backend against a real tracking server (SQLite store, on 127.0.0.1) that the tests start:
 train.py and the eval.py daemons of a train_dir log into one MLflow run, one point per step per
-evaluation, at the checkpoint's step, with nothing lost or doubled across an evaluator SIGKILL."""
+evaluation, at the checkpoint's step, with nothing lost or doubled across an evaluator SIGKILL; the run
+is RUNNING until training finished and every checkpoint is evaluated, then FINISHED (KILLED or FAILED
+when train.py is stopped or fails)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.loggers.backends import open_run
+from shared.loggers.backends import open_run, running
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records
 from shared.tasks.loading import load_config
@@ -93,12 +96,15 @@ def test_train_and_evaluators_share_one_run_across_an_evaluator_sigkill(
         wait_while_progressing(lambda: len(read_records(train_dir.results)) >= 1, trainer, "the first evaluation")
         evaluator.signal(signal.SIGKILL)  # mid-run: train.py goes on writing checkpoints
         evaluator.wait()
+        run_id = json.loads(train_dir.mlflow_run.read_text())["run_id"]
+        # Training, or finished with checkpoints left to evaluate: either way the run goes on.
+        assert MlflowClient(tracking_uri).get_run(run_id).info.status == "RUNNING"
         restarted = start("eval.py", "--train-dir", str(train_dir.root), "--idle-timeout", "120")
         assert trainer.wait_while_logging() == 0, trainer.output()
         assert restarted.wait() == 0, restarted.output()
 
     client = MlflowClient(tracking_uri)
-    run_id = json.loads(train_dir.mlflow_run.read_text())["run_id"]
+    assert client.get_run(run_id).info.status == "FINISHED", "training finished and every checkpoint is evaluated"
     runs = client.search_runs(["0"], filter_string="attributes.run_name = 'run'")  # deleted ones (a lost race) aside
     assert [r.info.run_id for r in runs] == [run_id], "one MLflow run for the whole train_dir"
     records = read_records(train_dir.results)
@@ -137,6 +143,25 @@ def test_a_run_reopened_after_a_crash_gets_no_point_twice(tmp_path: Path, tracki
     client = MlflowClient(tracking_uri)
     run_id = json.loads(train_dir.mlflow_run.read_text())["run_id"]
     assert steps(client, run_id, "eval/accuracy") == [40, 80, 120]
+
+
+@pytest.mark.parametrize("stop, status", [(KeyboardInterrupt, "KILLED"), (OSError, "FAILED")])
+def test_train_pys_run_ends_killed_or_failed_and_runs_again_on_restart(
+    tmp_path: Path, tracking_uri: str, stop: type[BaseException], status: str
+) -> None:
+    """What train.py's training loop runs in (backends.running): an interrupt or an error ends the run."""
+    config = load_config(
+        ROOT / "configs" / "digits.yaml", ["log.backends=[mlflow]", f"log.mlflow_tracking_uri={tracking_uri}"]
+    )
+    train_dir = TrainDir(tmp_path)
+    client = MlflowClient(tracking_uri)
+    run = functools.partial(open_run, config, train_dir, train_dir.train_run, purge_step=1)
+    with pytest.raises(stop), run(), running(config, train_dir):
+        raise stop
+    run_id = json.loads(train_dir.mlflow_run.read_text())["run_id"]
+    assert client.get_run(run_id).info.status == status
+    with run(), running(config, train_dir):
+        assert client.get_run(run_id).info.status == "RUNNING", "a restarted train.py runs the same run again"
 
 
 @pytest.mark.parametrize(

@@ -86,6 +86,7 @@ class PeriodicSaver:
         self.last_saved_step = self.last_requested_step = last_saved_step
         self.last_saved_time = time.monotonic()
         self.failures = 0  # failed saves in a row
+        self.saved = 0  # checkpoints this process committed
         self.snapshot = HostSnapshot()
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="checkpoint") if options.async_save else None
         self.in_flight: _Save | None = None
@@ -155,6 +156,7 @@ class PeriodicSaver:
             self._failed(pending.step, err, pending.final)
             return
         self.failures = 0
+        self.saved += 1
         self.last_saved_step = pending.step
         self.ledger.forget(deleted)
 

@@ -1,12 +1,14 @@
 """Which backends a run's summaries go to (`log.backends`), and opening them as one `Logger`.
 
 A new backend is one module with a `Logger` subclass, plus one entry in OPENERS (and in CHECKS if it
-can fail at start); train.py and eval.py do not change. docs/logging.md says what it must promise.
+can fail at start, in STATUSES if its runs have a status); train.py and eval.py do not change.
+docs/logging.md says what it must promise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from shared.config import Config, LogConfig
@@ -24,6 +26,8 @@ OPENERS: dict[str, Callable[[LogConfig, TrainDir, Path, int | None], Logger]] = 
 }
 # name -> a check at start: a backend that cannot work is one line and exit 2 before any work is done.
 CHECKS: dict[str, Callable[[LogConfig], None]] = {"mlflow": mlflow_backend.check}
+# name -> marks the train_dir's run RUNNING, FINISHED, KILLED or FAILED, for backends whose runs have a status.
+STATUSES: dict[str, Callable[[LogConfig, TrainDir, str], None]] = {"mlflow": mlflow_backend.set_status}
 
 
 def check_backends(config: Config) -> None:
@@ -45,3 +49,24 @@ def open_run(
     names = dict.fromkeys(config.log.backends)  # a backend listed twice is opened once: one writer per run
     loggers = [OPENERS[name](config.log, train_dir, run_dir, purge_step) for name in names]
     return loggers[0] if len(loggers) == 1 else Fanout(loggers)
+
+
+def mark_run(config: Config, train_dir: TrainDir, status: str) -> None:
+    """The train_dir's run status, in the backends that keep one: RUNNING, FINISHED, KILLED or FAILED."""
+    for name in dict.fromkeys(config.log.backends):
+        if name in STATUSES:
+            STATUSES[name](config.log, train_dir, status)
+
+
+@contextlib.contextmanager
+def running(config: Config, train_dir: TrainDir, enabled: bool = True) -> Iterator[None]:
+    """train.py's run: RUNNING from here on, KILLED if interrupted at once (a second Ctrl-C), FAILED if what
+    this wraps raises; how a run that comes through ends is for the caller to say (`mark_run`)."""
+    if enabled:
+        mark_run(config, train_dir, "RUNNING")
+    try:
+        yield
+    except BaseException as err:
+        if enabled:
+            mark_run(config, train_dir, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise

@@ -9,6 +9,10 @@ crashed one logged at or after it and does not send those again: one point per (
 images are artifacts named by step (`eval/confusion_matrix/step-000000200.png`), so a redone one
 replaces itself. MLflow has no PR-curve or custom-layout view: those stay in TensorBoard.
 
+The run's status follows the train_dir (`set_status`): RUNNING while train.py trains; FINISHED once
+training finished and every checkpoint is evaluated (said by the eval.py that sees it, or by train.py
+itself when no evaluator keeps a ledger); KILLED when train.py is stopped, FAILED when it fails.
+
 The mlflow package is an optional extra, imported only when this backend is configured.
 """
 
@@ -77,14 +81,36 @@ def check(options: LogConfig) -> None:
             ) from None
 
 
-def open_run(options: LogConfig, train_dir: TrainDir, run_name: str, purge_step: int | None) -> MlflowLogger:
+def connect(options: LogConfig) -> MlflowClient:
     from mlflow.tracking import MlflowClient
 
     for name, value in CLIENT_DEFAULTS.items():
         os.environ.setdefault(name, value)
-    uri = tracking_uri(options)
-    client = MlflowClient(uri)
-    return MlflowLogger(client, shared_run_id(client, train_dir, uri), run_name, purge_step)
+    return MlflowClient(tracking_uri(options))
+
+
+def open_run(options: LogConfig, train_dir: TrainDir, run_name: str, purge_step: int | None) -> MlflowLogger:
+    client = connect(options)
+    return MlflowLogger(client, shared_run_id(client, train_dir, tracking_uri(options)), run_name, purge_step)
+
+
+def set_status(options: LogConfig, train_dir: TrainDir, status: str) -> None:
+    """The train_dir's run RUNNING again, or ended FINISHED, KILLED or FAILED; nothing before any process
+    of the train_dir has logged to MLflow. A server that fails costs a warning, as a lost point does."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run_id = json.loads(train_dir.mlflow_run.read_text())["run_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no run yet, or a damaged record, which opening the run reports
+    client = connect(options)
+    try:
+        if status == "RUNNING":
+            client.update_run(run_id, status=status)
+        else:
+            client.set_terminated(run_id, status)
+    except (MlflowException, OSError) as err:
+        log.warning("MLflow run %s: could not mark it %s: %s", run_id, status, str(err).splitlines()[0])
 
 
 def shared_run_id(client: MlflowClient, train_dir: TrainDir, uri: str) -> str:

@@ -32,6 +32,10 @@ from shared.training.policies import Policies
 
 log = logging.getLogger(__name__)
 
+# Checkpoints saved with no evaluation recorded before train.py says the policies may have nothing to act on:
+# time enough for an evaluator started beside train.py to join and record its first evaluation.
+WARN_AFTER_CHECKPOINTS = 3
+
 # What a replayed decision must repeat to count as the same decision (wall_time and reason text aside).
 DECIDED = ("index", "eval_step", "applied_step", "values", "action", "old_lr", "new_lr", "lr_multiplier")
 
@@ -66,6 +70,7 @@ class Feedback:
         self._in_checkpoint = 0  # how many decisions the loaded checkpoint had applied
         self._replay: list[dict[str, Any]] = []  # logged after that checkpoint: applied again at their steps
         self._ready: list[EvalResult] = []  # ok results read from the ledger, not acted on yet
+        self._expected_evaluator = False  # said already that no evaluation has come
 
     def lr_factor(self) -> float:
         return self.multiplier
@@ -135,6 +140,25 @@ class Feedback:
             if self.group.is_main:
                 append_line(self.train_dir.decisions, _line(decision))
             self._announce(decision, logger)
+
+    def expect_evaluator(self, saved: int, newest_evaluated: int | None) -> None:
+        """Say once, when a policy is on, that `saved` checkpoints went by and no evaluation was recorded
+        (`newest_evaluated`: -1, or None when no evaluator keeps a ledger): the policies act on eval.py's
+        results only, and train.py never evaluates."""
+        if self._expected_evaluator or not self.policies.enabled or saved < WARN_AFTER_CHECKPOINTS:
+            return
+        if newest_evaluated is not None and newest_evaluated >= 0:
+            return
+        self._expected_evaluator = True
+        if self.group.is_main:
+            log.warning(
+                "%s act on eval.py's evaluations, but %s after %d checkpoints; run eval.py --train-dir %s "
+                "beside train.py, or start both with launch.py",
+                " and ".join(f"train.{name}" for name in self.policies.enabled),
+                "no eval.py has joined" if newest_evaluated is None else "eval.py has recorded none",
+                saved,
+                self.train_dir.root,
+            )
 
     def _keep(self, results: list[EvalResult]) -> None:
         """Keep the new ok results, in step order (failed and skipped ones never feed a policy)."""
