@@ -148,7 +148,7 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
                 if (lag := ledger.lag(state.step)) is not None:
                     logger.scalar("eval_lag", lag, state.step)
                 feedback.at_log_step(state.step, ledger.take(), state.scheduler, logger)  # may cut the LR, or stop
-                feedback.expect_evaluator(saver.saved, ledger.newest)
+                feedback.expect_evaluator(saver.saves, ledger.newest)
                 write_heartbeat(train_dir, state.step, group)
             save_by_time = False
             if at_log_step or not group.enabled:  # under torchrun, what one rank decides alone is agreed here

@@ -40,6 +40,7 @@ FEEDBACK_RUN = [
     "--set", "train.early_stop.patience=3",
     "--set", "train.early_stop.min_delta=100",
 ]  # fmt: skip
+NO_EVALUATION = "act on eval.py's evaluations only"  # train.py's warning when none comes
 # Evaluations of steps 40, 80, 120, 160, each applied 10 steps later: the first sets the best accuracy (the
 # policies watch eval.best_metric when they name no metric), the third is the second without improvement
 # (on_plateau.patience=2), the fourth the third (early_stop.patience=3).
@@ -107,13 +108,14 @@ def test_plateau_cuts_the_lr_at_the_expected_evaluation(uninterrupted: tuple[Tra
 
 @pytest.mark.slow
 def test_early_stop_ends_training_and_the_evaluator_finishes(uninterrupted: tuple[TrainDir, Proc, Proc]) -> None:
-    train_dir, evaluator, _ = uninterrupted
+    train_dir, evaluator, trainer = uninterrupted
     finished = json.loads(train_dir.finished.read_text())
     assert (finished["step"], finished["reason"]) == (170, "early_stop")
     assert (finished["decision"]["eval_step"], finished["decision"]["action"]) == (160, "early_stop")
     assert train_dir.checkpoint(170).exists()
     assert max(r["step"] for r in read_records(train_dir.results)) == 170  # the final checkpoint was evaluated
     assert "training finished and every checkpoint is evaluated" in evaluator.output()
+    assert NO_EVALUATION not in trainer.output(), "an evaluator recorded every checkpoint: nothing to warn about"
 
 
 @pytest.mark.slow
@@ -153,9 +155,15 @@ def evaluated(train_dir: TrainDir) -> set[int]:
 def test_without_an_evaluator_the_policies_and_max_eval_lag_never_wait(
     start: Callable[..., Proc], tmp_path: Path
 ) -> None:
-    """No ledger means no evaluator: nothing to wait for and nothing to decide; training completes."""
+    """No ledger means no evaluator: nothing to wait for and nothing to decide; training completes, and says
+    once, after WARN_AFTER_CHECKPOINTS checkpoints (at 40, 80, 120: the log step 130), that the policies need
+    an eval.py beside it."""
     train_dir = TrainDir(tmp_path / "run")
-    trainer = start("train.py", "--train-dir", str(train_dir.root), *FEEDBACK_RUN, "--set", "train.steps=80")
+    trainer = start("train.py", "--train-dir", str(train_dir.root), *FEEDBACK_RUN, "--set", "train.steps=130")
     assert trainer.wait() == 0, trainer.output()
     assert json.loads(train_dir.finished.read_text())["reason"] == "completed"
     assert not train_dir.decisions.exists() and "waiting for eval.py" not in trainer.output()
+    warnings = [line for line in trainer.output().splitlines() if NO_EVALUATION in line]
+    assert len(warnings) == 1, trainer.output()
+    for said in ("train.on_plateau and train.early_stop", "no eval.py has joined", f"--train-dir {train_dir.root}"):
+        assert said in warnings[0], warnings[0]

@@ -86,7 +86,7 @@ class PeriodicSaver:
         self.last_saved_step = self.last_requested_step = last_saved_step
         self.last_saved_time = time.monotonic()
         self.failures = 0  # failed saves in a row
-        self.saved = 0  # checkpoints this process committed
+        self.saves = 0  # this process's, committed or in flight
         self.snapshot = HostSnapshot()
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="checkpoint") if options.async_save else None
         self.in_flight: _Save | None = None
@@ -110,6 +110,7 @@ class PeriodicSaver:
         evaluated = (self.ledger.newest, dict(self.ledger.results))  # as of now, for the writing thread
         started = time.monotonic()
         self.last_requested_step, self.last_saved_time = step, started
+        self.saves += 1
         job = functools.partial(self._write_and_report, self._job(step, state, evaluated), time.monotonic() - started)
         if self.writer is None:
             future: Future = Future()
@@ -156,7 +157,6 @@ class PeriodicSaver:
             self._failed(pending.step, err, pending.final)
             return
         self.failures = 0
-        self.saved += 1
         self.last_saved_step = pending.step
         self.ledger.forget(deleted)
 

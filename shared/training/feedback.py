@@ -141,22 +141,22 @@ class Feedback:
                 append_line(self.train_dir.decisions, _line(decision))
             self._announce(decision, logger)
 
-    def expect_evaluator(self, saved: int, newest_evaluated: int | None) -> None:
-        """Say once, when a policy is on, that `saved` checkpoints went by and no evaluation was recorded
+    def expect_evaluator(self, saves: int, newest_evaluated: int | None) -> None:
+        """Say once, when a policy is on, that `saves` checkpoints went by and no evaluation was recorded
         (`newest_evaluated`: -1, or None when no evaluator keeps a ledger): the policies act on eval.py's
         results only, and train.py never evaluates."""
-        if self._expected_evaluator or not self.policies.enabled or saved < WARN_AFTER_CHECKPOINTS:
+        if self._expected_evaluator or not self.policies.enabled or saves < WARN_AFTER_CHECKPOINTS:
             return
         if newest_evaluated is not None and newest_evaluated >= 0:
             return
         self._expected_evaluator = True
         if self.group.is_main:
             log.warning(
-                "%s act on eval.py's evaluations, but %s after %d checkpoints; run eval.py --train-dir %s "
-                "beside train.py, or start both with launch.py",
+                "%s set, but %s after %d checkpoints: plateau LR cuts and early stopping act on eval.py's "
+                "evaluations only; run eval.py --train-dir %s beside train.py, or start both with launch.py",
                 " and ".join(f"train.{name}" for name in self.policies.enabled),
-                "no eval.py has joined" if newest_evaluated is None else "eval.py has recorded none",
-                saved,
+                "no eval.py has joined" if newest_evaluated is None else "eval.py has recorded no evaluation",
+                saves,
                 self.train_dir.root,
             )
 
