@@ -39,7 +39,7 @@ from shared.runtime import cli, devices, health, seeding, threads
 from shared.runtime.errors import CheckpointError, UsageError
 from shared.runtime.signals import StopRequest
 from shared.tasks import Task
-from shared.tasks.base import check_first_batch
+from shared.tasks.base import check_model_fits
 from shared.tasks.loading import build_model, build_task, load_config
 from shared.training import distributed
 from shared.training.data import DataPosition, ResumableBatches, place
@@ -198,23 +198,22 @@ def periodic_saver(
 
 
 def training_batches(config: cfg.Config, task: Task, state: TrainState, device: torch.device) -> Iterator:
-    """This rank's share of the training data, in batches, from where the resumed state left off; one
-    batch goes through the model first, so outputs the task cannot use stop the run before any step."""
+    """This rank's share of the training data, in batches, from where the resumed state left off; two
+    examples go through the model first, so outputs the task cannot use stop the run before any step."""
     data = place(splits.training_data(task), device, config.data.on_device)
-    check_first_batch(task, state.model, data, config.data.batch_size, device)
-    return iter(
-        ResumableBatches(
-            data,
-            config.data.batch_size,
-            config.seed,
-            state.position,
-            num_workers=config.data.num_workers,
-            pin_memory=device.type == "cuda",
-            rank=state.group.rank,
-            world_size=state.group.world_size,
-            collate_fn=task.collate,
-        )
-    )
+    resumable = ResumableBatches(
+        data,
+        config.data.batch_size,
+        config.seed,
+        state.position,
+        num_workers=config.data.num_workers,
+        pin_memory=device.type == "cuda",
+        rank=state.group.rank,
+        world_size=state.group.world_size,
+        collate_fn=task.collate,
+    )  # refuses a stream, which check_model_fits could not take two examples of either
+    check_model_fits(task, state.model, data, device)
+    return iter(resumable)
 
 
 def write_heartbeat(train_dir: TrainDir, step: int, group: Distributed) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -21,7 +22,7 @@ from urllib.request import Request, urlopen
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from shared.protocol.layout import TrainDir
+from shared.protocol.layout import CHECKPOINT_TEMP_RE, TrainDir
 
 if TYPE_CHECKING:
     from tests.warm_cli import WarmCli
@@ -261,6 +262,31 @@ def wait_while_progressing(
             progress.popen.kill()
             pytest.fail(f"waiting for {what}: {progress.popen.args} printed nothing for {silence}s")
         time.sleep(interval)
+
+
+def temp_files(train_dir: TrainDir) -> list[str]:
+    return [n for n in os.listdir(train_dir.checkpoints) if CHECKPOINT_TEMP_RE.match(n)]
+
+
+def newest_step(train_dir: TrainDir) -> int:
+    from shared.checkpoints.store import list_checkpoints  # imports torch: see assert_every_checkpoint_loads
+
+    found = list_checkpoints(train_dir.checkpoints)
+    return found[-1].step if found else 0
+
+
+def kill_trainer_at_some_moment(trainer: Proc, train_dir: TrainDir, rng: random.Random) -> int:
+    """SIGKILL during a checkpoint write (a temp file exists) or at a random moment between writes."""
+    before = newest_step(train_dir)
+    exited = lambda: trainer.popen.poll() is not None  # noqa: E731
+    # Kill only after this run committed a checkpoint of its own, so every run makes progress.
+    wait_while_progressing(lambda: newest_step(train_dir) > before or exited(), trainer, "a new checkpoint")
+    if rng.random() < 0.5:
+        wait_while_progressing(lambda: exited() or bool(temp_files(train_dir)), trainer, "a save", interval=0.0005)
+    else:
+        time.sleep(rng.uniform(0, 0.1))  # a random moment among the steps: the delay is the point here
+    trainer.signal(signal.SIGKILL)
+    return trainer.wait()
 
 
 def assert_every_checkpoint_loads(train_dir: TrainDir) -> None:

@@ -3,45 +3,25 @@ seen, and the resumed run's losses equal an uninterrupted run's (eval.py's side:
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from shared.checkpoints.store import list_checkpoints
-from shared.protocol.layout import CHECKPOINT_TEMP_RE, TrainDir
-from tests.conftest import SHORT_RUN, Proc, assert_every_checkpoint_loads, scalar_points, wait_while_progressing
+from shared.protocol.layout import TrainDir
+from tests.conftest import (
+    SHORT_RUN,
+    assert_every_checkpoint_loads,
+    kill_trainer_at_some_moment,
+    newest_step,
+    scalar_points,
+    temp_files,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 KILLS = 12
-
-
-def temp_files(train_dir: TrainDir) -> list[str]:
-    return [n for n in os.listdir(train_dir.checkpoints) if CHECKPOINT_TEMP_RE.match(n)]
-
-
-def newest_step(train_dir: TrainDir) -> int:
-    found = list_checkpoints(train_dir.checkpoints)
-    return found[-1].step if found else 0
-
-
-def kill_trainer_at_some_moment(trainer: Proc, train_dir: TrainDir, rng: random.Random) -> int:
-    """SIGKILL during a checkpoint write (a temp file exists) or at a random moment between writes."""
-    before = newest_step(train_dir)
-    exited = lambda: trainer.popen.poll() is not None  # noqa: E731
-    # Kill only after this run committed a checkpoint of its own, so every run makes progress.
-    wait_while_progressing(lambda: newest_step(train_dir) > before or exited(), trainer, "a new checkpoint")
-    if rng.random() < 0.5:
-        wait_while_progressing(lambda: exited() or bool(temp_files(train_dir)), trainer, "a save", interval=0.0005)
-    else:
-        time.sleep(rng.uniform(0, 0.1))  # a random moment among the steps: the delay is the point here
-    trainer.signal(signal.SIGKILL)
-    return trainer.wait()
 
 
 def test_train_killed_anywhere_resumes_to_the_same_losses(tmp_path: Path, start) -> None:

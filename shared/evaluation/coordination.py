@@ -23,7 +23,7 @@ from shared.loggers import dashboards
 from shared.loggers.backends import open_run
 from shared.loggers.base import Logger
 from shared.protocol.claims import Claims
-from shared.protocol.files import make_folder, touch, try_lock
+from shared.protocol.files import make_folder, release_lock, touch, try_lock
 from shared.protocol.layout import TrainDir, checkpoint_step
 from shared.protocol.ledger import Ledger, LedgerTail
 from shared.protocol.outcomes import OutcomeError, outcome_steps, read_outcome
@@ -136,7 +136,7 @@ class Recorder:
         for logger in self.loggers.values():
             logger.close()
         if self.lock_fd is not None:
-            os.close(self.lock_fd)
+            release_lock(self.lock_fd)
 
 
 def join_as_evaluator(train_dir: TrainDir) -> None:

@@ -18,7 +18,7 @@ from shared.metrics.base import LOSS, value_of
 from shared.protocol.results import EvalResult, SplitResult
 from shared.runtime import devices
 from shared.tasks import Task
-from shared.tasks.base import batches, check_first_batch
+from shared.tasks.base import batches, check_model_fits
 from shared.tasks.loading import build_model, build_task
 from shared.training.data import place
 
@@ -46,7 +46,7 @@ class Evaluator:
             self.model = self.model.to(memory_format=torch.channels_last)
         splits = splits or {"val": task.eval_data()}
         self.splits = {name: self._place(data, on_device) for name, data in splits.items()}
-        check_first_batch(task, self.model, next(iter(self.splits.values())), batch_size, device)
+        check_model_fits(task, self.model, next(iter(self.splits.values())), device)
 
     def _place(self, dataset: Dataset, on_device: bool) -> Dataset:
         data = place(dataset, self.device, on_device)

@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from shared import config as cfg
@@ -101,7 +102,7 @@ def _write_version(train_dir: TrainDir, model: nn.Module, config: cfg.Config, su
     for stale in (temp, final):  # left by a crash (or links planted there); never the current target
         remove_tree(stale)
     temp.mkdir()
-    save_model(model, str(temp / WEIGHTS))  # tied weights are stored once; any device, copied to the CPU
+    write_weights(model, temp / WEIGHTS)
     with open(temp / WEIGHTS, "rb") as f:
         os.fsync(f.fileno())
     # Plain writes, each fsynced, and one fsync of the folder: it is renamed into place whole.
@@ -110,6 +111,40 @@ def _write_version(train_dir: TrainDir, model: nn.Module, config: cfg.Config, su
     fsync_dir(temp)
     os.replace(temp, final)
     return final
+
+
+def write_weights(model: nn.Module, path: Path) -> None:
+    """`model`'s state dict as safetensors (any device, copied to the CPU), each tensor of shared storage
+    once: tied weights (an output layer that is the input embedding) keep their first name in the state
+    dict, and the others are recorded in the file's metadata as `{alias: stored name}`, as
+    `safetensors.torch.save_model` records them, so read_weights (and safetensors' `load_model`) restore
+    them. Views that only overlap are stored as copies."""
+    stored: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    names_by_view: dict[tuple, str] = {}
+    storages: set[tuple] = set()
+    for name, tensor in model.state_dict().items():
+        storage = (tensor.device, tensor.untyped_storage().data_ptr())
+        view = (*storage, tensor.storage_offset(), tuple(tensor.shape), tensor.stride(), tensor.dtype)
+        if view in names_by_view:
+            aliases[name] = names_by_view[view]
+            continue
+        names_by_view[view] = name
+        stored[name] = tensor.clone() if storage in storages else tensor.contiguous()
+        storages.add(storage)
+    save_file(stored, str(path), metadata=aliases)
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's state dict with the aliases write_weights recorded put back: what a plain
+    `load_state_dict(strict=True)` of a fresh model of the same class takes."""
+    with safe_open(str(path), framework="pt") as f:
+        names, aliases = f.keys(), f.metadata() or {}
+        state = {name: f.get_tensor(name) for name in names}
+    for alias, name in aliases.items():
+        if name in state and alias not in state:
+            state[alias] = state[name]
+    return state
 
 
 def _switch(train_dir: TrainDir, version: Path) -> None:
@@ -143,7 +178,7 @@ def load_weights(model: nn.Module, train_dir: TrainDir) -> dict[str, Any]:
         folder = best_folder(train_dir)
         try:
             summary = json.loads((folder / METRICS).read_text())
-            load_model(model, folder / WEIGHTS, strict=True)
+            model.load_state_dict(read_weights(folder / WEIGHTS), strict=True)
             return summary
         except FileNotFoundError as err:
             if folder == best_folder(train_dir):  # not switched meanwhile: really missing

@@ -195,20 +195,43 @@ def _repair_last_line(fd: int, path: Path) -> int:
     return end
 
 
+# The lock descriptors this process holds. A forked child (a DataLoader worker) closes its copies at once:
+# an flock lasts while any process holds a descriptor of it, so a child that outlives a SIGKILLed parent by
+# seconds would otherwise keep the lock, and refuse the restart, that long.
+_held_locks: set[int] = set()
+
+
+def _drop_inherited_locks() -> None:
+    for fd in _held_locks:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held_locks.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 def try_lock(path: Path, wait: bool = False) -> int | None:
     """An open descriptor holding an advisory lock on `path` (with our pid written in it), or None if
-    another process holds it (with `wait`, wait for it instead). The lock lasts until the descriptor is
-    closed or the process dies: the kernel releases it, so a crash never leaves a stale lock behind."""
+    another process holds it (with `wait`, wait for it instead); give it back with release_lock. The lock
+    lasts until then or until the process dies (not its forked children): the kernel releases it, so a
+    crash never leaves a stale lock behind."""
     fd = open_nofollow(path, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None
+    _held_locks.add(fd)
     with contextlib.suppress(OSError):  # the pid only helps a person; a full disk must not cost the lock
         os.ftruncate(fd, 0)
         write_all(fd, str(os.getpid()).encode())
     return fd
+
+
+def release_lock(fd: int) -> None:
+    _held_locks.discard(fd)
+    os.close(fd)
 
 
 @contextlib.contextmanager
@@ -222,4 +245,4 @@ def exclusive_lock(path: Path, what: str, wait: bool = False) -> Iterator[None]:
     try:
         yield
     finally:
-        os.close(fd)
+        release_lock(fd)

@@ -13,11 +13,11 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 from shared.config import DataConfig, ModelConfig
 from shared.metrics.base import Metric
-from shared.runtime import devices
+from shared.runtime import devices, seeding
 
 
 class Task(ABC):
@@ -68,7 +68,12 @@ class Task(ABC):
         return {}
 
     def check_outputs(self, outputs: Any, targets: Any) -> None:
-        """Called once at start with one batch's outputs: raise UsageError for outputs the metrics cannot use."""
+        """Called once at start with two examples' outputs: raise UsageError for outputs the metrics cannot use."""
+        return None
+
+    def check_targets(self, targets: Any) -> None:
+        """Called once at start with every target of an in-memory dataset (a TensorDataset), else with two
+        examples' targets: raise UsageError for targets the loss or metrics cannot use."""
         return None
 
     def examples(self, inputs: Any, targets: Any) -> int:
@@ -110,18 +115,37 @@ def batches(task: Task, data: Dataset, batch_size: int, pin_memory: bool = False
     return DataLoader(data, batch_size=batch_size, collate_fn=task.collate, pin_memory=pin_memory)
 
 
-@torch.no_grad()
-def check_first_batch(task: Task, model: nn.Module, data: Dataset, batch_size: int, device: torch.device) -> None:
-    """One batch through the model before any work, so outputs the task's metrics cannot use (a width that
-    is not the number of classes, say) are one clear UsageError at start rather than a failure at step 1.
+# Examples the start-up check sends through the model: two, not one, so a model that squeezes the batch
+# dimension away still shows it; never a full batch, whose forward would cost what an evaluation step does.
+CHECKED_EXAMPLES = 2
 
-    The model runs in eval mode and is put back as it was: no running statistics or RNG state change.
+
+def first_examples(task: Task, data: Dataset, count: int = CHECKED_EXAMPLES) -> Any:
+    """The first `count` examples as one batch, made as `batches` makes them but without a DataLoader: an
+    iterated DataLoader draws its seed from the global RNG, which a resumed run must not touch."""
+    count = min(count, len(data))  # type: ignore[arg-type]
+    if isinstance(data, TensorDataset) and task.collate is None:
+        return tuple(t[:count] for t in data.tensors)
+    return (task.collate or default_collate)([data[i] for i in range(count)])
+
+
+def check_model_fits(task: Task, model: nn.Module, data: Dataset, device: torch.device) -> None:
+    """Two examples through the model before any work, so outputs the task's metrics cannot use (a width
+    that is not the number of classes, say) are one clear UsageError at start rather than a failure at step
+    1; then the targets, all of them when the data is in memory (a TensorDataset), else those two.
+
+    The model runs in eval mode and is put back as it was, and the RNGs too (a dataset may draw as it reads
+    an example): no running statistics or RNG state change, so a resumed run goes on from the RNG state its
+    checkpoint restored.
     """
-    inputs, targets = devices.to_device(next(iter(batches(task, data, batch_size))), device, task.channels_last)
     training = model.training
     model.eval()
     try:
-        outputs = task.forward(model, inputs)
+        with torch.no_grad(), seeding.rng_untouched():
+            inputs, targets = devices.to_device(first_examples(task, data), device, task.channels_last)
+            outputs = task.forward(model, inputs)
     finally:
         model.train(training)
     task.check_outputs(outputs, targets)
+    in_memory = isinstance(data, TensorDataset) and task.collate is None and len(data.tensors) == 2
+    task.check_targets(data.tensors[1] if in_memory else targets)

@@ -66,6 +66,9 @@ class ClassificationTask(Task):
                 f"task {type(self).__name__}: the model outputs {width} values per example but class_names has "
                 f"{classes} classes; make the model's last layer {classes} wide or fix class_names"
             )
+
+    def check_targets(self, targets: torch.Tensor) -> None:
+        classes = len(self.class_names)
         low, high = int(targets.min()), int(targets.max())
         if low < 0 or high >= classes:
             bad = high if high >= classes else low

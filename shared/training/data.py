@@ -7,10 +7,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from shared.config import ConfigError
+from shared.runtime import seeding
 
 
 @dataclass
@@ -44,7 +46,13 @@ class ResumableBatches:
         world_size: int = 1,
         collate_fn: Callable[[list[Any]], Any] | None = None,
     ) -> None:
-        self.size = len(dataset)  # type: ignore[arg-type]
+        if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+            raise ConfigError(
+                f"the task's training data is a stream ({type(dataset).__name__}, an IterableDataset or one without "
+                "__len__), which train.py cannot resume at the example it stopped at; return a map-style Dataset "
+                "(__len__ and __getitem__), e.g. a datasets.Dataset loaded without streaming=True"
+            )
+        self.size = len(dataset)
         if batch_size * world_size > self.size:
             raise ConfigError(
                 f"data.batch_size: {batch_size} per rank x {world_size} rank(s) must be <= the training set's size "
@@ -90,13 +98,36 @@ class ResumableBatches:
             yield tuple(t[index].pin_memory() if pin else t[index] for t in tensors)
 
     def _loader_batches(self) -> Iterator[Any]:
-        remaining = self.epoch_batches(self.position.epoch)[self.position.batch :]
+        epoch, first = self.position.epoch, self.position.batch
+        remaining: list[Any] = self.epoch_batches(epoch)[first:]
+        dataset = self.dataset
+        if self.loader_options["num_workers"]:
+            dataset = SeededReads(self.dataset)
+            remaining = [(self.batch_seed(epoch, first + i), batch) for i, batch in enumerate(remaining)]
         # Its own generator: a DataLoader draws its workers' base seed from the global RNG otherwise,
         # and the extra loader a resume creates mid-epoch would shift dropout masks after it.
-        generator = self.epoch_generator(self.position.epoch)
-        for batch in DataLoader(self.dataset, batch_sampler=remaining, generator=generator, **self.loader_options):
+        generator = self.epoch_generator(epoch)
+        for batch in DataLoader(dataset, batch_sampler=remaining, generator=generator, **self.loader_options):
             self.position.batch += 1
             yield batch
+
+    def batch_seed(self, epoch: int, batch: int) -> int:
+        """The seed a worker reads this rank's batch `batch` of `epoch` under."""
+        return int(np.random.SeedSequence([self.seed, epoch, batch, self.rank]).generate_state(1)[0])
+
+
+class SeededReads(Dataset):
+    """A dataset read a batch at a time by `(seed, indices)` keys: each batch's examples are read under the
+    Python, NumPy and torch RNGs seeded with its seed. Only in DataLoader workers, whose RNGs are their own."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __getitems__(self, key: tuple[int, list[int]]) -> list[Any]:
+        seed, indices = key
+        seeding.seed_everything(seed)
+        read_many = getattr(self.dataset, "__getitems__", None)
+        return read_many(indices) if read_many else [self.dataset[i] for i in indices]
 
 
 def place(dataset: Dataset, device: torch.device, on_device: bool) -> Dataset:
