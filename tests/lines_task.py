@@ -49,6 +49,7 @@ class LinesTask(Task):
 
     ModelConfig = LinesModel
     DataConfig = LinesData
+    best_metric = "perplexity"  # chooses best/ and is what early stopping watches
 
     def build_model(self) -> nn.Module:
         return ByteGRU(self.model_config.hidden)

@@ -27,10 +27,7 @@ RUN = [
 
 def config(tmp_path: Path, task: str, data: str) -> str:
     path = tmp_path / "task.yaml"
-    path.write_text(
-        f"task: tests.resume_tasks:{task}\nmodel: {{hidden: 16}}\ndata: {{batch_size: 32{data}}}\n"
-        "eval: {best_metric: loss}\n"
-    )
+    path.write_text(f"task: tests.resume_tasks:{task}\nmodel: {{hidden: 16}}\ndata: {{batch_size: 32{data}}}\n")
     return str(path)
 
 

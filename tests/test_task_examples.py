@@ -1,7 +1,8 @@
-"""docs/tasks.md's three examples, as written there: the classifier is tests/custom_task.py (which other
-tests train), and the regression and the language model are written out from the page into a user's own
-folder outside the checkout and trained and evaluated there, as the page says: the checkout's train.py and
-eval.py run by their absolute paths from that folder, which is how the task module is found."""
+"""docs/tasks.md's three examples, as written there: the classifier is tests/custom_task.py and the language
+model tests/lines_task.py (which other tests train), and the regression and the language model are written out
+from the page into a user's own folder outside the checkout and trained and evaluated there, as the page says:
+the checkout's train.py and eval.py run by their absolute paths from that folder, which is how the task module
+is found."""
 
 from __future__ import annotations
 
@@ -38,9 +39,10 @@ def named_files() -> dict[str, str]:
     return named
 
 
-def test_the_pages_classifier_is_the_tested_custom_task() -> None:
+def test_the_pages_classifier_and_language_model_are_the_tested_modules() -> None:
     python = [text for language, text in code_blocks() if language == "python"]
     assert python[0] == (ROOT / "tests" / "custom_task.py").read_text()
+    assert named_files()["lines_task.py"] == (ROOT / "tests" / "lines_task.py").read_text()  # tests/resume_tasks.py
 
 
 def commands_from_your_folder() -> list[list[str]]:
