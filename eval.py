@@ -128,7 +128,7 @@ def evaluate(checkpoint: Checkpoint, evaluator: Evaluator, train_dir: TrainDir, 
         if result.status == "ok":
             for split, scores in result.splits.items():
                 log.info("step %d %s: %s", step, split, " ".join(f"{k}={v:.4f}" for k, v in scores.metrics.items()))
-            export.export_if_best(train_dir, evaluator.model, config, result)
+            export.export_if_best(train_dir, evaluator.task, evaluator.model, config, result)
     seconds = round(time.perf_counter() - started, 4)
     return dataclasses.replace(result, wall_time=wall_time, seconds=seconds, evaluator=this_evaluator())
 

@@ -91,7 +91,7 @@ def train_step(
     state.optimizer.zero_grad(set_to_none=True)
     loss_sum, examples, tokens = torch.zeros((), device=device), 0, None
     for micro in range(1, options.grad_accum_steps + 1):
-        inputs, targets = devices.to_device(next(batches), device, task.channels_last)
+        inputs, targets = task.split(devices.to_device(next(batches), device, task.channels_last))
         with distributed.gradient_sync(state.forward, micro == options.grad_accum_steps):
             with devices.autocast(device, options.precision):
                 loss = task.loss(task.forward(state.forward, inputs), targets)

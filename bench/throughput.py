@@ -97,7 +97,7 @@ def training_parts(setup: Setup) -> tuple[Task, torch.nn.Module, torch.optim.Opt
     batches = iter(ResumableBatches(data, config.data.batch_size, config.seed, DataPosition(), collate_fn=task.collate))
 
     def step() -> None:
-        inputs, targets = devices.to_device(next(batches), device, task.channels_last)
+        inputs, targets = task.split(devices.to_device(next(batches), device, task.channels_last))
         optimizer.zero_grad(set_to_none=True)
         with devices.autocast(device, config.train.precision):
             loss = task.loss(task.forward(model, inputs), targets)

@@ -92,7 +92,7 @@ class Evaluator:
                 metric.to(self.device)
         loss_sum, examples = torch.zeros((), dtype=torch.float64, device=self.device), 0
         for batch in batches(task, data, self.batch_size, pin_memory=self.device.type == "cuda"):
-            inputs, targets = devices.to_device(batch, self.device, task.channels_last)
+            inputs, targets = task.split(devices.to_device(batch, self.device, task.channels_last))
             with devices.autocast(self.device, self.precision):
                 outputs = task.forward(self.model, inputs)
                 loss = task.loss(outputs, targets)

@@ -1,4 +1,5 @@
-"""`<train_dir>/best/`: the best evaluated weights, as safetensors, with the config and metrics beside them.
+"""`<train_dir>/best/`: the best evaluated weights, as safetensors, with the config and metrics beside them,
+and what the task adds for other tools (a Hugging Face model's config.json and tokenizer: Task.export_files).
 
 An evaluator exports the weights it holds in memory right after scoring a checkpoint, before that
 step's ledger record: train.py's retention may delete the checkpoint file as soon as the record is
@@ -31,6 +32,7 @@ from shared.protocol.files import exclusive_lock, fsync_dir, remove_tree, write_
 from shared.protocol.layout import BEST_VERSION_RE, TrainDir
 from shared.protocol.results import EvalResult, RecordError
 from shared.runtime.errors import CheckpointError, RunAborted, UsageError
+from shared.tasks import Task
 from shared.tasks.loading import build_task, load_config
 
 log = logging.getLogger(__name__)
@@ -56,9 +58,9 @@ def read_best(train_dir: TrainDir) -> dict[str, Any] | None:
 
 
 def export_if_best(
-    train_dir: TrainDir, model: nn.Module, config: cfg.Config, candidate: EvalResult
+    train_dir: TrainDir, task: Task, model: nn.Module, config: cfg.Config, candidate: EvalResult
 ) -> dict[str, Any] | None:
-    """Make `model`'s weights best/ if `candidate` beats the current best by eval.best_metric.
+    """Make `model`'s weights (with `task`'s files) best/ if `candidate` beats the current best by eval.best_metric.
 
     Returns the new metrics.json contents, or None when the current best stays.
     """
@@ -70,7 +72,7 @@ def export_if_best(
             return None
         summary = _summary(candidate, metric, upwards)
         try:
-            _switch(train_dir, _write_version(train_dir, model, config, summary))
+            _switch(train_dir, _write_version(train_dir, task, model, config, summary))
         except (OSError, SafetensorError) as err:  # disk full, read-only: the step has no record yet, so a restart
             remove_tree(train_dir.best_version(candidate.step, temp=True))  # redoes it
             raise RunAborted(
@@ -96,15 +98,19 @@ def _summary(best: EvalResult, metric: str, upwards: bool) -> dict[str, Any]:
     }
 
 
-def _write_version(train_dir: TrainDir, model: nn.Module, config: cfg.Config, summary: dict[str, Any]) -> Path:
+def _write_version(
+    train_dir: TrainDir, task: Task, model: nn.Module, config: cfg.Config, summary: dict[str, Any]
+) -> Path:
     """Write a complete, fsynced `.best-<step>` folder (through a temp name) and return it."""
     temp, final = train_dir.best_version(summary["step"], temp=True), train_dir.best_version(summary["step"])
     for stale in (temp, final):  # left by a crash (or links planted there); never the current target
         remove_tree(stale)
     temp.mkdir()
     write_weights(model, temp / WEIGHTS)
-    with open(temp / WEIGHTS, "rb") as f:
-        os.fsync(f.fileno())
+    task.export_files(model, temp)
+    for written in temp.iterdir():
+        with open(written, "rb") as f:
+            os.fsync(f.fileno())
     # Plain writes, each fsynced, and one fsync of the folder: it is renamed into place whole.
     write_synced(temp / CONFIG, cfg.to_yaml(config).encode())
     write_synced(temp / METRICS, (json.dumps(summary, indent=2) + "\n").encode())

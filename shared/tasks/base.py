@@ -1,14 +1,17 @@
 """The Task interface: everything train.py and eval.py need to know about one problem.
 
 A task is a model, its training and evaluation data, and a loss. Batches are `(inputs, targets)`, each a
-tensor or any nesting of dicts, lists and tuples of tensors; train.py and eval.py move them to the
-device as they are and hand them back to the task's own `forward`, `loss` and metrics.
+tensor or any nesting of dicts, lists and tuples of tensors, or a dict alone (a Hugging Face batch, whose
+`labels` are the targets); train.py and eval.py move them to the device as they are and hand them back to
+the task's own `forward`, `loss` and metrics. The defaults serve a Hugging Face model as it is: a dict's
+keys become keyword arguments, and the loss is the `loss` the model returns.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -18,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 from shared.config import DataConfig, ModelConfig
 from shared.metrics.base import Metric
 from shared.runtime import devices, seeding
+from shared.runtime.errors import UsageError
 
 
 class Task(ABC):
@@ -51,17 +55,33 @@ class Task(ABC):
     @abstractmethod
     def eval_data(self) -> Dataset: ...
 
-    @abstractmethod
     def loss(self, outputs: Any, targets: Any) -> torch.Tensor:
-        """The mean loss over the batch, a 0-d tensor."""
+        """The mean loss over the batch, a 0-d tensor; by default the one the model computed itself (a Hugging
+        Face `ModelOutput.loss`, given `labels`)."""
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else getattr(outputs, "loss", None)
+        if not isinstance(loss, torch.Tensor):
+            raise UsageError(
+                f"{type(self).__name__}: the model's outputs ({type(outputs).__name__}) hold no loss; define "
+                f"loss(outputs, targets) in {type(self).__name__}, or pass labels to a Hugging Face model"
+            )
+        return loss
 
     def test_data(self) -> Dataset | None:
         """A held-out test set for `eval.splits: [..., test]`; None when the task has none."""
         return None
 
+    def split(self, batch: Any) -> tuple[Any, Any]:
+        """A batch as `(inputs, targets)`: a dict batch is all inputs, and its `labels` (None without) the
+        targets, as Hugging Face models take them; any other batch is the pair itself."""
+        if isinstance(batch, Mapping):
+            return batch, batch.get("labels")
+        inputs, targets = batch
+        return inputs, targets
+
     def forward(self, model: nn.Module, inputs: Any) -> Any:
-        """The model's outputs for a batch's inputs; override for models that need more than one call."""
-        return model(inputs)
+        """The model's outputs for a batch's inputs: a dict goes in as keyword arguments (`model(**inputs)`),
+        anything else as one argument. Override for models that need more than one call."""
+        return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
 
     def build_metrics(self) -> Mapping[str, Metric]:
         """Name -> a fresh metric, for one split of one evaluation (`loss` is always measured besides)."""
@@ -88,6 +108,16 @@ class Task(ABC):
         """How many tokens a batch holds, for `tokens_per_sec` (a 0-d tensor counts without a host sync);
         None, the default, for tasks without tokens."""
         return None
+
+    def export_files(self, model: nn.Module, folder: Path) -> None:
+        """Files best/ holds beside the weights, for other tools: by default a Hugging Face model's config.json
+        (and generation_config.json), what `from_pretrained(best_dir)` needs besides model.safetensors."""
+        hf_config = getattr(model, "config", None)
+        if hasattr(hf_config, "to_json_file"):
+            hf_config.to_json_file(folder / "config.json")
+        generation = getattr(model, "generation_config", None)
+        if hasattr(generation, "to_json_file"):
+            generation.to_json_file(folder / "generation_config.json")
 
     @property
     def channels_last(self) -> bool:
@@ -132,7 +162,8 @@ def first_examples(task: Task, data: Dataset, count: int = CHECKED_EXAMPLES) -> 
 def check_model_fits(task: Task, model: nn.Module, data: Dataset, device: torch.device) -> None:
     """Two examples through the model before any work, so outputs the task's metrics cannot use (a width
     that is not the number of classes, say) are one clear UsageError at start rather than a failure at step
-    1; then the targets, all of them when the data is in memory (a TensorDataset), else those two.
+    1; then the targets, all of them when the data is in memory (a TensorDataset), else those two; then
+    the loss, which a task that defines none takes from the model's outputs.
 
     The model runs in eval mode and is put back as it was, and the RNGs too (a dataset may draw as it reads
     an example): no running statistics or RNG state change, so a resumed run goes on from the RNG state its
@@ -142,10 +173,11 @@ def check_model_fits(task: Task, model: nn.Module, data: Dataset, device: torch.
     model.eval()
     try:
         with torch.no_grad(), seeding.rng_untouched():
-            inputs, targets = devices.to_device(first_examples(task, data), device, task.channels_last)
+            inputs, targets = task.split(devices.to_device(first_examples(task, data), device, task.channels_last))
             outputs = task.forward(model, inputs)
     finally:
         model.train(training)
     task.check_outputs(outputs, targets)
     in_memory = isinstance(data, TensorDataset) and task.collate is None and len(data.tensors) == 2
     task.check_targets(data.tensors[1] if in_memory else targets)
+    task.loss(outputs, targets)  # a model that returns no loss, in a task that defines none, is refused here
