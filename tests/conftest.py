@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # process took cost more than they compute (shared/runtime/threads.py). tests/test_threads.py starts its processes
 # cold without it, to see the defaults.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Nothing the tests run reaches the Hugging Face Hub: models are random-init, tokenizers trained here.
+os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
 # Files a test keeps for people to look at (screenshots); listed at the end of the pytest run.
 ARTIFACTS = ROOT / "test-artifacts"
 _kept: list[Path] = []

@@ -1,8 +1,8 @@
-"""docs/tasks.md's three examples, as written there: the classifier is tests/custom_task.py and the language
-model tests/lines_task.py (which other tests train), and the regression and the language model are written out
-from the page into a user's own folder outside the checkout and trained and evaluated there, as the page says:
-the checkout's train.py and eval.py run by their absolute paths from that folder, which is how the task module
-is found."""
+"""docs/tasks.md's examples, as written there: the classifier is tests/custom_task.py and the language model
+tests/lines_task.py (which other tests train), and the regression, the language model and the Hugging Face
+model are written out from the page into a user's own folder outside the checkout and trained and evaluated
+there, as the page says: the checkout's train.py and eval.py run by their absolute paths from that folder,
+which is how the task module is found."""
 
 from __future__ import annotations
 
@@ -59,6 +59,7 @@ def commands_from_your_folder() -> list[list[str]]:
     [
         pytest.param("sine", "r2", lambda value: value > 0.8, id="regression"),
         pytest.param("lines", "perplexity", lambda value: value < 6, id="language-model"),
+        pytest.param("hf_lines", "perplexity", lambda value: value < 12, id="hugging-face"),
     ],
 )
 def test_a_pages_example_trains_and_evaluates(tmp_path: Path, start, example: str, metric: str, good_enough) -> None:

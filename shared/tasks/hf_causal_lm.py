@@ -59,8 +59,8 @@ class HFCausalLMModel(config.Section):
 
 
 class HFCausalLMData(config.DataConfig):
-    train_files: list[str] = []  # paths or glob patterns
-    eval_files: list[str] = []
+    train_files: list[str] = Field(default_factory=list)  # paths or glob patterns
+    eval_files: list[str] = Field(default_factory=list)
     format: Literal["text", "json", "csv", "parquet"] = "text"  # of the files; text: one document a line
     dataset: str | None = None  # a folder written by datasets' save_to_disk (a DatasetDict, or one Dataset)
     train_split: str = "train"
@@ -201,7 +201,9 @@ class HFCausalLMTask(Task):
                 hf_config = AutoConfig.for_model(self.model_config.model_type, **options)
         except (OSError, ValueError, KeyError) as err:
             reason = str(err).strip().splitlines()[0]
-            raise ConfigError(f"model: not a transformers config ({reason}); see model.model_type or model.config_file")
+            raise ConfigError(
+                f"model: not a transformers config ({reason}); check model.model_type or model.config_file"
+            ) from None
         if hf_config.vocab_size < vocab:
             raise ConfigError(f"model.vocab_size: {hf_config.vocab_size} is below the tokenizer's {vocab} tokens")
         positions = getattr(hf_config, "max_position_embeddings", None)
