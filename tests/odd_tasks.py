@@ -38,6 +38,12 @@ class MislabelledBlobsTask(BlobsTask):
         return nn.Linear(2, 2)
 
 
+class LosslessBlobsTask(BlobsTask):
+    """Task's default loss, the model's own `outputs.loss`, for a model that returns a plain tensor."""
+
+    loss = Task.loss
+
+
 class FailingBlobsTask(BlobsTask):
     """The task's own code raises on the weights of one checkpoint (its first bias set to BOOM)."""
 

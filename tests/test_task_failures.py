@@ -1,5 +1,6 @@
 """Task code that fails is isolated: a task raising while the daemon evaluates one checkpoint fails that
-checkpoint only, and a classifier whose outputs do not fit its class names is refused at start."""
+checkpoint only, and a classifier whose outputs do not fit its class names, or a task whose model returns no
+loss and that defines none, is refused at start."""
 
 from __future__ import annotations
 
@@ -59,9 +60,10 @@ def test_a_task_that_raises_on_one_checkpoint_fails_only_that_one(tmp_path: Path
     [
         pytest.param("NarrowBlobsTask", "outputs 3 values per example but class_names has 4 classes", id="width"),
         pytest.param("MislabelledBlobsTask", "a target is class 2, outside the 2 classes", id="target"),
+        pytest.param("LosslessBlobsTask", "(Tensor) hold no loss; define loss(outputs, targets) in", id="no-loss"),
     ],
 )
-def test_a_classifier_that_does_not_fit_its_class_names_is_exit_2(tmp_path: Path, start, task: str, named: str) -> None:
+def test_a_task_whose_outputs_it_cannot_score_is_exit_2(tmp_path: Path, start, task: str, named: str) -> None:
     trainer = start("train.py", "--train-dir", str(tmp_path / "run"), "--config", blobs_config(tmp_path, task), *BLOBS)
     assert trainer.wait() == 2
     lines = trainer.output().strip().splitlines()
