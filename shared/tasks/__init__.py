@@ -7,7 +7,7 @@ own (`task: mypackage.module:MyTask`); shared/tasks/loading.py finds it. docs/ta
 
 from __future__ import annotations
 
-from shared.tasks.base import Task
+from shared.tasks.base import Keywords, Task
 from shared.tasks.classification import ClassificationTask
 
-__all__ = ["ClassificationTask", "Task"]
+__all__ = ["ClassificationTask", "Keywords", "Task"]

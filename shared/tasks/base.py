@@ -3,8 +3,8 @@
 A task is a model, its training and evaluation data, and a loss. Batches are `(inputs, targets)`, each a
 tensor or any nesting of dicts, lists and tuples of tensors, or a dict alone (a Hugging Face batch, whose
 `labels` are the targets); train.py and eval.py move them to the device as they are and hand them back to
-the task's own `forward`, `loss` and metrics. The defaults serve a Hugging Face model as it is: a dict's
-keys become keyword arguments, and the loss is the `loss` the model returns.
+the task's own `forward`, `loss` and metrics. The defaults serve a Hugging Face model as it is: a dict
+batch's keys become keyword arguments, and the loss is the `loss` the model returns.
 """
 
 from __future__ import annotations
@@ -22,6 +22,11 @@ from shared.config import DataConfig, ModelConfig
 from shared.metrics.base import Metric
 from shared.runtime import devices, seeding
 from shared.runtime.errors import UsageError
+
+
+class Keywords(dict):
+    """Inputs that Task.forward passes to the model as keyword arguments: a dict batch's (a Hugging Face
+    batch's `input_ids`, `attention_mask`, `labels`), or a pair's inputs a task's collate marks so."""
 
 
 class Task(ABC):
@@ -71,17 +76,17 @@ class Task(ABC):
         return None
 
     def split(self, batch: Any) -> tuple[Any, Any]:
-        """A batch as `(inputs, targets)`: a dict batch is all inputs, and its `labels` (None without) the
-        targets, as Hugging Face models take them; any other batch is the pair itself."""
+        """A batch as `(inputs, targets)`: a dict batch is all `Keywords` inputs, and its `labels` (None
+        without) the targets, as Hugging Face models take them; any other batch is the pair itself."""
         if isinstance(batch, Mapping):
-            return batch, batch.get("labels")
+            return Keywords(batch), batch.get("labels")
         inputs, targets = batch
         return inputs, targets
 
     def forward(self, model: nn.Module, inputs: Any) -> Any:
-        """The model's outputs for a batch's inputs: a dict goes in as keyword arguments (`model(**inputs)`),
-        anything else as one argument. Override for models that need more than one call."""
-        return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+        """The model's outputs for a batch's inputs: `Keywords` go in as keyword arguments (`model(**inputs)`),
+        anything else (a dict of a pair's inputs too) as one argument. Override for models that need more."""
+        return model(**inputs) if isinstance(inputs, Keywords) else model(inputs)
 
     def build_metrics(self) -> Mapping[str, Metric]:
         """Name -> a fresh metric, for one split of one evaluation (`loss` is always measured besides)."""
