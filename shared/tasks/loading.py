@@ -32,6 +32,7 @@ BUILTIN_TASKS = {
     "synthetic": "shared.tasks.synthetic:SyntheticTask",
     "regression": "shared.tasks.regression:RegressionTask",
     "language_model": "shared.tasks.language:LanguageModelTask",
+    "span_qa": "shared.tasks.span_qa:SpanQATask",
     "hf_causal_lm": "shared.tasks.hf_causal_lm:HFCausalLMTask",  # the hf extra
 }
 DEFAULT_TASK = cfg.Config.model_fields["task"].default
