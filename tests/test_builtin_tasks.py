@@ -40,6 +40,12 @@ RUNS = {
         "--set", "train.early_stop.patience=1", "--set", "train.early_stop.min_delta=1000",
         "--set", "checkpoint.every_steps=20", "--set", "log.every_steps=10",
     ],
+    "span_qa": [
+        "--set", "model.dim=32", "--set", "model.layers=1", "--set", "data.train_examples=1000",
+        "--set", "data.eval_examples=200", "--set", "data.batch_size=32", "--set", "train.steps=80",
+        "--set", "train.lr=0.003", "--set", "train.warmup_steps=5",
+        "--set", "checkpoint.every_steps=20", "--set", "log.every_steps=10",
+    ],
 }  # fmt: skip
 
 
@@ -76,7 +82,13 @@ def language_model_run(
     yield from finished_run("language_model", tmp_path_factory, warm_scripts)
 
 
-BEST = {"regression": ("r2", max), "language_model": ("perplexity", min)}  # each task's own, in its direction
+@pytest.fixture(scope="module")
+def span_qa_run(tmp_path_factory: pytest.TempPathFactory, warm_scripts: WarmCli) -> Iterator[tuple[TrainDir, Callable]]:
+    yield from finished_run("span_qa", tmp_path_factory, warm_scripts)
+
+
+# Each task's own best metric, in its direction.
+BEST = {"regression": ("r2", max), "language_model": ("perplexity", min), "span_qa": ("f1", max)}
 
 
 def adhoc(start, train_dir: TrainDir, checkpoint: str) -> dict:
@@ -86,7 +98,7 @@ def adhoc(start, train_dir: TrainDir, checkpoint: str) -> dict:
     return json.loads(line)
 
 
-@pytest.mark.parametrize("run", ["regression_run", "language_model_run"])
+@pytest.mark.parametrize("run", ["regression_run", "language_model_run", "span_qa_run"])
 def test_every_declared_metric_is_recorded_plotted_and_equal_ad_hoc(request: pytest.FixtureRequest, run: str) -> None:
     train_dir, start = request.getfixturevalue(run)
     config = load_config(train_dir.config)
@@ -126,3 +138,11 @@ def test_the_language_model_stops_early_on_perplexity_below_the_unigram_baseline
     baseline = build_task(load_config(train_dir.config)).unigram_perplexity()
     assert records[-1]["metrics"]["perplexity"] < baseline
     assert [step for step, _ in scalar_points(train_dir.train_run, "tokens_per_sec")] == [10, 20, 30, 40, 50]
+
+
+def test_the_span_reader_learns_to_point_at_the_answer(span_qa_run: tuple[TrainDir, Callable]) -> None:
+    train_dir, _ = span_qa_run
+    records = read_records(train_dir.results)
+    f1 = [r["metrics"]["f1"] for r in records]
+    assert f1[-1] > f1[0] and f1[-1] > 0.3, f1  # an untrained reader: F1 0.17 (partial overlaps)
+    assert all(r["metrics"]["exact_match"] <= r["metrics"]["f1"] + 1e-9 for r in records)
