@@ -54,25 +54,37 @@ class HFCausalLMModel(config.Section):
     """A transformers config: these keys, plus any other the architecture knows (`n_layer`, `hidden_size`...)."""
 
     model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False, protected_namespaces=())
-    model_type: str = "gpt2"  # ignored when config_file names one (its own model_type counts)
-    config_file: str | None = None  # a local config.json, or the folder holding it
+    model_type: str = Field(
+        "gpt2", description="the transformers architecture (gpt2, llama, ...); any other key here is its config's"
+    )
+    config_file: str | None = Field(
+        None, description="a local config.json (or its folder) to start from; the keys here override it"
+    )
 
 
 class HFCausalLMData(config.DataConfig):
-    train_files: list[str] = Field(default_factory=list)  # paths or glob patterns
-    eval_files: list[str] = Field(default_factory=list)
-    format: Literal["text", "json", "csv", "parquet"] = "text"  # of the files; text: one document a line
-    dataset: str | None = None  # a folder written by datasets' save_to_disk (a DatasetDict, or one Dataset)
-    train_split: str = "train"
-    eval_split: str = "validation"
-    text_column: str = "text"
-    tokenizer: str | None = None  # a tokenizer.json, or the folder holding one; None: train one
-    vocab_size: int = Field(1024, ge=300, le=config.MAX_COUNT)  # of the trained tokenizer (256 bytes + merges)
-    eos_token: str = "<|endoftext|>"  # ends each document
-    context: int = Field(128, ge=2, le=1_000_000)  # tokens per example
-    train_chars: int = Field(200_000, ge=1000, le=config.MAX_COUNT)  # the generated grammar, without files
-    eval_chars: int = Field(20_000, ge=100, le=config.MAX_COUNT)
-    corpus_seed: config.Seed = 0
+    train_files: list[str] = Field(
+        default_factory=list, description="training text: paths or glob patterns; none: the generated grammar"
+    )
+    eval_files: list[str] = Field(default_factory=list, description="held-out text, as train_files")
+    format: Literal["text", "json", "csv", "parquet"] = Field(
+        "text", description="of the files; text: a document a line, else data.text_column holds it"
+    )
+    dataset: str | None = Field(None, description="instead of files: a folder written by datasets' save_to_disk")
+    train_split: str = Field("train", description="data.dataset's split for training")
+    eval_split: str = Field("validation", description="data.dataset's split for evaluation")
+    text_column: str = Field("text", description="the column that holds the text (json, csv, parquet, a dataset)")
+    tokenizer: str | None = Field(
+        None, description="a local tokenizer.json (or its folder); null: a byte-level BPE trained on the training text"
+    )
+    vocab_size: int = Field(1024, ge=300, le=config.MAX_COUNT, description="of the trained tokenizer")
+    eos_token: str = Field("<|endoftext|>", description="the token that ends each document")
+    context: int = Field(128, ge=2, le=1_000_000, description="tokens per example")
+    train_chars: int = Field(
+        200_000, ge=1000, le=config.MAX_COUNT, description="characters of generated grammar, without files"
+    )
+    eval_chars: int = Field(20_000, ge=100, le=config.MAX_COUNT, description="held-out generated characters")
+    corpus_seed: config.Seed = Field(0, description="seeds the generated grammar")
 
 
 def require_extra() -> None:

@@ -66,18 +66,18 @@ def vocabulary() -> dict[str, int]:
 
 
 class SpanQAModel(config.Section):
-    dim: int = Field(64, ge=8, le=65_536)
-    layers: int = Field(2, ge=1, le=1024)
-    heads: int = Field(4, ge=1, le=1024)
-    dropout: config.Fraction = 0.0
+    dim: int = Field(64, ge=8, le=65_536, description="the encoder's width; a multiple of heads")
+    layers: int = Field(2, ge=1, le=1024, description="transformer blocks")
+    heads: int = Field(4, ge=1, le=1024, description="attention heads per block")
+    dropout: config.Fraction = Field(0.0, description="dropout in every block, in training only")
 
 
 class SpanQAData(config.DataConfig):
-    train_examples: int = Field(4000, ge=10, le=1_000_000)
-    eval_examples: int = Field(500, ge=10, le=1_000_000)
-    facts: int = Field(3, ge=1, le=5)  # per example: one answers the question, the others distract
-    max_answer_tokens: int = Field(4, ge=1, le=MAX_TOKENS)  # the decoder's longest span
-    corpus_seed: config.Seed = 0
+    train_examples: int = Field(4000, ge=10, le=1_000_000, description="generated training examples")
+    eval_examples: int = Field(500, ge=10, le=1_000_000, description="generated evaluation examples")
+    facts: int = Field(3, ge=1, le=5, description="facts per example: one answers the question, the others distract")
+    max_answer_tokens: int = Field(4, ge=1, le=MAX_TOKENS, description="the longest span the decoder answers")
+    corpus_seed: config.Seed = Field(0, description="seeds the generated examples")
 
 
 def example(rng: random.Random, facts: int) -> tuple[list[str], tuple[int, int]]:
