@@ -86,3 +86,15 @@ def test_eval_cost_smoke(tmp_path: Path) -> None:
         assert f"| {part} |" in text
     assert "not called" not in text, "a part names a function eval.py no longer calls"
     assert "| weights file beside it (now) | cold |" in text
+
+
+@pytest.mark.slow
+def test_hf_checkpoint_smoke(tmp_path: Path) -> None:
+    text = run_smoke("bench.hf_checkpoint", tmp_path / "results.md")
+    assert "## Hugging Face GPT-2: checkpoint files and ad hoc evaluation (smoke)" in text
+    assert "| model | parameters | what | trainval | reference | x reference |" in text
+    for what in ("save: loop stall (s), median", "checkpoint (weights + AdamW) (MiB)", "best/model.safetensors (MiB)"):
+        assert f"| {what} |" in text
+    for what in ("wall (s)", "peak RSS (MiB)"):
+        row = next(line for line in text.splitlines() if f"eval.py --checkpoint latest: {what}" in line)
+        assert " x" not in row and ("meets" in row or "misses" in row), row
