@@ -97,4 +97,4 @@ def test_hf_checkpoint_smoke(tmp_path: Path) -> None:
         assert f"| {what} |" in text
     for what in ("wall (s)", "peak RSS (MiB)"):
         row = next(line for line in text.splitlines() if f"eval.py --checkpoint latest: {what}" in line)
-        assert " x" not in row and ("meets" in row or "misses" in row), row
+        assert "meets" in row or "misses" in row, row
