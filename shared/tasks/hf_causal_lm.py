@@ -8,7 +8,7 @@ architecture, random-init from its config, trained on local text; nothing is dow
   of `data.vocab_size` trained from the training text with `tokenizers` (deterministic: eval.py trains the
   same one again).
 - text: `data.train_files`/`data.eval_files` (text, one document a line; or json, csv, parquet with a
-  `data.text_column`), a folder saved by `datasets`' `save_to_disk` (`data.dataset`), or with neither the
+  `data.text_column`), a `DatasetDict` saved by `datasets`' `save_to_disk` (`data.dataset`), or with neither the
   language_model task's generated grammar.
 
 Documents are tokenized, joined with the end-of-text token and cut into windows of `data.context` tokens.
@@ -70,7 +70,7 @@ class HFCausalLMData(config.DataConfig):
     format: Literal["text", "json", "csv", "parquet"] = Field(
         "text", description="of the files; text: a document a line, else data.text_column holds it"
     )
-    dataset: str | None = Field(None, description="instead of files: a folder written by datasets' save_to_disk")
+    dataset: str | None = Field(None, description="instead of files: a DatasetDict's folder (datasets' save_to_disk)")
     train_split: str = Field("train", description="data.dataset's split for training")
     eval_split: str = Field("validation", description="data.dataset's split for evaluation")
     text_column: str = Field("text", description="the column that holds the text (json, csv, parquet, a dataset)")
@@ -118,12 +118,13 @@ def texts(data: HFCausalLMData, split: int) -> list[str]:
             raise ConfigError(f"data.dataset: {folder} is not a folder written by datasets' save_to_disk")
         loaded = datasets.load_from_disk(str(folder))
         wanted = (data.train_split, data.eval_split)[split]
-        if isinstance(loaded, datasets.DatasetDict):
-            if wanted not in loaded:
-                raise ConfigError(
-                    f"data.{name}_split: {folder} has no split {wanted!r}; its splits: {', '.join(loaded)}"
-                )
-            loaded = loaded[wanted]
+        if not isinstance(loaded, datasets.DatasetDict):
+            raise ConfigError(
+                f"data.dataset: {folder} holds one Dataset; save a DatasetDict with train and eval splits"
+            )
+        if wanted not in loaded:
+            raise ConfigError(f"data.{name}_split: {folder} has no split {wanted!r}; its splits: {', '.join(loaded)}")
+        loaded = loaded[wanted]
     elif data.train_files:
         files = _paths((data.train_files, data.eval_files)[split], f"data.{name}_files")
         if not files:
