@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import ROOT, add_results_option, report
+from bench.common import ROOT, add_results_option, report, results_file
 from shared.protocol.layout import TrainDir, weights_name
 from shared.runtime import devices
 
@@ -166,7 +166,7 @@ def main() -> None:
         f"{TARGET_TIME} x."
     )
     title = "Hugging Face GPT-2: checkpoint files and ad hoc evaluation" + (" (smoke)" if args.smoke else "")
-    report(title, header, rows, devices.resolve("auto"), args.results, "\n".join(notes))
+    report(title, header, rows, devices.resolve("auto"), results_file(args), "\n".join(notes))
 
 
 if __name__ == "__main__":
