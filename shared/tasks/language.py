@@ -112,16 +112,19 @@ def windows(stream: torch.Tensor, context: int) -> TensorDataset:
 
 
 class TinyTransformer(nn.Module):
-    """A decoder-only transformer: token and position embeddings, pre-norm causal blocks, a linear head."""
+    """A decoder-only transformer: token and position embeddings, pre-norm causal blocks, a linear head (to
+    the vocabulary, or to `outputs` values per position)."""
 
-    def __init__(self, vocab: int, context: int, dim: int, layers: int, heads: int, dropout: float) -> None:
+    def __init__(
+        self, vocab: int, context: int, dim: int, layers: int, heads: int, dropout: float, outputs: int | None = None
+    ) -> None:
         super().__init__()
         self.tokens = nn.Embedding(vocab, dim)
         self.positions = nn.Embedding(context, dim)
         block = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout, batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, vocab)
+        self.head = nn.Linear(dim, outputs or vocab)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         length = tokens.shape[1]

@@ -23,33 +23,27 @@ from shared import config
 from shared.metrics.base import Metric
 from shared.metrics.qa import ExactMatch, TokenF1
 from shared.tasks.base import Task
+from shared.tasks.language import LanguageModel, TinyTransformer
 
 PAD, CLS, SEP = "[PAD]", "[CLS]", "[SEP]"
 NAMES = ["maria", "tom", "aisha", "kenji", "olga", "pedro", "lena", "omar", "sofia", "ivan", "mei", "david"]
-SLOTS = {  # a fact's template, its question, and the answers it may hold (several words, some of them)
-    "city": (
-        "{name} lives in {value} .",
-        "where does {name} live ?",
-        ["paris", "buenos aires", "new york", "cairo", "san francisco", "oslo", "hong kong", "lima", "rome"],
-    ),
-    "job": (
-        "{name} works as a {value} .",
-        "what does {name} work as ?",
-        ["doctor", "bus driver", "software engineer", "baker", "night nurse", "pilot", "high school teacher"],
-    ),
-    "year": (
-        "{name} was born in {value} .",
-        "when was {name} born ?",
-        ["1950", "1961", "1973", "1984", "1990", "1999", "2003", "the spring of 1988", "the winter of 1979"],
-    ),
-    "pet": (
-        "{name} has a {value} .",
-        "what pet does {name} have ?",
-        ["cat", "black dog", "small grey rabbit", "parrot", "goldfish", "old horse", "white cat"],
-    ),
-}
+# Per slot: a fact's template, its question, and the answers it may hold (comma-separated; several words, some).
+SLOTS = {
+    "city": ("{name} lives in {value} .", "where does {name} live ?", "paris, buenos aires, new york, cairo, "
+             "san francisco, oslo, hong kong, lima, rome"),
+    "job": ("{name} works as a {value} .", "what does {name} work as ?", "doctor, bus driver, software engineer, "
+            "baker, night nurse, pilot, high school teacher"),
+    "year": ("{name} was born in {value} .", "when was {name} born ?", "1950, 1961, 1973, 1984, 1990, 1999, 2003, "
+             "the spring of 1988, the winter of 1979"),
+    "pet": ("{name} has a {value} .", "what pet does {name} have ?", "cat, black dog, small grey rabbit, parrot, "
+            "goldfish, old horse, white cat"),
+}  # fmt: skip
 IGNORED = ("a", "the", "of", ".", "?")  # SQuAD's normalization leaves articles and punctuation out of F1
 MAX_TOKENS = 64  # [CLS] question [SEP] up to data.facts facts [SEP], padded
+
+
+def answers(listed: str) -> list[str]:
+    return listed.split(", ")
 
 
 @functools.cache
@@ -57,19 +51,12 @@ def vocabulary() -> dict[str, int]:
     words = {
         word
         for template, question, values in SLOTS.values()
-        for text in (template, question, *values)
+        for text in (template, question, *answers(values))
         for word in text.split()
     }
     words |= set(NAMES)
     words -= {"{name}", "{value}"}
     return {word: index for index, word in enumerate([PAD, CLS, SEP, *sorted(words)])}
-
-
-class SpanQAModel(config.Section):
-    dim: int = Field(64, ge=8, le=65_536, description="the encoder's width; a multiple of heads")
-    layers: int = Field(2, ge=1, le=1024, description="transformer blocks")
-    heads: int = Field(4, ge=1, le=1024, description="attention heads per block")
-    dropout: config.Fraction = Field(0.0, description="dropout in every block, in training only")
 
 
 class SpanQAData(config.DataConfig):
@@ -84,7 +71,7 @@ def example(rng: random.Random, facts: int) -> tuple[list[str], tuple[int, int]]
     """One example's tokens and its answer span (first and last position)."""
     people = rng.sample(NAMES, facts)
     slots = [rng.choice(list(SLOTS)) for _ in people]
-    values = [rng.choice(SLOTS[slot][2]) for slot in slots]
+    values = [rng.choice(answers(SLOTS[slot][2])) for slot in slots]
     asked = rng.randrange(facts)
     question = SLOTS[slots[asked]][1].format(name=people[asked]).split()
     tokens, span = [CLS, *question, SEP], (0, 0)
@@ -109,18 +96,13 @@ def generate(count: int, facts: int, seed: int) -> TensorDataset:
     return TensorDataset(ids, spans)
 
 
-class SpanReader(nn.Module):
-    """A transformer encoder over the whole input that scores each position as the answer's start and end;
-    positions outside the facts (the question, the separators, padding) get a logit far below any other."""
+class SpanReader(TinyTransformer):
+    """The language model's embeddings and blocks, attending both ways (padding masked), with a head that
+    scores each position as the answer's start and end; positions outside the facts (the question, the
+    separators, padding) get a logit far below any other."""
 
     def __init__(self, vocab: int, dim: int, layers: int, heads: int, dropout: float) -> None:
-        super().__init__()
-        self.tokens = nn.Embedding(vocab, dim)
-        self.positions = nn.Embedding(MAX_TOKENS, dim)
-        block = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout, batch_first=True, norm_first=True)
-        self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, 2)
+        super().__init__(vocab, MAX_TOKENS, dim, layers, heads, dropout, outputs=2)
 
     def forward(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         padding = input_ids == vocabulary()[PAD]
@@ -133,7 +115,7 @@ class SpanReader(nn.Module):
 
 
 class SpanQATask(Task):
-    ModelConfig = SpanQAModel
+    ModelConfig = LanguageModel  # the same encoder options: dim, layers, heads, dropout
     DataConfig = SpanQAData
     best_metric = "f1"
 
