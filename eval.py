@@ -201,15 +201,16 @@ def run_daemon(args: argparse.Namespace, train_dir: TrainDir, device: torch.devi
     deadline = started + (math.inf if args.idle_timeout is None else args.idle_timeout)
     hint = functools.partial(waiting_for_train_dir, train_dir, existed, started)
     stop = StopRequest(on_stop=woken.set)
-    # The daemon may start before train.py, but never creates the train_dir: a mistyped one stays absent.
+    # The daemon may start before train.py, but writes nothing until the folder is a train_dir (config.yaml
+    # there): a mistyped --train-dir stays absent, and a folder that is not a train_dir stays as it was.
     if not wait_for(train_dir.root.is_dir, woken.wait, stop, deadline, hint):
         return 0
     refuse_linked_folders(train_dir.checkpoints)  # eval/ and the split runs are checked as they are made
-    join_as_evaluator(train_dir)  # before config.yaml exists: train.py's retention then keeps checkpoints for us
     with CheckpointWatcher(train_dir, args.poll) as watcher:
         stop.on_stop = watcher.wake
         if not wait_for(train_dir.config.exists, watcher.wait, stop, deadline, hint):
             return 0
+        join_as_evaluator(train_dir)  # within a second of config.yaml, before retention may retire anything
         took_threads = threads.apply(threads.choose("eval", args.threads, train_dir))  # train.py, if any, has its lock
         config = read_config(args, train_dir)
         check_backends(config)
@@ -345,8 +346,6 @@ def main(argv: list[str]) -> int:
         if not train_dir.root.is_dir():
             raise UsageError(f"--train-dir {train_dir.root} does not exist; check the path")
         return run_adhoc(args, train_dir, device)
-    if not train_dir.root.parent.is_dir():
-        raise UsageError(f"--train-dir {train_dir.root}: its parent folder does not exist; check the path")
     return run_daemon(args, train_dir, device)
 
 

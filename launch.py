@@ -9,6 +9,8 @@ name. Ctrl-C or SIGTERM is passed on to all three as SIGTERM (train.py saves a c
 Ctrl-C is passed on as SIGINT, which stops train.py at once. When one process fails, the others are
 stopped and launch.py exits with its code; after a clean stop it exits 0. TensorBoard keeps serving after
 training and evaluation are done, until you stop it, or, with --exit-when-done (the demo), stops then too.
+TensorBoard never stops training: on a port already in use it serves on a free one (the URL is printed),
+and if it fails anyway, training and evaluation go on without it (one warning line).
 
 With --folds K it cross-validates: folds 0..K-1 one after the other, each a train.py and an eval.py in
 its own train_dir `<train-dir>/fold-<i>` (`data.folds=K`, `data.fold=i`), then prints each metric's mean
@@ -23,6 +25,7 @@ import ctypes
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -73,7 +76,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.add_argument(f"--{role}-threads", type=cli.number(int, 1, MAX_COUNT), metavar="N", help=help_text)
     parser.add_argument("--host", default="localhost", help="TensorBoard's address (default: localhost)")
     parser.add_argument(
-        "--port", type=cli.number(int, 0, 65535), default=6006, help="TensorBoard's port (0: a free one)"
+        "--port",
+        type=cli.number(int, 0, 65535),
+        default=6006,
+        help="TensorBoard's port (0, or one already in use: a free one)",
     )
     parser.add_argument(
         "--exit-when-done", action="store_true", help="stop TensorBoard too once training and evaluation are done"
@@ -122,6 +128,19 @@ def thread_options(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         "--threads",
         str(args.eval_threads or threads.SHARE),
     ]
+
+
+def free_port(host: str, wanted: int) -> int | None:
+    """`wanted` if TensorBoard can listen there now, else a free port (the system's choice); None when it can
+    listen nowhere on `host` (an address this machine does not have)."""
+    for port in (wanted, 0):
+        try:
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+            with socket.create_server((host, port), family=family) as server:
+                return server.getsockname()[1]
+        except OSError:
+            continue
+    return None
 
 
 _PR_SET_PDEATHSIG = 1  # prctl(2)
@@ -221,7 +240,10 @@ class Launcher:
                 continue
             codes[name] = code = code if code >= 0 else 128 - code  # killed by signal N: 128 + N, as shells say
             self.say("launch", f"{name} exited with code {code}")
-            if code != 0:
+            if name == "tensorboard":
+                if code != 0 and self.deadline is None:
+                    self.say("launch", f"warning: TensorBoard failed (its lines above); {self.without_tensorboard()}")
+            elif code != 0:
                 failure = failure or code
                 self.stop(f"{name} failed")
             elif self.names - {"tensorboard"} <= codes.keys() and self.deadline is None:
@@ -237,9 +259,15 @@ class Launcher:
             parts.append(
                 f"best checkpoint: step {best['step']}, {best['metric']}={best['value']:.4f} in {self.train_dir.best}"
             )
-        if "tensorboard" in self.procs:
+        if "tensorboard" in self.procs and self.procs["tensorboard"].poll() is None:
             parts.append("stopping TensorBoard" if self.exit_when_done else "TensorBoard keeps serving: Ctrl-C to stop")
         return "; ".join(parts)
+
+    def without_tensorboard(self) -> str:
+        return (
+            "training and evaluation go on without it; to see the curves: "
+            f"{Path(sys.executable).parent / 'tensorboard'} --logdir {self.train_dir.root} --port 0"
+        )
 
 
 def cross_validate(args: argparse.Namespace) -> int:
@@ -264,12 +292,20 @@ def cross_validate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    # A fresh clone has no runs/: made here, for the demo's and the docs' runs/NAME (train.py makes the rest).
+    args.train_dir.parent.mkdir(parents=True, exist_ok=True)
     if args.folds:
         return cross_validate(args)
-    return Launcher(
-        services(args, args.train_dir), TrainDir(args.train_dir), args.stop_timeout, args.exit_when_done
-    ).run()
+    wanted, args.port = args.port, free_port(args.host, args.port)
+    stack = [s for s in services(args, args.train_dir) if s.name != "tensorboard" or args.port is not None]
+    launcher = Launcher(stack, TrainDir(args.train_dir), args.stop_timeout, args.exit_when_done)
+    if args.port is None:
+        launcher.say("launch", f"warning: TensorBoard cannot listen on {args.host}; {launcher.without_tensorboard()}")
+    else:
+        taken = f"port {wanted} is in use (an earlier TensorBoard?), so " if wanted not in (0, args.port) else ""
+        launcher.say("launch", f"{taken}TensorBoard serves on http://{args.host}:{args.port}/")
+    return launcher.run()
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    cli.run("launch.py", main)

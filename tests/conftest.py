@@ -236,9 +236,11 @@ def fill_disk(folder: Path, leave: int = 0) -> Path:
 START_GUARD = 600
 
 
-def wait_for_ledger(train_dir: TrainDir) -> None:
-    """eval.py has started, joined the train_dir and opened its ledger."""
-    wait_until(train_dir.results.exists, START_GUARD, "eval.py to open its ledger")
+def wait_for_watching(evaluator: Proc) -> None:
+    """The eval.py daemon has started and watches its folder for train.py's config.yaml: it joins (opens its
+    ledger, which train.py's retention reads) the moment that appears, long before train.py's first checkpoint."""
+    watching = lambda: "waiting for train.py to write" in evaluator.output()  # noqa: E731
+    wait_until(watching, START_GUARD, "eval.py to watch its train_dir")
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:

@@ -19,7 +19,7 @@ from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records
 from shared.tasks.loading import build_task, load_config
 from shared.tasks.regression import diabetes_split
-from tests.conftest import Proc, process_starter, scalar_points, wait_for_ledger
+from tests.conftest import Proc, process_starter, scalar_points, wait_for_watching
 from tests.warm_cli import WarmCli
 
 pytestmark = pytest.mark.slow
@@ -59,7 +59,7 @@ def finished_run(
     train_dir.root.mkdir()  # the daemon waits for train.py in an existing train_dir (it never creates one)
     with process_starter(folder, warm) as start:
         evaluator = start("eval.py", "--train-dir", str(train_dir.root))
-        wait_for_ledger(train_dir)
+        wait_for_watching(evaluator)
         trainer = start(
             "train.py", "--train-dir", str(train_dir.root), "--config", str(folder / "config.yaml"), *RUNS[name]
         )

@@ -18,7 +18,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.long]
 # gets a train_dir of its own, which it must not create.
 CASES = [
     ("eval.py", "--train-dir {tmp}/missing --checkpoint latest", "does not exist"),
-    ("eval.py", "--train-dir {tmp}/no/such/parent", "parent folder does not exist"),
     ("eval.py", "--train-dir {tmp}/empty --checkpoint latest", "not a train_dir (no config.yaml); point --train"),
     ("train.py", "--train-dir {tmp}/empty", "has no config.yaml to resume from; pass --config"),
     ("train.py", "--train-dir {tmp}/a-file --config configs/digits.yaml", "is a file, not a folder"),

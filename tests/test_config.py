@@ -332,25 +332,18 @@ def test_train_cli_bad_set_exits_2_with_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-@pytest.mark.parametrize(
-    ("mode", "fragment"),
-    [
-        pytest.param(["--checkpoint", "latest"], "does not exist", id="adhoc-missing-dir"),
-        pytest.param(["--idle-timeout", "1"], "its parent folder does not exist", id="daemon-missing-parent"),
-    ],
-)
-def test_eval_cli_missing_train_dir_exits_2_with_one_line(tmp_path: Path, mode: list[str], fragment: str) -> None:
-    """eval.py refuses a --train-dir it cannot use (ad hoc: missing; daemon: missing parent, since the daemon
-    may create the folder and wait for train.py) with exit code 2 and one line naming it, no traceback."""
+def test_eval_cli_missing_train_dir_exits_2_with_one_line(tmp_path: Path) -> None:
+    """eval.py ad hoc refuses a --train-dir that does not exist with exit code 2 and one line naming it, no
+    traceback (the daemon waits for train.py to create it instead: tests/test_end_to_end.py)."""
     missing = tmp_path / "no-such-parent" / "run"
-    result = _run_cli("eval.py", "--train-dir", str(missing), "--device", "cpu", *mode)
+    result = _run_cli("eval.py", "--train-dir", str(missing), "--device", "cpu", "--checkpoint", "latest")
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("eval.py: error: --train-dir ")
     assert str(missing) in lines[0]
-    assert fragment in lines[0]
+    assert "does not exist" in lines[0]
     assert not missing.parent.exists()
 
 

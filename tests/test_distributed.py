@@ -23,7 +23,7 @@ from shared.evaluation.export import load_best, read_best
 from shared.protocol.layout import METADATA, TrainDir
 from shared.protocol.ledger import read_records
 from shared.runtime.errors import CheckpointError
-from tests.conftest import ROOT, Proc, RunsCodeWhenUnpickled, scalar_points, wait_for_ledger, wait_until
+from tests.conftest import ROOT, Proc, RunsCodeWhenUnpickled, scalar_points, wait_for_watching, wait_until
 from tests.test_feedback import EXPECTED, FEEDBACK_RUN, decided
 
 # Tiny: a few seconds per torchrun launch on 2 cores, most of it start-up.
@@ -92,7 +92,7 @@ def test_fsdp_folders_are_evaluated_in_one_process_and_steer_both_ranks(tmp_path
     LR and stop early at the same steps as one process does (tests/test_feedback.py)."""
     train_dir = TrainDir(tmp_path)
     evaluator = start("eval.py", "--train-dir", str(tmp_path))
-    wait_for_ledger(train_dir)
+    wait_for_watching(evaluator)
     trainer = torchrun(start, tmp_path, *FEEDBACK_RUN, *TINY, "--set", "train.strategy=fsdp")
     assert trainer.wait() == 0, trainer.output()
     assert evaluator.wait() == 0, evaluator.output()

@@ -15,7 +15,7 @@ from shared.evaluation.export import read_best
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records, read_results
 from shared.protocol.results import best_of
-from tests.conftest import SHORT_RUN, scalar_points, wait_for_ledger, wait_until, wait_while_progressing
+from tests.conftest import SHORT_RUN, scalar_points, wait_for_watching, wait_until, wait_while_progressing
 
 pytestmark = [pytest.mark.slow, pytest.mark.long]
 
@@ -48,7 +48,7 @@ def test_train_and_eval_daemon_end_to_end(tmp_path: Path, start) -> None:
     train_dir = TrainDir(tmp_path / "run")
     train_dir.root.mkdir()
     evaluator = start("eval.py", "--train-dir", str(train_dir.root), "--idle-timeout", "120", cold=True)
-    wait_for_ledger(train_dir)
+    wait_for_watching(evaluator)
     trainer = start("train.py", "--train-dir", str(train_dir.root), *SHORT_RUN, cold=True)
     assert trainer.wait() == 0, trainer.output()
     assert evaluator.wait() == 0, evaluator.output()
@@ -83,18 +83,18 @@ def test_train_and_eval_daemon_end_to_end(tmp_path: Path, start) -> None:
 
 
 def test_a_waiting_daemon_says_so_every_30s_and_never_creates_the_train_dir(tmp_path: Path, start) -> None:
-    """eval.py started before train.py created its train_dir (or on a mistyped one): it names the absolute
-    path and that the folder did not exist, says so again 30 s later, creates nothing, and follows train.py
-    once train.py creates the folder."""
-    train_dir = TrainDir(tmp_path / "run")
+    """eval.py started before train.py created its train_dir and the train_dir's parent (a fresh clone's runs/,
+    or a mistyped path): it names the absolute path and that the folder did not exist, says so again 30 s
+    later, creates nothing, and follows train.py once train.py creates the folder."""
+    train_dir = TrainDir(tmp_path / "runs" / "run")
     (tmp_path / "elsewhere").mkdir()
-    evaluator = start("eval.py", "--train-dir", str(tmp_path / "elsewhere" / ".." / "run"))  # resolved in the hint
+    evaluator = start("eval.py", "--train-dir", str(tmp_path / "elsewhere" / ".." / "runs" / "run"))  # resolved
     hint = re.compile(r"waiting for train.py to create (\S+) \(waited (\d+)s; it did not exist when eval.py started")
     hints = lambda: hint.findall(evaluator.output())  # noqa: E731
     wait_until(lambda: len(hints()) >= 2, 120, "a second hint, 30 s after the first (a timer, not CPU work)")
     (first, at_first), (again, at_again) = hints()[:2]
     assert first == again == str(train_dir.root.resolve()) and int(at_again) - int(at_first) >= 30, hints()
-    assert not train_dir.root.exists(), "the waiting daemon created the train_dir"
+    assert not train_dir.root.parent.exists(), "the waiting daemon created the train_dir's parent"
 
     trainer = start("train.py", "--train-dir", str(train_dir.root), *SHORT_RUN, "--set", "train.steps=40")
     assert trainer.wait() == 0, trainer.output()
@@ -102,12 +102,41 @@ def test_a_waiting_daemon_says_so_every_30s_and_never_creates_the_train_dir(tmp_
     assert [r["step"] for r in read_records(train_dir.results)] == [40]
 
 
+def tree(folder: Path) -> dict[str, tuple[bytes | None, int, int]]:
+    """Every entry under `folder`, itself included: a file's bytes, and each one's mode and mtime (a folder's
+    changes when an entry is made or removed in it, even one removed again)."""
+    entries = {}
+    for path in (folder, *folder.rglob("*")):
+        stat = path.lstat()
+        entries[str(path.relative_to(folder))] = (
+            path.read_bytes() if path.is_file() else None,
+            stat.st_mode,
+            stat.st_mtime_ns,
+        )
+    return entries
+
+
+def test_a_daemon_writes_nothing_into_a_folder_that_is_not_a_train_dir(tmp_path: Path, start) -> None:
+    """eval.py pointed at an existing folder without config.yaml (`--train-dir docs`, say) says what it waits
+    for and writes nothing there: stopped, it leaves the folder as it was, byte for byte."""
+    folder = tmp_path / "docs"
+    (folder / "images").mkdir(parents=True)
+    (folder / "usage.md").write_text("# not a train_dir\n")
+    before = tree(folder)
+    evaluator = start("eval.py", "--train-dir", str(folder))
+    wait_for_watching(evaluator)
+    evaluator.signal(signal.SIGTERM)
+    assert evaluator.wait() == 0, evaluator.output()
+    assert f"waiting for train.py to write {folder.resolve() / 'config.yaml'}" in evaluator.output()
+    assert tree(folder) == before
+
+
 def test_eval_killed_and_restarted_gives_one_point_per_step(tmp_path: Path, start) -> None:
     train_dir = TrainDir(tmp_path / "run")
     train_dir.root.mkdir()
     run = [*SHORT_RUN, "--set", "train.steps=600", "--set", "checkpoint.every_steps=20"]
     evaluator = start("eval.py", "--train-dir", str(train_dir.root), "--idle-timeout", "120")
-    wait_for_ledger(train_dir)
+    wait_for_watching(evaluator)
     trainer = start("train.py", "--train-dir", str(train_dir.root), *run)
     wait_while_progressing(lambda: len(read_records(train_dir.results)) >= 3, trainer, "three evaluations")
     evaluator.signal(signal.SIGKILL)

@@ -14,7 +14,7 @@ from shared.protocol.layout import BEST_VERSION_RE, TrainDir
 from shared.protocol.ledger import read_records, read_results
 from shared.protocol.results import best_of
 from shared.tasks.loading import load_config
-from tests.conftest import scalar_points, wait_for_ledger
+from tests.conftest import scalar_points, wait_for_watching
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ def test_best_outlives_retention_and_two_splits_share_tags(tmp_path: Path, start
     train_dir.root.mkdir()
     root = str(train_dir.root)
     evaluator = start("eval.py", "--train-dir", root, *TWO_SPLITS, "--idle-timeout", "60")
-    wait_for_ledger(train_dir)
+    wait_for_watching(evaluator)
     (tmp_path / "frozen.yaml").write_text(FROZEN)
     trainer = start("train.py", "--train-dir", root, "--config", str(tmp_path / "frozen.yaml"))
     assert trainer.wait() == 0, trainer.output()

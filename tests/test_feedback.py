@@ -26,7 +26,7 @@ from tests.conftest import (
     Proc,
     process_starter,
     scalar_points,
-    wait_for_ledger,
+    wait_for_watching,
     wait_while_progressing,
 )
 from tests.warm_cli import WarmCli
@@ -48,11 +48,11 @@ EXPECTED = [(40, 50, "none"), (80, 90, "none"), (120, 130, "reduce_lr"), (160, 1
 
 
 def start_pair(start: Callable[..., Proc], train_dir: TrainDir) -> tuple[Proc, Proc]:
-    """eval.py first, so its ledger exists before train.py's first save (max_eval_lag then waits for it). The
-    train_dir exists first: a daemon never creates one, it waits for it."""
+    """eval.py first, watching, so it opens its ledger as train.py writes config.yaml, before train.py's first
+    save (max_eval_lag then waits for it). The folder exists first, so the daemon watches it at once."""
     train_dir.root.mkdir(exist_ok=True)
     evaluator = start("eval.py", "--train-dir", str(train_dir.root))
-    wait_for_ledger(train_dir)
+    wait_for_watching(evaluator)
     return evaluator, start("train.py", "--train-dir", str(train_dir.root), *FEEDBACK_RUN)
 
 

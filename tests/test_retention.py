@@ -17,7 +17,7 @@ from shared.protocol.ledger import read_records
 from shared.protocol.outcomes import write_outcome
 from shared.runtime import threads
 from shared.tasks.digits import DigitsData, DigitsModel, DigitsTask
-from tests.conftest import SHORT_RUN, scalar_points, wait_for_ledger
+from tests.conftest import SHORT_RUN, scalar_points, wait_for_watching
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def test_a_slow_evaluator_gets_every_checkpoint(tmp_path: Path, start) -> None:
     # Every core too, not the evaluator's share it would take beside the trainer: slow on purpose.
     slow = ["--set", "eval.batch_size=1", "--set", "eval.max_examples=60", "--threads", str(threads.host_cores())]
     evaluator = start("eval.py", "--train-dir", str(train_dir.root), *slow)
-    wait_for_ledger(train_dir)
+    wait_for_watching(evaluator)
     run = [
         *SHORT_RUN,
         "--set", "train.steps=60",

@@ -140,7 +140,8 @@ class Recorder:
 
 
 def join_as_evaluator(train_dir: TrainDir) -> None:
-    """Make eval/ and the ledger exist: an existing ledger tells train.py's retention an evaluator is here."""
+    """Make eval/ and the ledger exist: an existing ledger tells train.py's retention an evaluator is here.
+    eval.py calls it once config.yaml exists: a daemon writes nothing into a folder that is not a train_dir."""
     make_folder(train_dir.eval_run)
     touch(train_dir.results)
 
