@@ -1,5 +1,6 @@
-# Two commands for a newcomer: `make demo` (set up, then train + evaluate digits, then TensorBoard until
-# Ctrl-C) and `make test` (set up, then the system tools, lint and the whole test suite: what CI runs).
+# Two commands for a newcomer: `make demo` (set up what running needs, then train + evaluate digits, then
+# TensorBoard until Ctrl-C) and `make test` (the same set-up plus the dev tools, then the system tools, lint
+# and the whole test suite: what CI runs).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -21,9 +22,15 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check
 
 .PHONY: demo test lint clean
 
+# What running needs (torch, then the project's dependencies), and on top of it the dev extras (pytest, ruff,
+# playwright, MLflow...) that only `make test` needs.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) "$(TORCH)"
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) -e '.[dev]'
 	touch $@
 
@@ -45,7 +52,7 @@ demo: $(VENV)/.installed
 		$(VENV)/bin/tensorboard --logdir $(DEMO_DIR) --port $(PORT) 2>/dev/null; \
 	fi
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 

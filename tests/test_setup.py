@@ -1,6 +1,6 @@
 """Set-up: where `make` takes torch from (PyPI's CUDA build on a GPU machine, PyTorch's CPU index elsewhere,
 or what TORCH_INDEX says), read from `make -n` with a fake nvidia-smi on PATH, and the Dockerfile choosing
-through the same script."""
+through the same script; `make demo` installs what running needs, `make test` the dev tools too."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ FAKE_SMI = {
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
 
 
-def torch_install(tmp_path: Path, nvidia_smi: str | None, **variables: str) -> str:
-    """The pip command `make` would run to install torch into a fresh venv, with nvidia-smi faked as given."""
+def make_plan(tmp_path: Path, target: str, nvidia_smi: str | None = None, **variables: str) -> list[str]:
+    """The commands `make target` would run with a fresh venv (`{venv}` in target), nvidia-smi faked as given."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     if nvidia_smi is not None:
@@ -36,15 +36,29 @@ def torch_install(tmp_path: Path, nvidia_smi: str | None, **variables: str) -> s
     env["PATH"] = f"{bin_dir}:{env['PATH']}"
     overrides = [f"{name}={value}" for name, value in variables.items()]
     plan = subprocess.run(
-        ["make", "-n", f"{venv}/.installed", f"VENV={venv}", *overrides],
+        ["make", "-n", target.format(venv=venv), f"VENV={venv}", *overrides],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    (line,) = [line for line in plan.splitlines() if "pip install" in line and " -e " not in line]
+    return plan.splitlines()
+
+
+def torch_install(tmp_path: Path, nvidia_smi: str | None, **variables: str) -> str:
+    """The pip command `make` would run to install torch into a fresh venv."""
+    plan = make_plan(tmp_path, "{venv}/.installed", nvidia_smi, **variables)
+    (line,) = [line for line in plan if "pip install" in line and " -e " not in line]
     return line
+
+
+def test_the_demo_installs_what_running_needs_and_the_tests_add_the_dev_tools(tmp_path: Path) -> None:
+    projects = {
+        target: [line.split(" -e ", 1)[1] for line in make_plan(tmp_path, target) if " -e " in line]
+        for target in ("demo", "test")
+    }
+    assert projects == {"demo": ["."], "test": [".", "'.[dev]'"]}, projects
 
 
 def index_of(pip_command: str) -> str | None:
