@@ -22,7 +22,7 @@ def test_digits_yaml_loads_with_its_values() -> None:
     """The shipped config resolves to typed sections holding the file's values."""
     config = load_config(DIGITS)
     assert config.task == "digits"
-    assert config.train.steps == 1500
+    assert config.train.steps == 500
     assert config.train.lr == pytest.approx(0.003)
     assert config.model.channels == 32
     assert config.data.val_fraction == pytest.approx(0.2)
@@ -123,7 +123,7 @@ def test_override_accepts_scientific_notation() -> None:
         ),
         pytest.param(["train.max_eval_lag=-1"], ["train.max_eval_lag", "or null (off)"], id="negative-eval-lag"),
         pytest.param(
-            ["train.warmup_steps=2000"], ["train.warmup_steps", "<= train.steps (1500)", "2000"], id="warmup-gt-steps"
+            ["train.warmup_steps=2000"], ["train.warmup_steps", "<= train.steps (500)", "2000"], id="warmup-gt-steps"
         ),
         pytest.param(["train.lr"], ["'train.lr'", "expected section.key=value"], id="set-without-equals"),
         pytest.param(["=3"], ["'=3'", "expected section.key=value"], id="set-without-key"),
@@ -263,7 +263,7 @@ def test_non_identity_changes_are_returned_not_refused() -> None:
     saved = load_config(DIGITS)
     new = load_config(DIGITS, ["train.steps=3000", "eval.batch_size=128", "data.num_workers=2"])
     changed = cfg.check_same_identity(saved, new, "the config")
-    assert changed == {"train.steps": (1500, 3000), "eval.batch_size": (512, 128), "data.num_workers": (0, 2)}
+    assert changed == {"train.steps": (500, 3000), "eval.batch_size": (512, 128), "data.num_workers": (0, 2)}
     assert cfg.check_same_identity(saved, load_config(DIGITS), "the config") == {}
 
 
