@@ -37,6 +37,8 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 # train.py, eval.py and TensorBoard as three processes (launch.py, as `docker compose up` runs them) until
 # every checkpoint is evaluated; then the best checkpoint's table, then TensorBoard until Ctrl-C (not under
 # CI=true, so CI's `make demo` finishes by itself).
+PORT_TAKEN = TensorBoard could not serve on port $(PORT) (in use?): make demo PORT=N, or \
+	$(VENV)/bin/tensorboard --logdir $(DEMO_DIR) --port 0
 demo: $(VENV)/.installed
 	rm -rf $(DEMO_DIR)
 	$(PY) launch.py --config configs/digits.yaml --train-dir $(DEMO_DIR) --port $(PORT) --exit-when-done
@@ -49,7 +51,7 @@ demo: $(VENV)/.installed
 	else \
 		echo "TensorBoard serves the curves until Ctrl-C: open http://localhost:$(PORT)/#custom_scalars"; \
 		echo "(the Custom Scalars tab: train and eval loss on one chart, accuracy beside it)"; \
-		$(VENV)/bin/tensorboard --logdir $(DEMO_DIR) --port $(PORT) 2>/dev/null; \
+		$(VENV)/bin/tensorboard --logdir $(DEMO_DIR) --port $(PORT) 2>/dev/null || echo "$(PORT_TAKEN)"; \
 	fi
 
 lint: $(VENV)/.installed-dev

@@ -6,8 +6,8 @@
 The three get the arguments and environment of the compose services (compose.cpu.yml), apart from paths
 and TensorBoard's address. Their output is streamed line by line, each line prefixed with the process's
 name. Ctrl-C or SIGTERM is passed on to all three as SIGTERM (train.py saves a checkpoint first); a second
-Ctrl-C is passed on as SIGINT, which stops train.py at once. When one process fails, the others are
-stopped and launch.py exits with its code; after a clean stop it exits 0. TensorBoard keeps serving after
+Ctrl-C is passed on as SIGINT, which stops train.py at once. When train.py or an eval.py fails, the others
+are stopped and launch.py exits with its code; after a clean stop it exits 0. TensorBoard keeps serving after
 training and evaluation are done, until you stop it, or, with --exit-when-done (the demo), stops then too.
 TensorBoard never stops training: on a port already in use it serves on a free one (the URL is printed),
 and if it fails anyway, training and evaluation go on without it (one warning line).
