@@ -88,6 +88,13 @@ def test_torch_index_overrides_the_choice(tmp_path: Path) -> None:
     assert index_of(line) == "https://mirror.example/simple" and '"torch"' in line
 
 
+def test_shared_is_a_regular_package() -> None:
+    """Not a namespace package, which would merge silently with any other installed `shared`."""
+    import shared
+
+    assert shared.__file__ == str(ROOT / "shared" / "__init__.py") and shared.__doc__
+
+
 def test_ci_keeps_pips_own_index_and_the_dockerfile_chooses_through_the_same_script() -> None:
     assert re.search(r"^TORCH_INDEX= make test", (ROOT / ".ci/run").read_text(), flags=re.MULTILINE)
     dockerfile = (ROOT / "Dockerfile").read_text()
