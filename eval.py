@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import logging
 import math
 import sys
@@ -41,6 +40,7 @@ from shared.evaluation.watch import CheckpointWatcher
 from shared.loggers import dashboards
 from shared.loggers.backends import check_backends, mark_run, open_run
 from shared.loggers.base import Logger
+from shared.protocol import numbers
 from shared.protocol.claims import this_evaluator
 from shared.protocol.files import refuse_linked_folders
 from shared.protocol.layout import METADATA, TrainDir
@@ -321,7 +321,7 @@ def run_adhoc(args: argparse.Namespace, train_dir: TrainDir, device: torch.devic
     result = evaluator.evaluate(step, shown)
     if args.json:
         record = result.to_record()
-        print(json.dumps({key: record[key] for key in ("step", "file", "metrics", "per_class_f1", "split_metrics")}))
+        print(numbers.dumps({key: record[key] for key in ("step", "file", "metrics", "per_class_f1", "split_metrics")}))
     else:
         print(f"{shown} (step {step})")
         print(f"  {'':<16} " + " ".join(f"{split:>8}" for split in result.splits))

@@ -3,13 +3,13 @@ deviation per metric (`eval.py --summarize runs/exp`, or `runs/exp/fold-*`, and 
 
 from __future__ import annotations
 
-import json
 import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.protocol import numbers
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_results
 from shared.protocol.results import best_of
@@ -86,4 +86,4 @@ def summarize(folders: list[Path]) -> Summary:
 
 def print_summary(folders: list[Path], as_json: bool) -> None:
     summary = summarize(folders)
-    print(json.dumps(summary.as_dict()) if as_json else summary.table())
+    print(numbers.dumps(summary.as_dict()) if as_json else summary.table())

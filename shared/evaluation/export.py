@@ -28,6 +28,7 @@ from torch import nn
 
 from shared import config as cfg
 from shared.metrics.direction import higher_is_better
+from shared.protocol import numbers
 from shared.protocol.files import exclusive_lock, fsync_dir, remove_tree, write_synced
 from shared.protocol.layout import BEST_VERSION_RE, TrainDir
 from shared.protocol.results import EvalResult, RecordError
@@ -66,9 +67,11 @@ def export_if_best(
     """
     metric = config.eval.best_metric
     upwards = higher_is_better(metric, config.eval.best_mode)
+    if not numbers.finite(value := candidate.value(metric)):
+        log.warning("step %d: its %s is %s, never the best; best/ stays as it is", candidate.step, metric, value)
+        return None
     with exclusive_lock(train_dir.best_lock, "best/ is locked", wait=True):
-        held = held_best(train_dir)
-        if held is not None and not candidate.beats(held, metric, upwards):
+        if not candidate.beats(held_best(train_dir), metric, upwards):
             return None
         summary = _summary(candidate, metric, upwards)
         try:
@@ -113,7 +116,7 @@ def _write_version(
             os.fsync(f.fileno())
     # Plain writes, each fsynced, and one fsync of the folder: it is renamed into place whole.
     write_synced(temp / CONFIG, cfg.to_yaml(config).encode())
-    write_synced(temp / METRICS, (json.dumps(summary, indent=2) + "\n").encode())
+    write_synced(temp / METRICS, (numbers.dumps(summary, indent=2) + "\n").encode())
     fsync_dir(temp)
     os.replace(temp, final)
     return final

@@ -5,7 +5,7 @@ points are flushed. A line cut short by a crash is dropped on the next start; th
 evaluated again and its points replaced (see shared/loggers/tensorboard.py on purge_step). Every reader
 checks each line's shape: a line that is not a result (garbage, a bare number, no integer step, bytes
 that are not UTF-8) is skipped with one warning (per process), so its step counts as not evaluated and is
-evaluated again.
+evaluated again. A NaN or infinite metric is written as a string ("NaN"; shared.protocol.numbers).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from shared.protocol import numbers
 from shared.protocol.files import append_line, make_folder, repair_last_line, touch
 from shared.protocol.results import EvalResult, RecordError
 
@@ -146,5 +147,5 @@ class Ledger:
         return max(self.results, default=-1) + 1
 
     def append(self, result: EvalResult) -> None:
-        append_line(self.path, json.dumps(result.to_record(), sort_keys=True))
+        append_line(self.path, numbers.dumps(result.to_record(), sort_keys=True))
         self.results[result.step] = result

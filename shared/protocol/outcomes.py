@@ -28,6 +28,7 @@ import torch
 
 from shared.metrics import artifacts
 from shared.metrics.classification import PRCurveBuckets
+from shared.protocol import numbers
 from shared.protocol.files import atomic_file, make_folder
 from shared.protocol.results import EvalResult, SplitResult
 
@@ -61,7 +62,7 @@ def write_outcome(folder: Path, result: EvalResult) -> Path:
         }
         for name, split in result.splits.items()
     }
-    meta = json.dumps({"record": result.to_record(), "evaluations": fields}).encode()
+    meta = numbers.dumps({"record": result.to_record(), "evaluations": fields}).encode()
     make_folder(folder)
     # Not fsynced: an outcome lost or cut by a power loss is found unreadable or missing, and its checkpoint
     # evaluated again (its claim's owner is gone), so durability would buy nothing but two fsyncs a checkpoint.
@@ -80,7 +81,7 @@ def read_outcome(path: Path) -> EvalResult:
         if meta["evaluations"]:  # in eval.splits order, with what the summaries draw
             result.splits = {
                 name: SplitResult(
-                    {str(k): float(v) for k, v in fields["metrics"].items()},
+                    {str(k): numbers.number(v) for k, v in fields["metrics"].items()},
                     _artifacts(fields, arrays.get(f"{name}.targets"), arrays.get(f"{name}.probabilities")),
                 )
                 for name, fields in meta["evaluations"].items()

@@ -11,12 +11,12 @@ as they always were: `metrics` (the first split's), `per_class_f1` (the first sp
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from shared.metrics.artifacts import Artifact, ConfusionMatrix, PerClass, numbered
+from shared.protocol.numbers import finite, is_number, number
 
 Status = Literal["ok", "failed", "skipped"]
 STATUSES = ("ok", "failed", "skipped")
@@ -75,11 +75,13 @@ class EvalResult:
         scores = self.splits.get(split) if split is not None else next(iter(self.splits.values()), None)
         return None if scores is None else scores.metrics.get(metric)
 
-    def beats(self, other: EvalResult, metric: str, higher_is_better: bool) -> bool:
-        """Better than `other` by the first split's `metric`; at an equal value the earlier step wins."""
-        mine, theirs = self.value(metric), other.value(metric)
-        if mine is None or theirs is None:
-            return theirs is None and mine is not None
+    def beats(self, other: EvalResult | None, metric: str, higher_is_better: bool) -> bool:
+        """Better than `other` (None: no best yet) by the first split's `metric`; at an equal value the earlier
+        step wins. A NaN or infinite value never beats anything (nothing compares better than NaN, so one
+        would stay best for good), and any finite value beats one."""
+        mine, theirs = self.value(metric), None if other is None else other.value(metric)
+        if not finite(mine) or not finite(theirs):
+            return finite(mine)
         if mine == theirs:
             return self.step < other.step
         return is_better(mine, theirs, higher_is_better)
@@ -120,7 +122,7 @@ class EvalResult:
         ordered = {name: SplitResult(splits[name]) for name in sorted(splits, key=lambda name: name != primary)}
         per_class = record.get("per_class_f1") or []
         if ordered and isinstance(per_class, list) and per_class:
-            values = [float(v) for v in per_class if _is_number(v)]
+            values = [number(v) for v in per_class if is_number(v)]
             next(iter(ordered.values())).artifacts[PER_CLASS_F1] = PerClass(numbered(len(values)), values)
         return cls(
             step,
@@ -135,28 +137,23 @@ class EvalResult:
 
 
 def best_of(results: Iterable[EvalResult], metric: str, higher_is_better: bool) -> EvalResult | None:
-    """The best ok result by the first split's `metric`; the earliest step wins a tie."""
+    """The best ok result by the first split's finite `metric`; the earliest step wins a tie."""
     best: EvalResult | None = None
     for result in results:
-        scored = result.status == "ok" and result.value(metric) is not None
-        if scored and (best is None or result.beats(best, metric, higher_is_better)):
+        if result.status == "ok" and result.beats(best, metric, higher_is_better):
             best = result
     return best
 
 
 def _scores(value: Any, step: int) -> dict[str, float]:
-    if not isinstance(value, Mapping) or not all(_is_number(v) for v in value.values()):
+    if not isinstance(value, Mapping) or not all(is_number(v) for v in value.values()):
         raise RecordError(f"step {step}: its metrics are not an object of numbers")
-    return {str(name): float(v) for name, v in value.items()}
+    return {str(name): number(v) for name, v in value.items()}
 
 
 def _same(a: dict[str, float], b: dict[str, float]) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _number(value: Any) -> float:
-    return float(value) if _is_number(value) and math.isfinite(value) else 0.0
+    return number(value) if is_number(value) and finite(number(value)) else 0.0

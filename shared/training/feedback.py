@@ -23,6 +23,7 @@ import torch
 
 from shared import config as cfg
 from shared.loggers.base import Logger
+from shared.protocol import numbers
 from shared.protocol.files import append_line, write_atomic
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records
@@ -48,7 +49,7 @@ def refresh_lr(scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
 
 
 def _line(decision: dict[str, Any]) -> str:
-    return json.dumps(decision, sort_keys=True)
+    return numbers.dumps(decision, sort_keys=True)
 
 
 def _lines(decisions: list[dict[str, Any]]) -> bytes:

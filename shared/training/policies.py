@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from shared import config as cfg
+from shared.protocol.numbers import finite
 from shared.protocol.results import EvalResult, is_better
 
 log = logging.getLogger(__name__)
@@ -128,16 +129,20 @@ class Policies:
         }
 
     def values(self, result: EvalResult) -> dict[str, float | None]:
-        """What each policy reads from an ok result; a missing metric is warned about and read as None."""
+        """What each policy reads from an ok result; a missing metric, or a NaN or infinite one, is warned
+        about and read as None: the policy skips that evaluation (neither an improvement nor a step towards
+        a plateau, so a NaN evaluation of a run that was improving cuts no LR and stops nothing)."""
         values = {}
         for name, policy in self.enabled.items():
-            values[name] = result.value(policy.options.metric, policy.options.split)
+            value = result.value(policy.options.metric, policy.options.split)
+            values[name] = value if finite(value) else None
             if values[name] is None:
                 log.warning(
-                    "evaluation of step %d has no %s %s; the policy on it skips this evaluation",
+                    "evaluation of step %d has %s %s %s; the policy on it skips this evaluation",
                     result.step,
+                    "no" if value is None else "a non-finite",
                     policy.options.split,
-                    policy.options.metric,
+                    policy.options.metric if value is None else f"{policy.options.metric} ({value})",
                 )
         return values
 
@@ -145,12 +150,12 @@ class Policies:
         """Feed one evaluation's values (as `values` read them, or as a replayed decision logged them)."""
         action: Action = "none"
         reasons = []
-        if self.plateau and values.get("on_plateau") is not None:
+        if self.plateau and finite(values.get("on_plateau")):
             cut, why = self.plateau.decide(values["on_plateau"], multiplier)
             if cut != multiplier:
                 multiplier, action = cut, "reduce_lr"
                 reasons.append(why)
-        if self.early_stop and values.get("early_stop") is not None:
+        if self.early_stop and finite(values.get("early_stop")):
             why = self.early_stop.decide(values["early_stop"])
             if why:
                 action = "early_stop"
