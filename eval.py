@@ -93,8 +93,8 @@ def read_config(args: argparse.Namespace, train_dir: TrainDir) -> cfg.Config:
             f"{train_dir.root} is not a train_dir (no config.yaml); point --train-dir at the folder train.py was "
             "given as its --train-dir (train.py writes config.yaml there when it starts)"
         )
-    saved = load_config(train_dir.config)
-    config = load_config(args.config or train_dir.config, args.overrides)
+    saved = load_config(train_dir.config, follow_links=False)
+    config = load_config(args.config or train_dir.config, args.overrides, follow_links=bool(args.config))
     cfg.check_eval_only(saved, config, "--config/--set")
     return config
 

@@ -67,9 +67,10 @@ def read_config(args: argparse.Namespace, train_dir: TrainDir) -> cfg.Config:
     resuming = train_dir.config.exists()
     if not args.config and not resuming:
         raise UsageError(f"{train_dir.root} has no config.yaml to resume from; pass --config configs/digits.yaml")
-    config = load_config(args.config or train_dir.config, args.overrides)
+    config = load_config(args.config or train_dir.config, args.overrides, follow_links=bool(args.config))
     if resuming:
-        changed = cfg.check_same_identity(load_config(train_dir.config), config, "the config")
+        saved = load_config(train_dir.config, follow_links=False)
+        changed = cfg.check_same_identity(saved, config, "the config")
         for key, (old, new) in changed.items():
             log.info("resuming with %s changed: %r -> %r", key, old, new)
     return config

@@ -11,13 +11,62 @@ from typing import Any
 import yaml
 
 from shared.config.schema import Config
-from shared.protocol.files import write_atomic
+from shared.protocol.files import read_file, write_atomic
 from shared.runtime.errors import ConfigError
+
+# Bounds on a config file, checked before (size) and while (depth, values) it is parsed: a config is a few
+# hundred bytes of a few levels, and a file from an untrusted train_dir must not take the process's memory
+# (a 513-byte alias bomb expands to billions of values) or its stack (deep nesting).
+MAX_CONFIG_BYTES = 1 << 20
+MAX_DEPTH = 32
+MAX_VALUES = 100_000  # scalars, lists and mappings, counting each alias as the values it stands for
+
+
+class BoundExceeded(yaml.YAMLError):
+    """YAML past one of the bounds above; the message says which."""
 
 
 class _SafeLoader(yaml.SafeLoader):
     """yaml.SafeLoader that reads `1e-3` as a number, as YAML 1.2 does (PyYAML's 1.1 rules give a string,
-    which the strict number fields would refuse)."""
+    which the strict number fields would refuse), and refuses a document nested deeper than MAX_DEPTH (before
+    the composer's recursion overflows the stack) or whose aliases expand it past MAX_VALUES values (before
+    anything expands them: a reader that walks the data, a repr in an error message, would)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise BoundExceeded(f"nests deeper than {MAX_DEPTH} levels (a config needs a few)")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _count_values(node, {})
+        return super().construct_document(node)
+
+
+def _count_values(node: yaml.Node, counted: dict[int, int]) -> int:
+    """How many values `node` stands for with every alias expanded, counted once per node (an alias is
+    the node it names again), so a bomb is measured without being expanded."""
+    if id(node) in counted:
+        return counted[id(node)]
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    total = 1 + sum(_count_values(child, counted) for child in children)
+    if total > MAX_VALUES:
+        raise BoundExceeded(
+            f"expands to more than {MAX_VALUES:,} values through its aliases (*name), a YAML alias bomb?"
+        )
+    counted[id(node)] = total
+    return total
 
 
 _SafeLoader.add_implicit_resolver(
@@ -32,11 +81,13 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_SafeLoader)  # a SafeLoader subclass: plain data only
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from a file, or ConfigError saying why it is not one."""
+def read_yaml(path: str | Path, follow_links: bool = True) -> dict[str, Any]:
+    """A YAML mapping from a file, or ConfigError saying why it is not one. A train_dir's config.yaml is
+    read with `follow_links` off (train.py never writes it as a link); any config is read without blocking,
+    from a regular file of at most MAX_CONFIG_BYTES, within the parser's bounds."""
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = read_file(path, MAX_CONFIG_BYTES, follow_links).decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(
             f"config file {path} does not exist{_nearby(path)}; pass an existing file to --config"
@@ -50,6 +101,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
     try:
         raw = parse_yaml(text)
+    except BoundExceeded as err:
+        raise ConfigError(f"config file {path} {err}; not read: write the config out plainly") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}".replace("\n", " ")) from None
     if raw is None:
@@ -94,9 +147,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def read_with_overrides(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
+def read_with_overrides(path: str | Path, overrides: list[str] = (), follow_links: bool = True) -> dict[str, Any]:
     """The raw mapping of a config file with `--set` overrides laid over it, not validated yet."""
-    return apply_overrides(read_yaml(path), list(overrides))
+    return apply_overrides(read_yaml(path, follow_links), list(overrides))
 
 
 def save(config: Config, path: Path) -> None:

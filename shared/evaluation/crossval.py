@@ -73,7 +73,7 @@ def summarize(folders: list[Path]) -> Summary:
                 f"--summarize {folder}: not a train_dir (no config.yaml) nor a folder of fold-<i> train_dirs; "
                 "give train.py's --train-dir, or launch.py's with --folds"
             )
-        options = load_config(train_dir.config).eval
+        options = load_config(train_dir.config, follow_links=False).eval
         best = best_of(read_results(train_dir.results), options.best_metric, options.best_mode == "max")
         if best is None:
             raise UsageError(f"--summarize {folder}: no evaluated checkpoint in {train_dir.results}; run eval.py first")

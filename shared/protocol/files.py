@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +44,56 @@ def open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
                 f"{path} is a symbolic link; trainval never writes through a link it did not create: remove it"
             ) from None
         raise
+
+
+class NotAFile(UsageError):
+    """A path where a file is read that is not a regular file (a FIFO, a device) or is too big to be one of ours."""
+
+
+def read_file(path: Path, limit: int | None = None, follow_links: bool = False) -> bytes:
+    """The bytes of the regular file at `path`, read so that nothing planted there can hang or flood the
+    reader: opened without blocking (a FIFO would wait for a writer forever, past SIGTERM), not through a
+    symlink unless `follow_links` (a link to /dev/zero never ends), checked to be a regular file, and at
+    most `limit` bytes. NotAFile (one line) otherwise; FileNotFoundError when it is missing."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise NotAFile(
+                f"{path} is a symbolic link; trainval never reads a link it did not create: remove it"
+            ) from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotAFile(
+                f"{path} is {_kind(info.st_mode)}, not a regular file; remove it (it was not written by trainval)"
+            )
+        if limit is not None and info.st_size > limit:
+            raise NotAFile(
+                f"{path} is {info.st_size:,} bytes, more than the {limit:,} such a file can hold; remove or shorten it"
+            )
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+            size += len(chunk)
+            if limit is not None and size > limit:  # grown since the fstat
+                raise NotAFile(f"{path} grew past {limit:,} bytes while it was read; remove or shorten it")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    kinds = [
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a folder"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
 def touch(path: Path) -> None:

@@ -5,6 +5,11 @@ shared.config knows no task; this module is where the two meet, so the import gr
 A task module is found where `python -m` would find it, from the folder the command runs in, as well as
 among the installed packages, PYTHONPATH and the project folder (where train.py and eval.py live). The
 current folder comes last, so a file there cannot shadow an installed package (docs/tasks.md).
+
+A config may come from a train_dir someone else wrote, so the module a `module:Class` task names is found
+first and imported only from where task modules live: the current folder, the project folder, PYTHONPATH,
+or an installed package named in TRAINVAL_TASK_PACKAGES. Naming any installed or standard module
+(`task: antigravity:X` opens a browser at import) is refused before that module's code runs.
 """
 
 from __future__ import annotations
@@ -12,9 +17,12 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import importlib.util
 import inspect
 import os
+import site
 import sys
+import sysconfig
 from pathlib import Path
 
 import pydantic
@@ -36,6 +44,8 @@ BUILTIN_TASKS = {
     "hf_causal_lm": "shared.tasks.hf_causal_lm:HFCausalLMTask",  # the hf extra
 }
 DEFAULT_TASK = cfg.Config.model_fields["task"].default
+PROJECT_FOLDER = Path(__file__).resolve().parents[2]  # the checkout: shared/ and train.py
+TASK_PACKAGES_VARIABLE = "TRAINVAL_TASK_PACKAGES"  # installed packages a task may come from, comma-separated
 
 
 def task_class(name: str) -> type[Task]:
@@ -48,6 +58,8 @@ def task_class(name: str) -> type[Task]:
             "nor a dotted path like mypackage.module:MyTask"
         )
     search_current_folder_last()
+    if name not in BUILTIN_TASKS:  # those import only this project's own modules
+        check_importable(module_name)
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
@@ -83,6 +95,56 @@ def search_current_folder_last() -> None:
         return
     if here not in sys.path:
         sys.path.append(here)
+
+
+def check_importable(module_name: str) -> None:
+    """ConfigError, before any of its code runs, unless `module_name` is found in the current folder, the
+    project folder or a PYTHONPATH folder (not inside an installation's standard library or site-packages
+    there), or its top-level package is named in TRAINVAL_TASK_PACKAGES.
+
+    The first package on the dotted path that has code (an __init__.py, or the module itself) decides:
+    everything below it lies in its folder. Namespace packages above it (folders without __init__.py, as
+    `shared` is) run nothing when imported to look one level down."""
+    parts = module_name.split(".")
+    allowed = {name.strip() for name in os.environ.get(TASK_PACKAGES_VARIABLE, "").split(",")}
+    if parts[0] in allowed:
+        return
+    for depth in range(1, len(parts) + 1):
+        name = ".".join(parts[:depth])
+        try:
+            spec = importlib.util.find_spec(name)  # imports only the namespace packages above `name`
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            raise ConfigError(
+                f"task: cannot import module {module_name!r} (no module named {name!r}); run from the folder that "
+                "holds it, install it, or add its folder to PYTHONPATH"
+            )
+        if spec.origin is None:  # a namespace package: its code is in the modules below
+            continue
+        if not _task_folder(Path(spec.origin)):
+            raise ConfigError(
+                f"task: module {name!r} is {spec.origin}, not in the current folder, the project folder or "
+                "PYTHONPATH, so it is not imported (a config from elsewhere could run any installed module); "
+                f"for an installed package of tasks, set {TASK_PACKAGES_VARIABLE}={parts[0]}"
+            )
+        return
+
+
+def _task_folder(place: Path) -> bool:
+    """Whether `place` (a module's file or package folder) is where task modules may be imported from."""
+    place = Path(os.path.realpath(place))
+    python_path = [p or "." for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    roots = [Path.cwd(), PROJECT_FOLDER, *map(Path, python_path)]
+    paths = sysconfig.get_paths()
+    installed = [paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")]
+    installed += [*site.getsitepackages(), site.getusersitepackages()]
+    installed += [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages")]
+    return any(_within(place, root) for root in roots) and not any(_within(place, p) for p in installed)
+
+
+def _within(place: Path, folder: str | os.PathLike) -> bool:
+    return place.is_relative_to(os.path.realpath(folder))
 
 
 def _check_sections(cls: type[Task], target: str) -> None:
@@ -145,9 +207,10 @@ def check_metrics(config: cfg.Config, cls: type[Task]) -> None:
         section.set_direction(upwards[metric])
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> cfg.Config:
-    """The config file at `path` with `--set` overrides laid over it, validated."""
-    return resolve_config(cfg.read_with_overrides(path, overrides))
+def load_config(path: str | Path, overrides: list[str] = (), follow_links: bool = True) -> cfg.Config:
+    """The config file at `path` with `--set` overrides laid over it, validated; `follow_links` off for a
+    train_dir's config.yaml (shared.config.sources.read_yaml)."""
+    return resolve_config(cfg.read_with_overrides(path, overrides, follow_links))
 
 
 def build_task(config: cfg.Config) -> Task:
