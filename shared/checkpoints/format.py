@@ -66,6 +66,8 @@ def load(
         from shared.checkpoints import sharded
 
         return checked(sharded.load_for_eval(Path(path)))
+    if not os.path.isfile(path):  # a FIFO would block the reader for good, a device never end
+        raise CheckpointError("not a regular file (a FIFO or a device?); not read")
     if os.path.getsize(path) == 0:
         raise CheckpointError("empty file (0 bytes)")
     if max_bytes is not None:

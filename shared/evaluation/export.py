@@ -29,7 +29,7 @@ from torch import nn
 from shared import config as cfg
 from shared.metrics.direction import higher_is_better
 from shared.protocol import numbers
-from shared.protocol.files import exclusive_lock, fsync_dir, remove_tree, write_synced
+from shared.protocol.files import RECORD_BYTES, exclusive_lock, fsync_dir, read_file, remove_tree, write_synced
 from shared.protocol.layout import BEST_VERSION_RE, TrainDir
 from shared.protocol.results import EvalResult, RecordError
 from shared.runtime.errors import CheckpointError, RunAborted, UsageError
@@ -53,7 +53,7 @@ def held_best(train_dir: TrainDir) -> EvalResult | None:
 def read_best(train_dir: TrainDir) -> dict[str, Any] | None:
     """best/metrics.json, or None when there is no best yet."""
     try:
-        return json.loads((train_dir.best / METRICS).read_text())
+        return json.loads(read_file(train_dir.best / METRICS, RECORD_BYTES))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
 
@@ -186,7 +186,7 @@ def load_weights(model: nn.Module, train_dir: TrainDir) -> dict[str, Any]:
     while True:
         folder = best_folder(train_dir)
         try:
-            summary = json.loads((folder / METRICS).read_text())
+            summary = json.loads(read_file(folder / METRICS, RECORD_BYTES))
             model.load_state_dict(read_weights(folder / WEIGHTS), strict=True)
             return summary
         except FileNotFoundError as err:

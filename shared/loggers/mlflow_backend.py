@@ -31,7 +31,7 @@ import numpy as np
 
 from shared.config import LogConfig
 from shared.loggers.base import HParam, Layout, Logger
-from shared.protocol.files import create_once
+from shared.protocol.files import RECORD_BYTES, create_once, read_file
 from shared.protocol.layout import TrainDir
 from shared.runtime.errors import UsageError
 
@@ -100,7 +100,7 @@ def set_status(options: LogConfig, train_dir: TrainDir, status: str) -> None:
     from mlflow.exceptions import MlflowException
 
     try:
-        run_id = json.loads(train_dir.mlflow_run.read_text())["run_id"]
+        run_id = json.loads(read_file(train_dir.mlflow_run, RECORD_BYTES))["run_id"]
     except (OSError, ValueError, KeyError, TypeError):
         return  # no run yet, or a damaged record, which opening the run reports
     client = connect(options)
@@ -124,7 +124,7 @@ def shared_run_id(client: MlflowClient, train_dir: TrainDir, uri: str) -> str:
         if not create_once(path, (json.dumps(record) + "\n").encode()):
             client.delete_run(run.info.run_id)  # another process of this train_dir created it first
     try:
-        run_id = json.loads(path.read_text())["run_id"]
+        run_id = json.loads(read_file(path, RECORD_BYTES))["run_id"]
         client.get_run(run_id)
     except (ValueError, KeyError, TypeError):
         raise UsageError(f"{path} is damaged; remove it to log into a new MLflow run") from None

@@ -28,7 +28,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard import summary as summaries
 
 from shared.loggers.base import HParam, Layout, Logger
-from shared.protocol.files import atomic_file, fsync_dir, make_folder
+from shared.protocol.files import atomic_file, fsync_dir, make_folder, read_file
 from shared.protocol.layout import EVENTS_REPAIR_TEMP_RE, is_event_file
 
 MINIMUM_COUNT = 1e-7  # the PR-curve plugin's own floor under a precision's or recall's denominator
@@ -115,7 +115,7 @@ def read_events(path: Path) -> tuple[list[bytes], list[event_pb2.Event]]:
     """An event file's whole records, each with its framing (TFRecord: uint64 length, the length's masked
     CRC-32C, the data, the data's), and their events, up to the first record cut short or unreadable.
     The CRCs are left to the readers: checking them in Python costs seconds per start on a long run."""
-    data = path.read_bytes()
+    data = read_file(path)  # not a FIFO, nor a link to /dev/zero, planted as an event file
     records, events, at = [], [], 0
     while at + 12 <= len(data):
         (length,) = struct.unpack_from("<Q", data, at)

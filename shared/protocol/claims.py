@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from shared.protocol.files import create_once, make_folder
+from shared.protocol.files import RECORD_BYTES, create_once, make_folder, open_regular, read_file
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class ClaimInfo:
 
     @staticmethod
     def read(path: Path) -> ClaimInfo | None:
-        return ClaimInfo.parse(path.read_bytes())
+        return ClaimInfo.parse(read_file(path, RECORD_BYTES))
 
     @staticmethod
     def parse(data: bytes) -> ClaimInfo | None:
@@ -201,9 +201,9 @@ class _Seen:
     @staticmethod
     def look(path: Path) -> _Seen | None:
         try:
-            with open(path, "rb") as f:
+            with open(open_regular(path), "rb") as f:  # never a FIFO or a link planted as a claim
                 stat = os.fstat(f.fileno())
-                data = f.read()
+                data = f.read(RECORD_BYTES)
         except FileNotFoundError:
             return None
         return _Seen(ClaimInfo.parse(data), stat.st_ino, stat.st_mtime_ns)

@@ -46,8 +46,28 @@ def open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
         raise
 
 
+RECORD_BYTES = 1 << 16  # the most a small record trainval writes (a claim, a lock's pid, a heartbeat) can hold
+
+
 class NotAFile(UsageError):
     """A path where a file is read that is not a regular file (a FIFO, a device) or is too big to be one of ours."""
+
+
+def open_regular(path: Path, follow_links: bool = False) -> int:
+    """A descriptor open for reading on the regular file at `path` (see read_file), or NotAFile."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW))
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise NotAFile(
+                f"{path} is a symbolic link; trainval never reads a link it did not create: remove it"
+            ) from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise NotAFile(f"{path} is {_kind(mode)}, not a regular file; remove it (trainval did not write it)")
+    return fd
 
 
 def read_file(path: Path, limit: int | None = None, follow_links: bool = False) -> bytes:
@@ -55,21 +75,9 @@ def read_file(path: Path, limit: int | None = None, follow_links: bool = False) 
     reader: opened without blocking (a FIFO would wait for a writer forever, past SIGTERM), not through a
     symlink unless `follow_links` (a link to /dev/zero never ends), checked to be a regular file, and at
     most `limit` bytes. NotAFile (one line) otherwise; FileNotFoundError when it is missing."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW)
-    try:
-        fd = os.open(path, flags)
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise NotAFile(
-                f"{path} is a symbolic link; trainval never reads a link it did not create: remove it"
-            ) from None
-        raise
+    fd = open_regular(path, follow_links)
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise NotAFile(
-                f"{path} is {_kind(info.st_mode)}, not a regular file; remove it (it was not written by trainval)"
-            )
         if limit is not None and info.st_size > limit:
             raise NotAFile(
                 f"{path} is {info.st_size:,} bytes, more than the {limit:,} such a file can hold; remove or shorten it"
@@ -291,7 +299,7 @@ def exclusive_lock(path: Path, what: str, wait: bool = False) -> Iterator[None]:
     (with `wait`, wait for it instead: a short critical section several processes take turns in)."""
     fd = try_lock(path, wait)
     if fd is None:
-        holder = path.read_text(errors="replace").strip() or "unknown"
+        holder = read_file(path, RECORD_BYTES).decode(errors="replace").strip() or "unknown"
         raise UsageError(f"{what} (pid {holder}); stop that process or choose another --train-dir")
     try:
         yield

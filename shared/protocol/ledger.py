@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.protocol import numbers
-from shared.protocol.files import append_line, make_folder, repair_last_line, touch
+from shared.protocol.files import append_line, make_folder, open_regular, read_file, repair_last_line, touch
 from shared.protocol.results import EvalResult, RecordError
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ _NOT_JSON = object()
 
 def _json_lines(path: Path) -> list[tuple[int, bytes, Any]]:
     try:
-        data = path.read_bytes()
+        data = read_file(path)
     except FileNotFoundError:
         return []
     lines = data.split(b"\n")[:-1]  # the part after the last newline is incomplete (or empty)
@@ -103,7 +103,7 @@ class LedgerTail:
                 self._forget()
             if size == self._offset:
                 return []
-            with open(self.path, "rb") as f:
+            with open(open_regular(self.path), "rb") as f:  # not a FIFO or a link planted in its place
                 f.seek(self._offset)
                 appended = f.read()
         except FileNotFoundError:

@@ -16,6 +16,7 @@ arrays) are read too, their PR curves binned from the arrays.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -29,10 +30,11 @@ import torch
 from shared.metrics import artifacts
 from shared.metrics.classification import PRCurveBuckets
 from shared.protocol import numbers
-from shared.protocol.files import atomic_file, make_folder
+from shared.protocol.files import atomic_file, make_folder, read_file
 from shared.protocol.results import EvalResult, SplitResult
 
 OUTCOME_RE = re.compile(r"^step-(\d{9})\.npz$")
+MAX_OUTCOME_BYTES = 64 << 20  # scalars and small artifacts: a few KB (more with many classes); never per example
 
 
 def outcome_name(step: int) -> str:
@@ -74,7 +76,7 @@ def write_outcome(folder: Path, result: EvalResult) -> Path:
 def read_outcome(path: Path) -> EvalResult:
     """The result in `path`; OutcomeError if it is not one this version wrote (never unpickles)."""
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with np.load(io.BytesIO(read_file(path, MAX_OUTCOME_BYTES)), allow_pickle=False) as data:
             meta = json.loads(data["meta"].tobytes())
             arrays = {name: data[name] for name in data.files if name != "meta"}
         result = EvalResult.from_record(meta["record"])

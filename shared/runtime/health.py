@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from shared.protocol.files import write_atomic
+from shared.protocol.files import RECORD_BYTES, NotAFile, read_file, write_atomic
 from shared.protocol.layout import TrainDir
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,8 @@ def check_heartbeat(train_dir: Path, max_age: float) -> str | None:
     """None when healthy, else why not."""
     path = TrainDir(train_dir).heartbeat
     try:
-        age = time.time() - float(json.loads(path.read_text())["wall_time"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        age = time.time() - float(json.loads(read_file(path, RECORD_BYTES))["wall_time"])
+    except (OSError, ValueError, KeyError, TypeError, NotAFile) as err:
         return f"no readable heartbeat at {path}: {err}"
     return None if age <= max_age else f"{path} is {age:.0f}s old (more than {max_age:g}s): train.py is stuck"
 

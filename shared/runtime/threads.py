@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from shared.protocol.files import RECORD_BYTES, read_file
 from shared.protocol.layout import TrainDir
 from shared.runtime.errors import UsageError
 
@@ -109,7 +110,7 @@ def live_trainer(train_dir: TrainDir) -> int | None:
     """The pid of a train.py alive on this host that holds (or last held) the train_dir's lock, read
     without taking the lock: probing it would make a trainer starting at that moment refuse to run."""
     try:
-        pid = int(train_dir.lock.read_text().strip())
+        pid = int(read_file(train_dir.lock, RECORD_BYTES).decode().strip())
         os.kill(pid, 0)
     except PermissionError:  # alive, another user's
         return pid

@@ -24,7 +24,7 @@ import torch
 from shared import config as cfg
 from shared.loggers.base import Logger
 from shared.protocol import numbers
-from shared.protocol.files import append_line, write_atomic
+from shared.protocol.files import append_line, read_file, write_atomic
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records
 from shared.protocol.results import EvalResult
@@ -108,7 +108,7 @@ class Feedback:
         if self._replay:
             steps = [d["applied_step"] for d in self._replay]
             log.info("replaying %d decision(s) logged after the checkpoint, at steps %s", len(steps), steps)
-        if self.group.is_main and path.exists() and path.read_bytes() != _lines(logged):
+        if self.group.is_main and path.exists() and read_file(path) != _lines(logged):
             self._rewrite(logged)
 
     def at_log_step(
