@@ -25,6 +25,13 @@ from shared.runtime.errors import UsageError
 log = logging.getLogger(__name__)
 
 
+RECORD_BYTES = 1 << 16  # the most a small record trainval writes (a claim, a lock's pid, a heartbeat) can hold
+
+
+class NotAFile(UsageError):
+    """A path where a file is read that is not a regular file (a FIFO, a device) or is too big to be one of ours."""
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename or unlink in `path` durable (the rename itself is atomic but lives in the folder)."""
     fd = os.open(path, os.O_RDONLY)
@@ -35,22 +42,31 @@ def fsync_dir(path: Path) -> None:
 
 
 def open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
-    """os.open that refuses a symlink at `path` with one line (UsageError) instead of writing through it."""
+    """os.open that refuses a symlink at `path` with one line (UsageError) instead of writing through it,
+    and anything but a regular file (NotAFile) without blocking on it: opening a FIFO to write waits for a
+    reader forever."""
     try:
-        return os.open(path, flags | os.O_NOFOLLOW, mode)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, mode)  # no effect on a regular file
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise UsageError(
                 f"{path} is a symbolic link; trainval never writes through a link it did not create: remove it"
             ) from None
+        if err.errno == errno.ENXIO:  # a FIFO with no reader, or a socket
+            raise NotAFile(
+                f"{path} is a FIFO or a socket, not a regular file; remove it (trainval did not make it)"
+            ) from None
         raise
+    _check_regular(fd, path)
+    return fd
 
 
-RECORD_BYTES = 1 << 16  # the most a small record trainval writes (a claim, a lock's pid, a heartbeat) can hold
-
-
-class NotAFile(UsageError):
-    """A path where a file is read that is not a regular file (a FIFO, a device) or is too big to be one of ours."""
+def _check_regular(fd: int, path: Path) -> None:
+    """NotAFile (the descriptor closed) unless `fd` is open on a regular file."""
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise NotAFile(f"{path} is {_kind(mode)}, not a regular file; remove it (trainval did not make it)")
 
 
 def open_regular(path: Path, follow_links: bool = False) -> int:
@@ -63,10 +79,7 @@ def open_regular(path: Path, follow_links: bool = False) -> int:
                 f"{path} is a symbolic link; trainval never reads a link it did not create: remove it"
             ) from None
         raise
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise NotAFile(f"{path} is {_kind(mode)}, not a regular file; remove it (trainval did not write it)")
+    _check_regular(fd, path)
     return fd
 
 

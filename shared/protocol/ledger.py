@@ -98,7 +98,7 @@ class LedgerTail:
     def poll(self) -> list[EvalResult] | None:
         """The results appended since the last call, in ledger order; None if no evaluator keeps a ledger."""
         try:
-            size = os.stat(self.path).st_size
+            size = os.lstat(self.path).st_size  # a link planted here is refused below, never followed
             if size < self._offset:
                 self._forget()
             if size == self._offset:
