@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,10 @@ class LedgerTail:
     def poll(self) -> list[EvalResult] | None:
         """The results appended since the last call, in ledger order; None if no evaluator keeps a ledger."""
         try:
-            size = os.lstat(self.path).st_size  # a link planted here is refused below, never followed
+            info = os.lstat(self.path)  # a link planted here is refused, never followed
+            if not stat.S_ISREG(info.st_mode):
+                os.close(open_regular(self.path))  # NotAFile: one line saying what is there instead
+            size = info.st_size
             if size < self._offset:
                 self._forget()
             if size == self._offset:
