@@ -53,6 +53,15 @@ class FailingBlobsTask(BlobsTask):
         return model(inputs)
 
 
+class NaNBlobsTask(BlobsTask):
+    """The model's outputs are NaN on the weights of one checkpoint (its first bias set to BOOM): a real NaN
+    loss, as a diverged checkpoint gives, for that checkpoint only."""
+
+    def forward(self, model: nn.Module, inputs: Any) -> Any:
+        outputs = model(inputs)
+        return outputs * float("nan") if float(model[0].bias[0]) == BOOM else outputs
+
+
 class OneLogitTask(BlobsTask):
     """A binary classifier with one logit and BCE: blob a against the rest."""
 

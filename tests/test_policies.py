@@ -88,3 +88,24 @@ def test_policies_state_round_trips_and_a_new_policy_starts_fresh() -> None:
     both = Policies(cfg.TrainConfig(on_plateau=cfg.PlateauConfig(metric="loss", patience=3), early_stop=stop))
     both.load_state_dict(state)
     assert both.plateau.tracker.best == 0.4 and both.early_stop.tracker.best == math.inf
+
+
+def test_nan_evaluations_of_an_improving_run_cut_no_lr_and_stop_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    """Before, each NaN counted as an evaluation without improvement: two of them cut the LR and stopped a run
+    whose loss was falling. Now a policy skips them (warned once per evaluation), as a missing metric."""
+    options = cfg.TrainConfig(
+        lr=0.1,
+        on_plateau=cfg.PlateauConfig(metric="loss", patience=1),
+        early_stop=cfg.EarlyStopConfig(metric="loss", patience=2),
+    )
+    policies = Policies(options)
+    multiplier, actions = 1.0, []
+    for step, loss in enumerate((0.9, math.nan, math.inf, math.nan, 0.8, 0.7), 1):
+        values = policies.values(result(step, loss=loss))
+        verdict = policies.decide(values, multiplier)
+        multiplier = verdict.multiplier
+        actions.append(verdict.action)
+    assert actions == ["none"] * 6 and multiplier == 1.0
+    warned = [r.getMessage() for r in caplog.records if "non-finite" in r.getMessage()]
+    assert len(warned) == 3 * 2 and "evaluation of step 2 has a non-finite val loss (nan)" in warned[0]
+    assert policies.decide({"on_plateau": math.nan, "early_stop": math.nan}, 1.0).action == "none", "a replayed NaN"
