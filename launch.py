@@ -96,16 +96,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def as_argument(path: str | os.PathLike) -> str:
+    """A path as a command-line value: `./-dash` for a relative one that starts with a dash, which the
+    children's parsers would otherwise take for an option."""
+    text = os.fspath(path)
+    return f"./{text}" if text.startswith("-") else text
+
+
 def services(args: argparse.Namespace, train_dir: Path, overrides: list[str] = ()) -> list[Service]:
     """The compose services' commands, with this machine's python and paths (no TensorBoard for a fold)."""
     python = sys.executable
-    config = ["--config", args.config] if args.config else []
+    folder = as_argument(train_dir)
+    config = ["--config", as_argument(args.config)] if args.config else []
     sets = [arg for override in [*args.overrides, *overrides] for arg in ("--set", override)]
-    evaluate = [python, str(HERE / "eval.py"), "--train-dir", str(train_dir), "--device", "auto"]
+    evaluate = [python, str(HERE / "eval.py"), "--train-dir", folder, "--device", "auto"]
     train_threads, eval_threads = thread_options(args)
     eval_env = {"CUDA_VISIBLE_DEVICES": args.eval_gpu} if args.eval_gpu is not None else CPU_ONLY
     eval_names = ["eval"] if args.evaluators == 1 else [f"eval-{i}" for i in range(args.evaluators)]
-    train = [python, str(HERE / "train.py"), *config, "--train-dir", str(train_dir), "--device", "auto"]
+    train = [python, str(HERE / "train.py"), *config, "--train-dir", folder, "--device", "auto"]
     stack = [
         Service(
             "train",
@@ -116,7 +124,7 @@ def services(args: argparse.Namespace, train_dir: Path, overrides: list[str] = (
     ]
     if overrides:
         return stack
-    tensorboard = [python, "-m", "tensorboard.main", "--logdir", str(train_dir), "--host", args.host]
+    tensorboard = [python, "-m", "tensorboard.main", "--logdir", folder, "--host", args.host]
     return [*stack, Service("tensorboard", [*tensorboard, "--port", str(args.port)])]
 
 

@@ -249,6 +249,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     took_threads = threads.apply(threads.choose("train", args.threads))
     train_dir = TrainDir(Path(args.train_dir))
+    check_dot_dots(train_dir.root)
     if train_dir.root.exists() and not train_dir.root.is_dir():
         raise UsageError(f"--train-dir {train_dir.root} is a file, not a folder; choose another path")
     refuse_linked_folders(train_dir.checkpoints, train_dir.train_run)
@@ -288,6 +289,17 @@ def main(argv: list[str]) -> int:
                 cfg.save(config, train_dir.config)
             train(config, task, state, train_dir, device)
     return 0
+
+
+def check_dot_dots(path: Path) -> None:
+    """UsageError for a `..` after a folder that does not exist (`missing/../td`): creating the train_dir
+    would first create `missing`, a stray folder, to step back out of it."""
+    for index, part in enumerate(path.parts):
+        if part == ".." and not (before := Path(*path.parts[:index])).is_dir():
+            raise UsageError(
+                f"--train-dir {path}: {before} does not exist, so {before}/.. means nothing yet; "
+                "give the path without it"
+            )
 
 
 def owning(train_dir: TrainDir, group: Distributed) -> contextlib.AbstractContextManager:

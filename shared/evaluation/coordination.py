@@ -28,6 +28,7 @@ from shared.protocol.layout import TrainDir, checkpoint_step
 from shared.protocol.ledger import Ledger, LedgerTail
 from shared.protocol.outcomes import OutcomeError, outcome_steps, read_outcome
 from shared.protocol.results import EvalResult, SplitResult
+from shared.runtime.errors import UsageError
 
 log = logging.getLogger("eval")
 
@@ -141,7 +142,15 @@ class Recorder:
 
 def join_as_evaluator(train_dir: TrainDir) -> None:
     """Make eval/ and the ledger exist: an existing ledger tells train.py's retention an evaluator is here.
-    eval.py calls it once config.yaml exists: a daemon writes nothing into a folder that is not a train_dir."""
+    eval.py calls it once config.yaml exists: a daemon writes nothing into a folder that is not a train_dir.
+
+    An evaluator writes in the train_dir's own folder too (best/ and its lock), so one that may not is
+    refused here, before any work, rather than at its first best checkpoint."""
+    if not os.access(train_dir.root, os.W_OK | os.X_OK, effective_ids=True):
+        raise UsageError(
+            f"{train_dir.root}: this user may not write there, and eval.py writes best/ and .best.lock there "
+            "(beside eval/); give it write access (chmod g+w, or chown), or run eval.py as train.py's user"
+        )
     make_folder(train_dir.eval_run)
     touch(train_dir.results)
 
