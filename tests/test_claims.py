@@ -90,7 +90,7 @@ def test_racing_takeovers_of_one_stale_claim_have_one_winner(tmp_path: Path) -> 
         won = race_for(step, takers)
         assert len(won) == 1, f"step {step}: {won}"
         assert ClaimInfo.read(takers[0].path(step)).evaluator == won[0]
-    assert not [name for name in os.listdir(tmp_path) if name.endswith(".stale")], "a takeover left its tomb"
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".old")], "a takeover left its tomb"
 
 
 def test_a_claim_kept_fresh_is_never_stale(tmp_path: Path) -> None:

@@ -167,8 +167,9 @@ class Claims:
         reason = self._stale(seen)
         if reason is None:
             return False
-        # Only one taker can create this name, derived from the claim judged stale (its token, inode and mtime).
-        tomb = self.folder / f".{path.name}.{seen.name()}.stale"
+        # Only one taker can create this name, derived from the claim judged stale (its token, inode and mtime);
+        # no longer than the claim's own temp name (`.old` as `.tmp`), so a path that fits a claim fits its tomb.
+        tomb = self.folder / f".{path.name}.{seen.name()}.old"
         try:
             os.link(path, tomb, follow_symlinks=False)
         except FileExistsError:
