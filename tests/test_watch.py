@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,3 +115,38 @@ def test_checkpoints_present_before_start_are_found_by_the_scan(tmp_path: Path, 
     with CheckpointWatcher(train_dir, poll_secs) as watcher:
         assert not watcher.wait(QUIET)
         assert [c.step for c in list_checkpoints(train_dir.checkpoints)] == [100, 200, 300]
+
+
+INOTIFY_AT_ITS_LIMIT = """
+import os, resource, sys
+from pathlib import Path
+from shared.evaluation.watch import CheckpointWatcher
+from shared.protocol.layout import TrainDir
+from shared.runtime.errors import RunAborted
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+held = []
+try:  # every descriptor this process may have, taken: inotify_init then fails as at its instance limit
+    while True:
+        held.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+try:
+    with CheckpointWatcher(TrainDir(Path(sys.argv[1]))):
+        print("watching")
+except RunAborted as err:
+    print(err)
+"""
+
+
+def test_a_watcher_at_the_inotify_limit_says_to_poll(train_dir: TrainDir) -> None:
+    """A real EMFILE from inotify_init (watchdog: "inotify instance limit reached"), in a process whose
+    descriptors are all taken; the system-wide inotify limits are left alone, as other processes share them."""
+    train_dir.root.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", INOTIFY_AT_ITS_LIMIT, str(train_dir.root)],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"cannot watch {train_dir.root} with inotify: inotify instance limit reached")
+    assert "pass --poll 1 to poll instead" in done.stdout

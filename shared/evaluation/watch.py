@@ -15,6 +15,7 @@ parsed, so a poll of a folder of 10,000 checkpoints costs a few milliseconds (be
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -27,6 +28,7 @@ from watchdog.observers import Observer
 
 from shared.protocol.layout import CHECKPOINT_RE, TrainDir
 from shared.protocol.outcomes import OUTCOME_RE
+from shared.runtime.errors import RunAborted
 
 
 def _arrivals(train_dir: TrainDir) -> dict[Path, re.Pattern[str]]:
@@ -83,16 +85,26 @@ class CheckpointWatcher:
     def __init__(self, train_dir: TrainDir, poll_secs: float | None = None) -> None:
         self.train_dir, self.poll_secs = train_dir, poll_secs
         self._wake = threading.Event()
-        self._observer = None if poll_secs else Observer()
+        self._observer: Observer | None = None
         self._poll: FolderPoll | None = None
-        if self._observer is not None:
-            self._observer.schedule(_WakeOnArrival(train_dir, self._wake), str(train_dir.root), recursive=True)
 
     def __enter__(self) -> CheckpointWatcher:
-        if self._observer is None:
+        if self.poll_secs:
             self._poll = FolderPoll(self.train_dir)
         else:
-            self._observer.start()
+            try:  # inotify's instance and watch limits are met here, when creating and watching
+                observer = Observer()
+                observer.schedule(_WakeOnArrival(self.train_dir, self._wake), str(self.train_dir.root), recursive=True)
+                observer.start()
+                self._observer = observer
+            except OSError as err:
+                if err.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOSPC):
+                    raise
+                raise RunAborted(
+                    f"cannot watch {self.train_dir.root} with inotify: {err.strerror or err} (the limits are the "
+                    "open-file limit and fs.inotify.max_user_instances / max_user_watches); pass --poll 1 to poll "
+                    "instead, or raise the limit"
+                ) from None
         return self
 
     def __exit__(self, *exc: object) -> None:
