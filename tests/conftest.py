@@ -150,6 +150,19 @@ def warm_scripts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WarmCli]:
         yield warm
 
 
+def finished_run(folder: Path, warm: WarmCli, train_args: list[str], evaluate: bool = False) -> TrainDir:
+    """A train_dir `folder/run` trained to its end with `train_args` (and evaluated, with `evaluate`): made
+    once by a module-scoped fixture for its tests to copy."""
+    train_dir = TrainDir(folder / "run")
+    with process_starter(folder, warm) as start:
+        trainer = start("train.py", "--train-dir", str(train_dir.root), *train_args)
+        assert trainer.wait() == 0, trainer.output()
+        if evaluate:
+            evaluator = start("eval.py", "--train-dir", str(train_dir.root))
+            assert evaluator.wait() == 0, evaluator.output()
+    return train_dir
+
+
 @pytest.fixture
 def start(tmp_path: Path, warm_scripts: WarmCli) -> Iterator[Callable[..., Proc]]:
     """start("train.py", *args) -> Proc; every process still running at the end of the test is killed.

@@ -16,7 +16,7 @@ import pytest
 from shared.protocol.claims import claim_name
 from shared.protocol.layout import TrainDir
 from shared.protocol.outcomes import outcome_name
-from tests.conftest import SHORT_RUN, Proc, process_starter
+from tests.conftest import SHORT_RUN, Proc, finished_run
 from tests.warm_cli import WarmCli
 
 pytestmark = pytest.mark.slow
@@ -29,12 +29,7 @@ REFUSAL_GUARD = 300
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory: pytest.TempPathFactory, warm_scripts: WarmCli) -> TrainDir:
     """One finished and evaluated train_dir (checkpoints at 20 and 40), copied by each test."""
-    folder = tmp_path_factory.mktemp("evaluated")
-    train_dir = TrainDir(folder / "run")
-    with process_starter(folder, warm_scripts) as start:
-        assert (trainer := start("train.py", "--train-dir", str(train_dir.root), *TRAIN)).wait() == 0, trainer.output()
-        assert (evaluator := start("eval.py", "--train-dir", str(train_dir.root))).wait() == 0, evaluator.output()
-    return train_dir
+    return finished_run(tmp_path_factory.mktemp("evaluated"), warm_scripts, TRAIN, evaluate=True)
 
 
 def copy_of(train_dir: TrainDir, root: Path) -> TrainDir:

@@ -19,7 +19,7 @@ import pytest
 from shared.protocol.claims import claim_name
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records
-from tests.conftest import ROOT, SHORT_RUN, Proc, process_starter
+from tests.conftest import ROOT, SHORT_RUN, Proc, finished_run
 from tests.warm_cli import WarmCli
 
 pytestmark = pytest.mark.slow
@@ -32,11 +32,7 @@ CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, PR_CAPBSET_DROP = 1, 2, 24
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, warm_scripts: WarmCli) -> TrainDir:
     """One finished train_dir (checkpoints at 20 and 40), not evaluated, copied by each test."""
-    folder = tmp_path_factory.mktemp("trained")
-    train_dir = TrainDir(folder / "run")
-    with process_starter(folder, warm_scripts) as start:
-        assert (trainer := start("train.py", "--train-dir", str(train_dir.root), *TRAIN)).wait() == 0, trainer.output()
-    return train_dir
+    return finished_run(tmp_path_factory.mktemp("trained"), warm_scripts, TRAIN)
 
 
 def last_line(proc: Proc) -> str:
