@@ -15,6 +15,7 @@ import pytest
 
 from shared.protocol.claims import claim_name
 from shared.protocol.layout import TrainDir
+from shared.protocol.ledger import read_records
 from shared.protocol.outcomes import outcome_name
 from tests.conftest import SHORT_RUN, Proc, finished_run
 from tests.warm_cli import WarmCli
@@ -73,7 +74,7 @@ PLANTED = [
     ("eval.py", "eval/events", "evaluate"),
     ("eval.py", "eval/results.jsonl", "evaluate"),
     ("eval.py", f"eval/pending/{outcome_name(20)}", "evaluate afresh"),
-    ("eval.py", f"eval/claims/{claim_name(20)}", "evaluate afresh"),
+    ("eval.py", f"eval/claims/{claim_name(20)}", "take over"),
 ]
 
 
@@ -83,7 +84,7 @@ def test_a_fifo_or_dev_zero_link_planted_in_the_train_dir_is_refused_without_han
     tmp_path: Path, evaluated: TrainDir, start: Callable[..., Proc], script: str, planted: str, then: str, kind: str
 ) -> None:
     train_dir = copy_of(evaluated, tmp_path / "run")
-    if then == "evaluate afresh":  # an outcome or claim is read only for a step not in the ledger yet
+    if then in ("evaluate afresh", "take over"):  # an outcome or claim is read only for a step not recorded yet
         shutil.rmtree(train_dir.eval_run)
     path = train_dir.root / planted
     if planted.endswith("/events"):
@@ -91,6 +92,11 @@ def test_a_fifo_or_dev_zero_link_planted_in_the_train_dir_is_refused_without_han
     plant(path, kind)
     args = ["--set", "train.steps=60"] if then == "train on" else []
     proc = start(script, "--train-dir", str(train_dir.root), *args)
+    if then == "take over":  # a claim no evaluator made is stale at once: removed (never read), and step 20 done
+        assert proc.wait(REFUSAL_GUARD) == 0, proc.output()
+        assert "step 20: taking over its claim (it is not a claim file" in proc.output()
+        assert [r["step"] for r in read_records(train_dir.results)] == [20, 40] and not path.exists()
+        return
     last = one_line_refusal(proc, script, path)
     assert ("is a symbolic link" in last) if kind == "devzero" else ("is a FIFO" in last), last
     assert path.is_fifo() if kind == "fifo" else path.is_symlink(), "the planted file was replaced"

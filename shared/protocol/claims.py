@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from shared.protocol.files import RECORD_BYTES, create_once, make_folder, open_regular, read_file
+from shared.protocol.files import RECORD_BYTES, NotAFile, create_once, make_folder, open_regular, read_file
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,8 @@ class Claims:
         return None if seen is None else self._stale(seen)
 
     def _stale(self, seen: _Seen) -> str | None:
+        if seen.planted:
+            return "it is not a claim file (a link or a FIFO planted there)"
         info = seen.info
         same_pids = info is not None and (info.host, info.pid_namespace) == (self.host, self.pid_namespace)
         if info and same_pids and info.pid != os.getpid() and not _pid_alive(info.pid):
@@ -198,13 +200,20 @@ class _Seen:
     info: ClaimInfo | None
     inode: int
     mtime_ns: int
+    planted: bool = False  # not a regular file (a symlink, a FIFO): no evaluator made it
 
     @staticmethod
     def look(path: Path) -> _Seen | None:
+        """Never follows a link nor blocks on a FIFO planted as a claim: such a file is seen as `planted`."""
         try:
-            with open(open_regular(path), "rb") as f:  # never a FIFO or a link planted as a claim
+            with open(open_regular(path), "rb") as f:
                 stat = os.fstat(f.fileno())
                 data = f.read(RECORD_BYTES)
+        except NotAFile:
+            with contextlib.suppress(FileNotFoundError):
+                stat = os.lstat(path)
+                return _Seen(None, stat.st_ino, stat.st_mtime_ns, planted=True)
+            return None
         except FileNotFoundError:
             return None
         return _Seen(ClaimInfo.parse(data), stat.st_ino, stat.st_mtime_ns)
