@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import stat
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -66,9 +67,10 @@ def load(
         from shared.checkpoints import sharded
 
         return checked(sharded.load_for_eval(Path(path)))
-    if not os.path.isfile(path):  # a FIFO would block the reader for good, a device never end
+    info = os.stat(path)  # a missing file's FileNotFoundError passes through
+    if not stat.S_ISREG(info.st_mode):  # a FIFO would block the reader for good, a device never end
         raise CheckpointError("not a regular file (a FIFO or a device?); not read")
-    if os.path.getsize(path) == 0:
+    if info.st_size == 0:
         raise CheckpointError("empty file (0 bytes)")
     if max_bytes is not None:
         _check_unpacked_size(path, max_bytes)
