@@ -132,7 +132,7 @@ def test_a_nan_best_left_by_an_older_version_is_replaced_by_any_finite_result(tm
     )
     train_dir.best.symlink_to(old.name)
     assert math.isnan(export.held_best(train_dir).value("loss"))
-    model = build_task(config).build_model()
+    task = build_task(config)
     candidate = EvalResult(40, "checkpoints/ckpt-000000040.pt", "ok", splits={"val": SplitResult({"loss": 5.0})})
-    assert export.export_if_best(train_dir, model, config, candidate) is not None
+    assert export.export_if_best(train_dir, task, task.build_model(), config, candidate) is not None
     assert export.read_best(train_dir)["step"] == 40 and not old.exists()
