@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +23,12 @@ from tests.conftest import ROOT, wait_until
 TIMEOUT = 60.0
 
 
-def foreign_claim(claims: Claims, step: int, age: float) -> None:
-    """A claim made `age` seconds ago by an evaluator on another host (its pid means nothing here)."""
-    info = ClaimInfo(host="elsewhere", pid=1, started=time.time() - age, evaluator="elsewhere:1")
+def foreign_claim(claims: Claims, step: int, clock_offset: float = 0.0) -> None:
+    """A claim made by an evaluator on another host (its pid means nothing here), whose clock is
+    `clock_offset` seconds off ours: the mtime it leaves says so."""
+    info = ClaimInfo(host="elsewhere", pid=1, started=time.time() + clock_offset, evaluator="elsewhere:1")
     claims.path(step).write_text(json.dumps(info.__dict__))
-    os.utime(claims.path(step), (time.time() - age, time.time() - age))
+    os.utime(claims.path(step), (time.time() + clock_offset, time.time() + clock_offset))
 
 
 def test_a_step_is_claimed_once(tmp_path: Path) -> None:
@@ -54,12 +56,19 @@ def test_a_claim_whose_owner_died_on_this_host_is_taken_over_at_once(tmp_path: P
     assert "step 7: taking over its claim" in caplog.text
 
 
-def test_a_foreign_claim_is_stale_only_after_the_timeout(tmp_path: Path) -> None:
-    claims = Claims(tmp_path, TIMEOUT, "here")
-    foreign_claim(claims, 5, age=TIMEOUT / 2)
+@pytest.mark.parametrize("clock_offset", [-600.0, 0.0, 600.0])
+def test_a_foreign_claim_is_stale_once_seen_unchanged_for_the_timeout(tmp_path: Path, clock_offset: float) -> None:
+    """Whatever the owner's clock (10 minutes behind, right, 10 minutes ahead), its claim is live at first
+    sight, and stale only once this evaluator has seen it unchanged for the timeout by its own clock; a
+    refresh, even to an mtime earlier than before, makes it live again."""
+    claims = Claims(tmp_path, timeout=0.5, evaluator="here")
+    foreign_claim(claims, 5, clock_offset)
     assert claims.stale_reason(5) is None
     assert not claims.try_claim(5)
-    foreign_claim(claims, 5, age=TIMEOUT + 5)
+    wait_until(lambda: claims.stale_reason(5) is not None, 30, "the silent claim to go stale")
+    os.utime(claims.path(5), (time.time() - 3600, time.time() - 3600))  # its owner refreshed it, clock stepped back
+    assert claims.stale_reason(5) is None
+    wait_until(lambda: claims.stale_reason(5) is not None, 30, "the silent claim to go stale again")
     assert "elsewhere:1 has been silent for" in claims.stale_reason(5)
     assert claims.try_claim(5)
     assert ClaimInfo.read(claims.path(5)).evaluator == "here"
@@ -82,11 +91,17 @@ def race_for(step: int, takers: list[Claims]) -> list[str]:
     return won
 
 
+def stale_to_all(takers: list[Claims], step: int) -> bool:
+    """Whether every taker now finds the claim stale (each one looks: the look starts its clock)."""
+    return all([taker.stale_reason(step) is not None for taker in takers])
+
+
 def test_racing_takeovers_of_one_stale_claim_have_one_winner(tmp_path: Path) -> None:
     """Eight evaluators find the same stale claim at once; exactly one takes it, every time."""
     for step in range(30):
-        takers = [Claims(tmp_path, TIMEOUT, f"taker-{i}") for i in range(8)]
-        foreign_claim(takers[0], step, age=TIMEOUT + 5)
+        takers = [Claims(tmp_path, 0.05, f"taker-{i}") for i in range(8)]
+        foreign_claim(takers[0], step)
+        wait_until(partial(stale_to_all, takers, step), 30, "each taker to see it unchanged long enough", 0.01)
         won = race_for(step, takers)
         assert len(won) == 1, f"step {step}: {won}"
         assert ClaimInfo.read(takers[0].path(step)).evaluator == won[0]
@@ -94,14 +109,31 @@ def test_racing_takeovers_of_one_stale_claim_have_one_winner(tmp_path: Path) -> 
 
 
 def test_a_claim_kept_fresh_is_never_stale(tmp_path: Path) -> None:
-    """While its owner works, the claim's mtime keeps moving; a stale-looking one is refreshed within timeout/4."""
+    """While its owner works, the claim's mtime keeps moving: another evaluator watching it for 4x the
+    timeout never finds it stale."""
     claims = Claims(tmp_path, timeout=1.0)
     assert claims.try_claim(3)
-    old = time.time() - 30
-    os.utime(claims.path(3), (old, old))
+    watcher, watched_since = Claims(tmp_path, timeout=1.0, evaluator="other"), time.monotonic()
     with claims.kept_fresh(3):
-        wait_until(lambda: claims.path(3).stat().st_mtime > old + 20, 5, "the claim to be refreshed")
-        assert Claims(tmp_path, timeout=1.0, evaluator="other").stale_reason(3) is None
+        while time.monotonic() - watched_since < 4.0:
+            assert watcher.stale_reason(3) is None
+            time.sleep(0.02)
+
+
+def test_evaluators_writing_one_step_outcome_at_once_both_succeed(tmp_path: Path) -> None:
+    """An owner taken for dead and its successor may write the same step's outcome at the same moment: each
+    writes its own temp, so neither loses its file under the other (before: "...npz.tmp is gone")."""
+    code = (
+        "import sys; from pathlib import Path; from shared.protocol.outcomes import write_outcome; "
+        "from shared.protocol.results import EvalResult; "
+        "result = EvalResult(step=7, file='checkpoints/ckpt-000000007.pt', status='failed', reason='x'); "
+        f"[write_outcome(Path({str(tmp_path)!r}), result) for _ in range(100)]"
+    )
+    writers = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE) for _ in range(2)]
+    errors = [writer.communicate(timeout=600)[1].decode() for writer in writers]
+    assert [writer.returncode for writer in writers] == [0, 0], errors
+    assert read_outcome(outcome_steps(tmp_path)[7]).step == 7
+    assert os.listdir(tmp_path) == ["step-000000007.npz"], "a temp was left"
 
 
 def test_an_outcome_file_round_trips(tmp_path: Path) -> None:

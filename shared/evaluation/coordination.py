@@ -22,11 +22,11 @@ from shared.config import Config
 from shared.loggers import dashboards
 from shared.loggers.backends import open_run
 from shared.loggers.base import Logger
-from shared.protocol.claims import Claims
+from shared.protocol.claims import Claims, Silence
 from shared.protocol.files import make_folder, release_lock, touch, try_lock
 from shared.protocol.layout import TrainDir, checkpoint_step
 from shared.protocol.ledger import Ledger, LedgerTail
-from shared.protocol.outcomes import OutcomeError, outcome_steps, read_outcome
+from shared.protocol.outcomes import OutcomeError, outcome_steps, read_outcome, remove_abandoned_temps
 from shared.protocol.results import EvalResult, SplitResult
 from shared.runtime.errors import UsageError
 
@@ -85,6 +85,7 @@ class Recorder:
         self.lock_fd: int | None = None
         self.ledger: Ledger | None = None
         self.loggers: dict[str, Logger] = {}
+        self.pending_temps = Silence()
 
     def elected(self) -> bool:
         """Whether this process records; tries the lock (without waiting) until it gets it."""
@@ -106,6 +107,7 @@ class Recorder:
         if not self.elected():
             return 0
         assert self.ledger is not None
+        remove_abandoned_temps(self.train_dir.pending, self.pending_temps, claims.timeout)
         waiting = outcome_steps(self.train_dir.pending)
         unfinished = [s for s in unrecorded if s not in waiting and s not in self.ledger]
         first_gap = min(unfinished, default=None)

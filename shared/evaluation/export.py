@@ -10,6 +10,10 @@ the step is scored (and compared) again.
 into `.best-<step>.tmp`, fsynced, renamed to `.best-<step>`, and then a new symlink is renamed over
 `best` (rename is atomic), so a reader sees the old best or the new one, never a mix. Several
 evaluators may share a train_dir: each compares and switches under an exclusive flock on `.best.lock`.
+
+On a file system without symlinks (vfat, exFAT, SMB, gcsfuse, s3fs) `best` is the folder itself: the old one
+is renamed away, then the new one onto `best`. Between the two renames a reader finds the new one under its
+hidden name; a crash there is repaired by the next export, which renames it onto `best`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,15 @@ from torch import nn
 from shared import config as cfg
 from shared.metrics.direction import higher_is_better
 from shared.protocol import numbers
-from shared.protocol.files import RECORD_BYTES, exclusive_lock, fsync_dir, read_file, remove_tree, write_synced
+from shared.protocol.files import (
+    NO_LINKS,
+    RECORD_BYTES,
+    exclusive_lock,
+    fsync_dir,
+    read_file,
+    remove_tree,
+    write_synced,
+)
 from shared.protocol.layout import BEST_VERSION_RE, TrainDir
 from shared.protocol.results import EvalResult, RecordError
 from shared.runtime.errors import CheckpointError, RunAborted, UsageError
@@ -71,6 +83,7 @@ def export_if_best(
         log.warning("step %d: its %s is %s, never the best; best/ stays as it is", candidate.step, metric, value)
         return None
     with exclusive_lock(train_dir.best_lock, "best/ is locked", wait=True):
+        _finish_a_cut_switch(train_dir)
         if not candidate.beats(held_best(train_dir), metric, upwards):
             return None
         summary = _summary(candidate, metric, upwards)
@@ -157,20 +170,43 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _switch(train_dir: TrainDir, version: Path) -> None:
-    """Point `best` at `version` with one rename, then remove every other best folder."""
+    """Point `best` at `version` with one rename (two without symlinks), then remove every other best folder."""
     link = train_dir.root / ".best.link.tmp"
     link.unlink(missing_ok=True)
-    link.symlink_to(version.name)  # relative: the train_dir can be moved or mounted elsewhere
-    os.replace(link, train_dir.best)
+    try:
+        link.symlink_to(version.name)  # relative: the train_dir can be moved or mounted elsewhere
+    except OSError as err:
+        if err.errno not in NO_LINKS:
+            raise
+        if train_dir.best.is_dir():  # the previous best: renamed to a temp's name, removed below
+            os.replace(train_dir.best, version.with_name(version.name + ".tmp"))
+        os.replace(version, train_dir.best)
+    else:
+        os.replace(link, train_dir.best)
     fsync_dir(train_dir.root)
     for entry in train_dir.root.iterdir():
         if BEST_VERSION_RE.match(entry.name) and entry.name != version.name:
             remove_tree(entry)
 
 
+def _finish_a_cut_switch(train_dir: TrainDir) -> None:
+    """A switch cut short leaves no `best` and the new one complete under its hidden name (the only such
+    folder: each switch removes the others; without symlinks, cut between its two renames): finish it."""
+    if not train_dir.best.exists() and (version := _complete_version(train_dir)) is not None:
+        _switch(train_dir, version)
+
+
+def _complete_version(train_dir: TrainDir) -> Path | None:
+    """The newest complete `.best-<step>` folder (a temp's name is never complete), or None."""
+    found = [entry for entry in train_dir.root.iterdir() if (m := BEST_VERSION_RE.match(entry.name)) and not m[2]]
+    return max(found, default=None)
+
+
 def best_folder(train_dir: TrainDir) -> Path:
     """The complete folder `best` points at now, or UsageError when there is none yet."""
     if not (train_dir.best / METRICS).exists():
+        if (version := _complete_version(train_dir)) is not None:
+            return version  # without symlinks: between a switch's two renames, or after a crash there
         raise UsageError(
             f"no best checkpoint yet: the eval.py daemon exports it to {train_dir.best} once it has evaluated one; "
             "run the daemon first, or use --checkpoint latest"
@@ -185,15 +221,25 @@ def load_weights(model: nn.Module, train_dir: TrainDir) -> dict[str, Any]:
     """
     while True:
         folder = best_folder(train_dir)
+        which = _identity(folder)
         try:
             summary = json.loads(read_file(folder / METRICS, RECORD_BYTES))
             model.load_state_dict(read_weights(folder / WEIGHTS), strict=True)
             return summary
         except FileNotFoundError as err:
-            if folder == best_folder(train_dir):  # not switched meanwhile: really missing
+            if which == _identity(best_folder(train_dir)):  # not switched meanwhile: really missing
                 raise CheckpointError(f"{err.filename} is missing") from None
         except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # corrupt, or another model
             raise CheckpointError(f"{folder / WEIGHTS}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """Which folder this is (a real `best` folder keeps its name when switched), or None if gone."""
+    try:
+        stat = os.stat(folder)
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def load_best(train_dir: str | os.PathLike) -> nn.Module:

@@ -3,10 +3,12 @@
 An evaluator claims a step by creating `eval/claims/ckpt-<step>.claim` with O_CREAT|O_EXCL (atomic on
 local file systems and NFSv3+), holding who claimed it. While it works it refreshes the file's mtime, so
 a claim whose owner died goes quiet: it is *stale* when its owner is on this host (same hostname and pid
-namespace) and its pid is gone,
-or when its mtime is older than the claim timeout (another host, or a pid reused). A stale claim is
-taken over race-free: the taker links it to a name derived from its content, which only one taker can
-create, checks that the linked file is the one it judged stale, and only then replaces it.
+namespace) and its pid is gone, or when this evaluator has seen it unchanged (same claim, same mtime) for
+the claim timeout by its own monotonic clock (another host, or a pid reused). No two hosts' clocks are
+ever compared: an mtime is only compared with the same file's earlier mtime. A stale claim is taken over
+race-free: the taker creates (O_EXCL) a marker named after the claim it judged, which only one taker can
+create, checks that the claim is still the one it judged, and only then replaces it. No hard link or
+symlink is needed.
 
 A claim lives until the step is in the ledger (the recording evaluator removes it), so a step whose
 result waits to be recorded stays claimed; `Claims.try_claim` callers must re-check the ledger after a
@@ -27,7 +29,15 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from shared.protocol.files import RECORD_BYTES, NotAFile, create_once, make_folder, open_regular, read_file
+from shared.protocol.files import (
+    RECORD_BYTES,
+    NotAFile,
+    create_once,
+    make_folder,
+    open_nofollow,
+    open_regular,
+    read_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +100,30 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+class Silence:
+    """How long files have stayed unchanged, by this process's own monotonic clock.
+
+    A file written on another host carries that host's (or the file server's) clock in its mtime, which may
+    be minutes off ours; so an mtime is only ever compared with the same file's mtime at an earlier look."""
+
+    def __init__(self) -> None:
+        self._since: dict[str, tuple[object, float]] = {}  # name -> (what was seen, when first seen so)
+
+    def of(self, name: str, seen: object) -> float:
+        """Seconds since `name` was first seen as `seen` (0 now if it was seen otherwise, or never)."""
+        now = time.monotonic()
+        before, since = self._since.get(name, (None, now))
+        if before != seen:
+            since = now
+        self._since[name] = (seen, since)
+        return now - since
+
+    def forget_all_but(self, names: list[str]) -> None:
+        """Drop what was seen of files no longer there, so the memory stays a handful of entries."""
+        present = set(names)
+        self._since = {name: seen for name, seen in self._since.items() if name in present}
+
+
 class Claims:
     """The claims folder as one evaluator sees it: claiming, keeping claims fresh, and taking over stale ones."""
 
@@ -97,6 +131,7 @@ class Claims:
         self.folder, self.timeout = folder, timeout
         self.host, self.pid_namespace = socket.gethostname(), _pid_namespace()
         self.evaluator = evaluator or this_evaluator()
+        self.silence = Silence()
         make_folder(folder)
 
     def path(self, step: int) -> Path:
@@ -104,7 +139,9 @@ class Claims:
 
     def claimed_steps(self) -> set[int]:
         """Steps with a claim file: those being evaluated or waiting to be recorded (a handful, not all)."""
-        return {step for name in os.listdir(self.folder) if (step := claim_step(name)) is not None}
+        names = os.listdir(self.folder)
+        self.silence.forget_all_but(names)
+        return {step for name in names if (step := claim_step(name)) is not None}
 
     def try_claim(self, step: int) -> bool:
         """Claim `step` for this evaluator: create its claim, or take over a stale one. False if someone holds it."""
@@ -129,9 +166,10 @@ class Claims:
         same_pids = info is not None and (info.host, info.pid_namespace) == (self.host, self.pid_namespace)
         if info and same_pids and info.pid != os.getpid() and not _pid_alive(info.pid):
             return f"{info.evaluator} is dead"
-        age = time.time() - seen.mtime_ns / 1e9
-        if age > self.timeout:
-            return f"{info.evaluator if info else 'its owner'} has been silent for {age:.0f}s"
+        silent = self.silence.of(seen.path.name, seen)
+        if silent > self.timeout:
+            owner = info.evaluator if info else "its owner"
+            return f"{owner} has been silent for {silent:.0f}s by this evaluator's clock"
         return None
 
     @contextlib.contextmanager
@@ -173,20 +211,20 @@ class Claims:
         # no longer than the claim's own temp name (`.old` as `.tmp`), so a path that fits a claim fits its tomb.
         tomb = self.folder / f".{path.name}.{seen.name()}.old"
         try:
-            os.link(path, tomb, follow_symlinks=False)
+            os.close(open_nofollow(tomb, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
         except FileExistsError:
-            # Another evaluator is taking it over right now, or died doing so: its tomb then outlives the timeout.
+            # Another evaluator is taking it over right now, or died doing so: then its tomb stays unchanged.
             with contextlib.suppress(FileNotFoundError):
-                if time.time() - os.stat(tomb).st_ctime > self.timeout:
+                if self.silence.of(tomb.name, os.stat(tomb).st_ino) > self.timeout:
                     tomb.unlink()
             return False
-        except FileNotFoundError:
-            return True
         try:
-            if _Seen.look(tomb) != seen:
-                return False  # what we linked is a fresh claim made since we judged: leave it
-            if _Seen.look(path) == seen:
-                path.unlink(missing_ok=True)
+            now = _Seen.look(path)
+            if now is None:
+                return True  # another taker removed it (its own claim may be on the way): try to create
+            if now != seen:
+                return False  # a fresh claim made since we judged, or its owner refreshed it: leave it
+            path.unlink(missing_ok=True)  # only this tomb's holder removes the claim it is named after
         finally:
             tomb.unlink(missing_ok=True)
         log.warning("step %d: taking over its claim (%s)", step, reason)
@@ -197,6 +235,7 @@ class Claims:
 class _Seen:
     """One look at a claim file: its content and which file it is (inode and mtime tell a new one apart)."""
 
+    path: Path
     info: ClaimInfo | None
     inode: int
     mtime_ns: int
@@ -212,11 +251,11 @@ class _Seen:
         except NotAFile:
             with contextlib.suppress(FileNotFoundError):
                 stat = os.lstat(path)
-                return _Seen(None, stat.st_ino, stat.st_mtime_ns, planted=True)
+                return _Seen(path, None, stat.st_ino, stat.st_mtime_ns, planted=True)
             return None
         except FileNotFoundError:
             return None
-        return _Seen(ClaimInfo.parse(data), stat.st_ino, stat.st_mtime_ns)
+        return _Seen(path, ClaimInfo.parse(data), stat.st_ino, stat.st_mtime_ns)
 
     def name(self) -> str:
         return self.info.token if self.info else f"{self.inode}-{self.mtime_ns}"

@@ -201,18 +201,47 @@ def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
         f.write(data)
 
 
+# What link(2) fails with on a file system that has no hard links: vfat, exFAT, SMB, gcsfuse, s3fs.
+NO_LINKS = frozenset({errno.EPERM, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK})
+
+
 def create_once(path: Path, data: bytes, temp: Path | None = None) -> bool:
     """Create `path` holding `data`, unless it exists (then False): written under a name of its own
     (`temp`, O_CREAT|O_EXCL) and hard-linked into place, which fails if `path` exists, so of racing
-    creators exactly one wins and no reader ever sees the file empty or half written."""
+    creators exactly one wins and no reader ever sees the file empty or half written.
+
+    Where the file system has no hard links, `path` itself is created with O_CREAT|O_EXCL and then written:
+    still one winner, but a reader may see it empty for a moment, or for good if its writer died then
+    (claims allow for that: an unreadable claim is judged by its silence)."""
     temp = temp or path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         write_synced(temp, data)
         os.link(temp, path)
     except FileExistsError:
         return False
+    except OSError as err:
+        if err.errno not in NO_LINKS:
+            raise
+        return _create_in_place(path, data)
     finally:  # also when the disk is full: no temp is left behind
         temp.unlink(missing_ok=True)
+    return True
+
+
+def _create_in_place(path: Path, data: bytes) -> bool:
+    """create_once without a link: O_EXCL on the name itself, then the data, fsynced (or nothing left)."""
+    try:
+        fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    except FileExistsError:
+        return False
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(fd)
     return True
 
 

@@ -16,10 +16,12 @@ arrays) are read too, their PR curves binned from the arrays.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -30,11 +32,15 @@ import torch
 from shared.metrics import artifacts
 from shared.metrics.classification import PRCurveBuckets
 from shared.protocol import numbers
+from shared.protocol.claims import Silence
 from shared.protocol.files import atomic_file, make_folder, read_file
 from shared.protocol.results import EvalResult, SplitResult
 
 OUTCOME_RE = re.compile(r"^step-(\d{9})\.npz$")
 MAX_OUTCOME_BYTES = 64 << 20  # scalars and small artifacts: a few KB (more with many classes); never per example
+# An outcome being written: each writer's temp has a name of its own (an evaluator that was slow, or whose
+# claim was taken over because it looked dead, may write the same step's outcome as its successor).
+OUTCOME_TEMP_RE = re.compile(r"^\.step-\d{9}\.npz(\.[0-9a-f]{32})?\.tmp$")
 
 
 def outcome_name(step: int) -> str:
@@ -68,9 +74,23 @@ def write_outcome(folder: Path, result: EvalResult) -> Path:
     make_folder(folder)
     # Not fsynced: an outcome lost or cut by a power loss is found unreadable or missing, and its checkpoint
     # evaluated again (its claim's owner is gone), so durability would buy nothing but two fsyncs a checkpoint.
-    with atomic_file(path, durable=False) as f:
+    with atomic_file(path, path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp"), durable=False) as f:
         np.savez(f, meta=np.frombuffer(meta, dtype=np.uint8))
     return path
+
+
+def remove_abandoned_temps(folder: Path, silence: Silence, timeout: float) -> None:
+    """Remove outcome temps unchanged for `timeout` by this process's clock: their writers died mid-write
+    (a live writer renames its temp within moments of creating it)."""
+    try:
+        names = [name for name in os.listdir(folder) if OUTCOME_TEMP_RE.match(name)]
+    except FileNotFoundError:
+        return
+    silence.forget_all_but(names)
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            if silence.of(name, os.stat(folder / name).st_mtime_ns) > timeout:
+                (folder / name).unlink()
 
 
 def read_outcome(path: Path) -> EvalResult:

@@ -1,0 +1,120 @@
+"""Clocks that disagree across hosts, made for real with libfaketime: evaluators 20 minutes apart share a
+train_dir's claims, and TensorBoard event files written by clocks that differ or step back keep every point.
+
+No file's time is ever compared with another host's clock: a claim is live while it keeps changing as the
+watcher sees it (docs/protocol.md, "Several evaluators"); an event file's name orders it after the run's
+newest file whatever the writer's clock says (docs/protocol.md, "One point per step").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.protocol.claims import ClaimInfo, claim_name, claim_step
+from shared.protocol.layout import TrainDir
+from shared.protocol.outcomes import outcome_steps
+from tests.conftest import SHORT_RUN, START_GUARD, Proc, process_starter, system_tool, wait_until
+
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+STEPS = list(range(10, 201, 10))
+TIMEOUT = 3  # eval.claim_timeout_secs: a dead claim is taken over this long after it was first seen unchanged
+
+
+def skewed(seconds: int) -> dict[str, str]:
+    """The environment of a process whose clock is `seconds` off this host's (a host without NTP)."""
+    system_tool("faketime")
+    if not LIBFAKETIME.exists():
+        pytest.skip(f"{LIBFAKETIME} missing (apt-get install faketime)")
+    # Only the wall clock: a monotonic clock is never compared across hosts (and a shifted one would make
+    # every timed wait of the process return at once or 10 minutes late).
+    return {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME": f"{seconds:+d}", "DONT_FAKE_MONOTONIC": "1"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run with 20 checkpoints and no evaluation yet; tests copy it."""
+    root = tmp_path_factory.mktemp("trained") / "run"
+    with process_starter(root.parent) as start:
+        trainer = start(
+            "train.py", "--train-dir", str(root), *SHORT_RUN,
+            "--set", "checkpoint.every_steps=10", "--set", "checkpoint.max_to_keep=100",
+        )  # fmt: skip
+        assert trainer.wait_while_logging() == 0, trainer.output()
+    return root
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """Cold processes only: libfaketime must be preloaded before the interpreter starts."""
+    with process_starter(tmp_path) as starter:
+        yield starter
+
+
+# Another host's evaluator that is alive: it holds a claim and keeps it fresh (its host name is all that makes it
+# another host's: this machine's pids then mean nothing to the others), until `release` exists and `hold`
+# seconds have passed since; then it says whether its claim was still its own, and gives it up.
+HOLDER = """
+import sys, time
+from pathlib import Path
+from shared.protocol.claims import ClaimInfo, Claims
+folder, step, release, hold = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4])
+claims = Claims(folder, timeout=float(sys.argv[5]), evaluator="another-host:live")
+claims.host = "another-host"
+assert claims.try_claim(step)
+mine = ClaimInfo.read(claims.path(step)).token
+print("claimed", flush=True)
+with claims.kept_fresh(step):
+    while not release.exists():
+        time.sleep(0.1)
+    time.sleep(hold)
+held = claims.path(step).exists() and ClaimInfo.read(claims.path(step)).token == mine
+print("kept" if held else "taken over", flush=True)
+claims.release(step)
+"""
+
+
+def test_evaluators_20_minutes_apart_take_over_a_dead_claim_and_never_a_live_one(
+    tmp_path: Path, trained: Path, start
+) -> None:
+    """A claim on step 20 left by a dead evaluator of another host, and one on step 10 held by a live one.
+    First an evaluator 10 minutes behind this host: before, it never took the dead claim over (its mtime
+    looked 10 minutes ahead); now it does, once it has seen it unchanged for the timeout. Then one 10
+    minutes ahead joins: before, it took the live claim over at once (its mtime looked 10 minutes old); now
+    it never does while it is refreshed. Every checkpoint ends with one record."""
+    train_dir = TrainDir(tmp_path / "run")
+    shutil.copytree(trained, train_dir.root)
+    train_dir.claims.mkdir(parents=True)
+    dead = ClaimInfo(host="another-host", pid=4242, started=time.time(), evaluator="another-host:4242")
+    train_dir.claims.joinpath(claim_name(20)).write_text(json.dumps(dead.__dict__))
+    release = tmp_path / "release"
+    holder = start("-c", HOLDER, str(train_dir.claims), "10", str(release), str(4 * TIMEOUT), str(TIMEOUT))
+    wait_until(lambda: "claimed" in holder.output(), START_GUARD, "the live evaluator to claim step 10")
+    args = ["--train-dir", str(train_dir.root), "--poll", "0.2"]
+    args += ["--set", f"eval.claim_timeout_secs={TIMEOUT}", "--set", "eval.rescan_secs=0.5"]
+    behind = start("eval.py", *args, env=skewed(-600))
+    wait_until(lambda: "step 20: taking over" in behind.output(), START_GUARD, "the evaluator behind to take step 20")
+    ahead = start("eval.py", *args, env=skewed(600))
+    wait_until(lambda: "evaluating" in ahead.output(), START_GUARD, "the evaluator ahead to start")
+    release.touch()  # the live one holds its claim 4x the timeout longer, watched by both
+    assert holder.wait() == 0, holder.output()
+    assert holder.output().split() == ["claimed", "kept"], ahead.output()
+    for evaluator in (behind, ahead):
+        assert evaluator.wait() == 0, evaluator.output()
+
+    records = [json.loads(line) for line in train_dir.results.read_text().splitlines()]
+    assert [r["step"] for r in records] == STEPS
+    assert all(r["status"] == "ok" for r in records), records
+    assert "step 20: taking over its claim (another-host:4242 has been silent for" in behind.output()
+    logs = behind.output() + ahead.output()
+    assert logs.count("taking over its claim") == 1, logs
+    assert "Traceback" not in logs
+    assert not outcome_steps(train_dir.pending), "an outcome was left unrecorded"
+    assert not [n for n in os.listdir(train_dir.pending) if n.endswith(".tmp")], "an outcome temp was left"
+    assert not [n for n in os.listdir(train_dir.claims) if claim_step(n) is not None], "a claim outlived its record"
