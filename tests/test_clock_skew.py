@@ -22,7 +22,7 @@ from shared.protocol.layout import TrainDir
 from shared.protocol.outcomes import outcome_steps
 from tests.conftest import SHORT_RUN, START_GUARD, Proc, process_starter, system_tool, wait_until
 
-LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+LIBFAKETIME = next(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"), Path("/usr/lib/faketime/libfaketime.so.1"))
 STEPS = list(range(10, 201, 10))
 TIMEOUT = 3  # eval.claim_timeout_secs: a dead claim is taken over this long after it was first seen unchanged
 
