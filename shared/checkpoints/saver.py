@@ -102,10 +102,10 @@ class PeriodicSaver:
         """Write `state` as the checkpoint for `step`. Asynchronously, the loop blocks only for the
         snapshot (and for the previous save, if it is still writing); a final save is waited for, and
         after any other one the evaluator if it lags too far behind. Every rank calls it at the same steps."""
+        self.wait()  # the save in flight settles first, so a refusal below never abandons it half-written
         if self.guard is not None:
             self.guard.check(self.last_saved_step)  # nothing computed from NaN/Inf is saved
         self.flush()  # the points up to a checkpoint are on disk before it: a resume never loses them
-        self.wait()
         self.ledger.poll()  # retention keeps what the evaluator has not reached by now
         evaluated = (self.ledger.newest, dict(self.ledger.results))  # as of now, for the writing thread
         started = time.monotonic()
