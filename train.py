@@ -26,7 +26,6 @@ import torch
 from shared import config as cfg
 from shared.checkpoints.format import load_for_resume
 from shared.checkpoints.retention import RetentionPolicy
-from shared.checkpoints.saver import PeriodicSaver
 from shared.checkpoints.store import list_checkpoints, remove_stale_temps
 from shared.evaluation import splits
 from shared.loggers import dashboards
@@ -48,6 +47,7 @@ from shared.training.feedback import Feedback
 from shared.training.ledger_reader import LedgerReader
 from shared.training.optim import NonFiniteGuard, TrainState, build_optimizer, build_schedule, parameter_counts
 from shared.training.progress import Progress, TrainLog
+from shared.training.saver import PeriodicSaver
 
 log = logging.getLogger("train")
 

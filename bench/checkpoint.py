@@ -20,11 +20,11 @@ import torch
 from bench.common import add_results_option, report, results_file
 from shared import config as cfg
 from shared.checkpoints.retention import RetentionPolicy, apply_retention
-from shared.checkpoints.saver import PeriodicSaver
 from shared.checkpoints.store import save
 from shared.protocol.layout import TrainDir
 from shared.runtime import devices
 from shared.tasks.synthetic import SyntheticData, SyntheticModel, SyntheticTask
+from shared.training.saver import PeriodicSaver
 
 SIZES = {
     "10M": SyntheticModel(arch="resnet", width=64),

@@ -16,13 +16,13 @@ from torch import nn
 
 from shared.checkpoints.format import FORMAT_VERSION, load, load_weights, restore_model
 from shared.checkpoints.retention import RetentionPolicy, apply_retention
-from shared.checkpoints.saver import PeriodicSaver
 from shared.checkpoints.store import Checkpoint, list_checkpoints, remove_stale_temps, save
 from shared.config import CheckpointConfig
 from shared.protocol.layout import TrainDir, checkpoint_name, weights_name
 from shared.protocol.ledger import Ledger
 from shared.protocol.results import EvalResult
 from shared.runtime.errors import CheckpointError
+from shared.training.saver import PeriodicSaver
 
 
 def _touch(folder: Path, *names: str) -> None:
@@ -404,7 +404,7 @@ def test_periodic_saver_logs_each_save_when_it_commits(
     when an evaluator may already have reported step N), not at that next save."""
     train_dir = TrainDir(tmp_path)
     saver = PeriodicSaver(train_dir, CheckpointConfig(every_steps=100, async_save=async_save), last_saved_step=0)
-    with caplog.at_level(logging.INFO, logger="shared.checkpoints.saver"):
+    with caplog.at_level(logging.INFO, logger="shared.training.saver"):
         saver.save(100, {"model": {"w": torch.zeros(1)}})
         if saver.in_flight is not None:
             saver.in_flight.future.result()  # the writing thread committed it; the loop has not looked yet
