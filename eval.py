@@ -33,6 +33,7 @@ import torch
 
 from shared import config as cfg
 from shared.checkpoints.store import Checkpoint, list_checkpoints
+from shared.errors import CheckpointError, UsageError
 from shared.evaluation import crossval, export
 from shared.evaluation.coordination import SharedTrainDir, join_as_evaluator
 from shared.evaluation.evaluator import Evaluator
@@ -48,7 +49,6 @@ from shared.protocol.outcomes import write_outcome
 from shared.protocol.presence import FolderGuard
 from shared.protocol.results import EvalResult, SplitResult
 from shared.runtime import cli, devices, threads
-from shared.runtime.errors import CheckpointError, UsageError
 from shared.runtime.signals import StopRequest
 from shared.tasks.loading import load_config
 

@@ -27,6 +27,7 @@ from shared import config as cfg
 from shared.checkpoints.format import load_for_resume
 from shared.checkpoints.retention import RetentionPolicy
 from shared.checkpoints.store import list_checkpoints, remove_stale_temps
+from shared.errors import CheckpointError, UsageError
 from shared.evaluation import splits
 from shared.loggers import dashboards
 from shared.loggers.backends import check_backends, mark_run, open_run, running
@@ -35,7 +36,6 @@ from shared.protocol.files import exclusive_lock, refuse_linked_folders, write_a
 from shared.protocol.layout import TrainDir
 from shared.protocol.presence import FolderGuard
 from shared.runtime import cli, devices, health, seeding, threads
-from shared.runtime.errors import CheckpointError, UsageError
 from shared.runtime.signals import StopRequest
 from shared.tasks import Task
 from shared.tasks.base import check_model_fits

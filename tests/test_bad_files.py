@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from shared.checkpoints.format import load
+from shared.errors import CheckpointError
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records
-from shared.runtime.errors import CheckpointError
 from shared.tasks.digits import DigitsModel, DigitsTask
 from tests.conftest import SHORT_RUN, RunsCodeWhenUnpickled
 

@@ -18,10 +18,10 @@ from shared.checkpoints.format import FORMAT_VERSION, load, load_weights, restor
 from shared.checkpoints.retention import RetentionPolicy, apply_retention
 from shared.checkpoints.store import Checkpoint, list_checkpoints, remove_stale_temps, save
 from shared.config import CheckpointConfig
+from shared.errors import CheckpointError
 from shared.protocol.layout import TrainDir, checkpoint_name, weights_name
 from shared.protocol.ledger import Ledger
 from shared.protocol.results import EvalResult
-from shared.runtime.errors import CheckpointError
 from shared.training.saver import PeriodicSaver
 
 

@@ -19,10 +19,10 @@ import torch.distributed as dist
 from shared.checkpoints.format import load
 from shared.checkpoints.retention import RetentionPolicy, apply_retention
 from shared.checkpoints.store import list_checkpoints, remove_stale_temps
+from shared.errors import CheckpointError
 from shared.evaluation.export import load_best, read_best
 from shared.protocol.layout import METADATA, TrainDir
 from shared.protocol.ledger import read_records
-from shared.runtime.errors import CheckpointError
 from tests.conftest import ROOT, Proc, RunsCodeWhenUnpickled, scalar_points, wait_for_watching, wait_until
 from tests.test_feedback import EXPECTED, FEEDBACK_RUN, decided
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from shared.errors import UsageError
 from shared.protocol.claims import claim_name
 from shared.protocol.files import append_line, atomic_file, make_folder, touch, try_lock, write_atomic
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import Ledger, read_records
 from shared.protocol.outcomes import outcome_name
-from shared.runtime.errors import UsageError
 from tests.conftest import (
     SHORT_RUN,
     Proc,

@@ -14,6 +14,7 @@ from torch.utils.tensorboard.summary import compute_curve
 
 from shared import config as cfg
 from shared.checkpoints.store import save
+from shared.errors import UsageError
 from shared.evaluation.evaluator import Evaluator
 from shared.metrics.base import value_of
 from shared.metrics.classification import PR_THRESHOLDS, ConfusionMetric, PRCurveBuckets, RocAuc
@@ -21,7 +22,6 @@ from shared.metrics.language import Perplexity, TokenAccuracy
 from shared.metrics.regression import MeanAbsoluteError, MeanSquaredError, R2Score
 from shared.protocol.layout import TrainDir
 from shared.runtime import devices
-from shared.runtime.errors import UsageError
 from shared.tasks.base import Task
 from shared.tasks.language import LanguageModelTask
 from shared.tasks.loading import load_config, resolve_config

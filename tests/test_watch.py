@@ -122,7 +122,7 @@ import os, resource, sys
 from pathlib import Path
 from shared.evaluation.watch import CheckpointWatcher
 from shared.protocol.layout import TrainDir
-from shared.runtime.errors import RunAborted
+from shared.errors import RunAborted
 
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 held = []

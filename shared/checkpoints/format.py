@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from shared.errors import CheckpointError
 from shared.protocol.layout import checkpoint_step, weights_name
-from shared.runtime.errors import CheckpointError
 
 FORMAT_VERSION = 1
 

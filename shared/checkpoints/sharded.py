@@ -29,9 +29,9 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, StorageMeta, TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from shared.errors import CheckpointError
 from shared.protocol.files import atomic_file, fsync_dir
 from shared.protocol.layout import METADATA, SHARDED_STATE, checkpoint_folder, checkpoint_temp_folder
-from shared.runtime.errors import CheckpointError
 
 # Everything a DCP `.metadata` pickle may name: DCP's own metadata classes and the torch values in them.
 _DCP_CLASSES = {

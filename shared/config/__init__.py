@@ -43,7 +43,7 @@ from shared.config.schema import (
 )
 from shared.config.sources import apply_overrides, parse_yaml, read_with_overrides, read_yaml, save, to_yaml
 from shared.config.validation import resolve
-from shared.runtime.errors import ConfigError
+from shared.errors import ConfigError
 
 __all__ = [
     "IDENTITY_KEYS",

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from shared.config.schema import Config
-from shared.runtime.errors import ConfigError
+from shared.errors import ConfigError
 
 IDENTITY_KEYS = ("task", "seed", "model", "data")
 RUNTIME_KEYS = ("data.num_workers", "data.on_device")  # how the data is loaded, not which

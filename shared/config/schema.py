@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, model_validator
 
+from shared.errors import ConfigError
 from shared.metrics.direction import higher_is_better
-from shared.runtime.errors import ConfigError
 
 # Upper bounds: beyond them a value is a typo, or breaks something below the config.
 MAX_COUNT = 2**31 - 1  # sizes and counts: C ints in torch and the DataLoader hold 31 bits

@@ -11,8 +11,8 @@ from typing import Any
 import yaml
 
 from shared.config.schema import Config
+from shared.errors import ConfigError
 from shared.protocol.files import read_file, write_atomic
-from shared.runtime.errors import ConfigError
 
 # Bounds on a config file, checked before (size) and while (depth, values) it is parsed: a config is a few
 # hundred bytes of a few levels, and a file from an untrusted train_dir must not take the process's memory

@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from shared.runtime.errors import ConfigError
+from shared.errors import ConfigError
 
 Model = TypeVar("Model", bound=BaseModel)
 

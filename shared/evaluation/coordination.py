@@ -19,6 +19,7 @@ from pathlib import Path
 
 from shared.checkpoints.store import Checkpoint
 from shared.config import Config
+from shared.errors import UsageError
 from shared.loggers import dashboards
 from shared.loggers.backends import open_run
 from shared.loggers.base import Logger
@@ -28,7 +29,6 @@ from shared.protocol.layout import TrainDir, checkpoint_step
 from shared.protocol.ledger import Ledger, LedgerTail
 from shared.protocol.outcomes import OutcomeError, outcome_steps, read_outcome, remove_abandoned_temps
 from shared.protocol.results import EvalResult, SplitResult
-from shared.runtime.errors import UsageError
 
 log = logging.getLogger("eval")
 

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.errors import UsageError
 from shared.protocol import numbers
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_results
 from shared.protocol.results import best_of
-from shared.runtime.errors import UsageError
 from shared.tasks.loading import load_config
 
 FOLD_RE = re.compile(r"^fold-(\d+)$")

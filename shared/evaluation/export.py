@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from shared import config as cfg
+from shared.errors import CheckpointError, RunAborted, UsageError
 from shared.metrics.direction import higher_is_better
 from shared.protocol import numbers
 from shared.protocol.files import (
@@ -44,7 +45,6 @@ from shared.protocol.files import (
 )
 from shared.protocol.layout import BEST_VERSION_RE, TrainDir
 from shared.protocol.results import EvalResult, RecordError
-from shared.runtime.errors import CheckpointError, RunAborted, UsageError
 from shared.tasks import Task
 from shared.tasks.loading import build_task, load_config
 

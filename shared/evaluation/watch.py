@@ -26,9 +26,9 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from shared.errors import RunAborted
 from shared.protocol.layout import CHECKPOINT_RE, TrainDir
 from shared.protocol.outcomes import OUTCOME_RE
-from shared.runtime.errors import RunAborted
 
 
 def _arrivals(train_dir: TrainDir) -> dict[Path, re.Pattern[str]]:

@@ -30,10 +30,10 @@ from urllib.request import urlopen
 import numpy as np
 
 from shared.config import LogConfig
+from shared.errors import UsageError
 from shared.loggers.base import HParam, Layout, Logger
 from shared.protocol.files import RECORD_BYTES, create_once, read_file
 from shared.protocol.layout import TrainDir
-from shared.runtime.errors import UsageError
 
 if TYPE_CHECKING:
     from mlflow.entities import Metric

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from shared.runtime.errors import UsageError
+from shared.errors import UsageError
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from shared.runtime.errors import RunAborted
+from shared.errors import RunAborted
 
 
 class FolderGuard:

@@ -12,8 +12,8 @@ import threading
 from collections.abc import Callable
 from typing import NoReturn
 
+from shared.errors import RunAborted, UsageError
 from shared.runtime import threads
-from shared.runtime.errors import RunAborted, UsageError
 
 EXIT_ABORTED = 1
 EXIT_USAGE = 2

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from shared.runtime.errors import UsageError
+from shared.errors import UsageError
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import torch
 
+from shared.errors import UsageError
 from shared.protocol.files import RECORD_BYTES, read_file
 from shared.protocol.layout import TrainDir
-from shared.runtime.errors import UsageError
 
 SHARE = "share"
 # Added to an evaluator's niceness when it takes its share beside a trainer (0 is the default, 19 the lowest).

@@ -19,9 +19,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 from shared.config import DataConfig, ModelConfig
+from shared.errors import UsageError
 from shared.metrics.base import Metric
 from shared.runtime import devices, seeding
-from shared.runtime.errors import UsageError
 
 
 class Keywords(dict):

@@ -12,9 +12,9 @@ from abc import abstractmethod
 import torch
 from torch import nn
 
+from shared.errors import UsageError
 from shared.metrics.base import Metric
 from shared.metrics.classification import SCALARS, ConfusionMetric, PRCurveBuckets, RocAuc
-from shared.runtime.errors import UsageError
 from shared.tasks.base import Task
 
 PR_CURVE_MAX_CLASSES = 20  # one PR curve per class; past this many the PR Curves tab is no longer readable

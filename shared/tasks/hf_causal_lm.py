@@ -36,9 +36,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from shared import config
+from shared.errors import ConfigError
 from shared.metrics.base import Metric
 from shared.metrics.language import HF_IGNORE_INDEX, causal_lm_metrics
-from shared.runtime.errors import ConfigError
 from shared.tasks.base import Task
 from shared.tasks.language import grammar_text
 

@@ -31,8 +31,8 @@ from pydantic import Field
 from torch import nn
 
 from shared import config as cfg
+from shared.errors import ConfigError
 from shared.metrics.base import directions
-from shared.runtime.errors import ConfigError
 from shared.tasks import Task
 
 BUILTIN_TASKS = {

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from shared.runtime.errors import UsageError
+from shared.errors import UsageError
 
 log = logging.getLogger(__name__)
 

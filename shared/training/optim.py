@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from shared.config import TrainConfig
+from shared.errors import RunAborted
 from shared.runtime import seeding
-from shared.runtime.errors import RunAborted
 from shared.training.data import DataPosition
 from shared.training.distributed import Distributed
 from shared.training.feedback import Feedback

@@ -29,10 +29,10 @@ from shared.checkpoints.retention import RetentionPolicy, apply_retention
 from shared.checkpoints.snapshots import HostSnapshot
 from shared.checkpoints.store import list_checkpoints, save
 from shared.config import CheckpointConfig
+from shared.errors import RunAborted
 from shared.protocol.layout import TrainDir, checkpoint_folder, checkpoint_name
 from shared.protocol.results import EvalResult
 from shared.runtime import health
-from shared.runtime.errors import RunAborted
 from shared.runtime.signals import StopRequest
 from shared.training.distributed import Distributed
 from shared.training.ledger_reader import LedgerReader
