@@ -149,12 +149,16 @@ def python(argv: list[str], command: Command) -> None:
 
 
 def pytest_args(argv: list[str]) -> None:
-    from _pytest.config import UsageError, _prepareconfig  # pytest's own parser, with the plugins installed
-
-    try:
-        _prepareconfig(argv)
-    except UsageError as err:
-        raise ParseError(f"pytest: {str(err).splitlines()[-2 if len(str(err).splitlines()) > 1 else 0]}") from None
+    """pytest's own parser, with the plugins installed, through its public entry point: `pytest.main` with
+    `-VV` parses the whole command line (a usage error exits 4 with its message) and then only prints the
+    versions, running and configuring nothing."""
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        code = pytest.main(["-VV", *argv])
+    if code == pytest.ExitCode.USAGE_ERROR:
+        errors = [line.split("error: ", 1)[1] for line in stderr.getvalue().splitlines() if "error: " in line]
+        raise ParseError(f"pytest: {errors[-1] if errors else stderr.getvalue().strip()}")
+    assert code == pytest.ExitCode.OK, f"pytest -VV {shlex.join(argv)}: exit code {code}"
     for arg in argv:
         if arg.startswith("tests/"):
             assert (ROOT / arg.split("::")[0]).exists(), f"no {arg}"
