@@ -21,6 +21,9 @@ from shared.protocol.results import EvalResult, SplitResult
 from tests.conftest import ROOT, wait_until
 
 TIMEOUT = 60.0
+# The claim timeout of the staleness tests: a stall of the test process that long would make a live claim look
+# stale, so it is generous for a busy machine; the waits for staleness are bounded polls, not sleeps.
+STALE_AFTER = 2.0
 
 
 def foreign_claim(claims: Claims, step: int, clock_offset: float = 0.0) -> None:
@@ -56,22 +59,26 @@ def test_a_claim_whose_owner_died_on_this_host_is_taken_over_at_once(tmp_path: P
     assert "step 7: taking over its claim" in caplog.text
 
 
-@pytest.mark.parametrize("clock_offset", [-600.0, 0.0, 600.0])
-def test_a_foreign_claim_is_stale_once_seen_unchanged_for_the_timeout(tmp_path: Path, clock_offset: float) -> None:
-    """Whatever the owner's clock (10 minutes behind, right, 10 minutes ahead), its claim is live at first
-    sight, and stale only once this evaluator has seen it unchanged for the timeout by its own clock; a
-    refresh, even to an mtime earlier than before, makes it live again."""
-    claims = Claims(tmp_path, timeout=0.5, evaluator="here")
-    foreign_claim(claims, 5, clock_offset)
-    assert claims.stale_reason(5) is None
-    assert not claims.try_claim(5)
-    wait_until(lambda: claims.stale_reason(5) is not None, 30, "the silent claim to go stale")
-    os.utime(claims.path(5), (time.time() - 3600, time.time() - 3600))  # its owner refreshed it, clock stepped back
-    assert claims.stale_reason(5) is None
-    wait_until(lambda: claims.stale_reason(5) is not None, 30, "the silent claim to go stale again")
-    assert "elsewhere:1 has been silent for" in claims.stale_reason(5)
-    assert claims.try_claim(5)
-    assert ClaimInfo.read(claims.path(5)).evaluator == "here"
+def test_a_foreign_claim_is_stale_once_seen_unchanged_for_the_timeout(tmp_path: Path) -> None:
+    """Whatever the owner's clock (10 minutes behind, right, 10 minutes ahead: one claim each), its claim is
+    live at first sight, and stale only once this evaluator has seen it unchanged for the timeout by its own
+    clock; a refresh, even to an mtime earlier than before, makes it live again."""
+    claims = Claims(tmp_path, timeout=STALE_AFTER, evaluator="here")
+    offsets = {5: -600.0, 6: 0.0, 7: 600.0}  # step: its owner's clock offset
+    for step, clock_offset in offsets.items():
+        foreign_claim(claims, step, clock_offset)
+        assert claims.stale_reason(step) is None
+        assert not claims.try_claim(step)
+    all_stale = lambda: all([claims.stale_reason(step) is not None for step in offsets])  # noqa: E731
+    wait_until(all_stale, 600, "the silent claims to go stale")
+    for step in offsets:  # its owner refreshed it, its clock stepped back
+        os.utime(claims.path(step), (time.time() - 3600, time.time() - 3600))
+        assert claims.stale_reason(step) is None
+    wait_until(all_stale, 600, "the silent claims to go stale again")
+    for step in offsets:
+        assert "elsewhere:1 has been silent for" in claims.stale_reason(step)
+        assert claims.try_claim(step)
+        assert ClaimInfo.read(claims.path(step)).evaluator == "here"
 
 
 def race_for(step: int, takers: list[Claims]) -> list[str]:
@@ -109,15 +116,19 @@ def test_racing_takeovers_of_one_stale_claim_have_one_winner(tmp_path: Path) -> 
 
 
 def test_a_claim_kept_fresh_is_never_stale(tmp_path: Path) -> None:
-    """While its owner works, the claim's mtime keeps moving: another evaluator watching it for 4x the
-    timeout never finds it stale."""
-    claims = Claims(tmp_path, timeout=1.0)
+    """While its owner works, the claim's mtime keeps moving: another evaluator watching it through 12
+    refreshes (3x the timeout; counted, so a slow machine only makes the watch longer) never finds it stale."""
+    claims = Claims(tmp_path, timeout=STALE_AFTER)
     assert claims.try_claim(3)
-    watcher, watched_since = Claims(tmp_path, timeout=1.0, evaluator="other"), time.monotonic()
-    with claims.kept_fresh(3):
-        while time.monotonic() - watched_since < 4.0:
-            assert watcher.stale_reason(3) is None
-            time.sleep(0.02)
+    watcher, mtimes = Claims(tmp_path, timeout=STALE_AFTER, evaluator="other"), set()
+
+    def live_through_12_refreshes() -> bool:
+        assert watcher.stale_reason(3) is None
+        mtimes.add(claims.path(3).stat().st_mtime_ns)
+        return len(mtimes) > 12
+
+    with claims.kept_fresh(3):  # refreshes every timeout / 4
+        wait_until(live_through_12_refreshes, 600, "12 refreshes of the claim", interval=0.02)
 
 
 def test_evaluators_writing_one_step_outcome_at_once_both_succeed(tmp_path: Path) -> None:
