@@ -16,8 +16,12 @@ from tensorboard.backend.event_processing import event_accumulator, plugin_event
 from tensorboard.util import tensor_util
 from torch.utils.tensorboard import summary as summaries
 
+from shared.loggers import dashboards
+from shared.loggers.base import Fanout, LogsHParams, LogsLayout, LogsPRCurves, NullLogger
 from shared.loggers.confusion import IMAGE_MAX_CLASSES, ConfusionPlot, confusion_image
+from shared.loggers.mlflow_backend import MlflowLogger
 from shared.loggers.tensorboard import TensorBoardLogger
+from shared.metrics.artifacts import PRCurves
 from shared.metrics.classification import PR_THRESHOLDS
 from tests.conftest import ROOT
 
@@ -186,3 +190,17 @@ def test_a_pr_curve_from_bucket_counts_equals_tensorboards_own_from_the_examples
     expected = summaries.pr_curve("pr_curve/0", labels, probabilities, num_thresholds=PR_THRESHOLDS)
     from_examples = tensor_util.make_ndarray(expected.value[0].tensor)
     assert np.allclose(tensor_util.make_ndarray(written.tensor_proto), from_examples)
+
+
+def test_pr_curves_go_only_to_the_backends_that_declare_them(tmp_path: Path) -> None:
+    """PR curves, HParams and the layout are capabilities: MLflow declares HParams alone, and a Fanout passes
+    a PR curve on to TensorBoard while a backend without the capability is left out, not called."""
+    assert all(issubclass(TensorBoardLogger, able) for able in (LogsPRCurves, LogsHParams, LogsLayout))
+    assert issubclass(MlflowLogger, LogsHParams)
+    assert not issubclass(MlflowLogger, LogsPRCurves) and not issubclass(MlflowLogger, LogsLayout)
+    curves = PRCurves(["cat"], positives=[[1.0, 2.0]], negatives=[[2.0, 1.0]])
+    with Fanout([NullLogger(), TensorBoardLogger(tmp_path / "run", purge_step=None)]) as logger:
+        dashboards.write_artifact(logger, "pr_curves", curves, step=3)
+    accumulator = event_accumulator.EventAccumulator(str(tmp_path / "run"), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    assert [event.step for event in accumulator.Tensors("pr_curve/cat")] == [3]

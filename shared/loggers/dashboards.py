@@ -16,7 +16,7 @@ import numpy as np
 import yaml
 
 from shared import config as cfg
-from shared.loggers.base import HParam, Logger
+from shared.loggers.base import HParam, Logger, LogsHParams, LogsLayout, LogsPRCurves
 from shared.loggers.confusion import confusion_image, confusion_markdown
 from shared.metrics.artifacts import Artifact, ConfusionMatrix, PRCurves
 from shared.metrics.base import Metric
@@ -49,7 +49,7 @@ def write_train_header(logger: Logger, config: cfg.Config, step: int) -> None:
     The config is logged at the step training (re)starts from, so a resume with changed options shows
     both versions. Flushed at once: a crash right after must not lose the layout.
     """
-    if step == 0:
+    if step == 0 and isinstance(logger, LogsLayout):
         logger.layout(overview_layout(config.eval.best_metric))
     text = yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
     logger.text("config", f"```yaml\n{text}```", step)
@@ -65,7 +65,8 @@ def hparam_values(config: cfg.Config) -> dict[str, HParam]:
 
 def write_hparams(logger: Logger, config: cfg.Config) -> None:
     """Make the logger's run an HParams session with the config's hyper-parameters (once per run)."""
-    logger.hparams(hparam_values(config))
+    if isinstance(logger, LogsHParams):
+        logger.hparams(hparam_values(config))
     logger.flush()
 
 
@@ -77,7 +78,7 @@ def write_artifact(logger: Logger, name: str, artifact: Artifact, step: int) -> 
         if image is not None:
             logger.image(name, image, step)
         logger.text(name, confusion_markdown(artifact.counts, artifact.class_names), step)
-    elif isinstance(artifact, PRCurves):
+    elif isinstance(artifact, PRCurves) and isinstance(logger, LogsPRCurves):
         for class_name, positives, negatives in zip(
             artifact.class_names, artifact.positives, artifact.negatives, strict=True
         ):

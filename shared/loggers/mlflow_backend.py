@@ -31,7 +31,7 @@ import numpy as np
 
 from shared.config import LogConfig
 from shared.errors import UsageError
-from shared.loggers.base import HParam, Layout, Logger
+from shared.loggers.base import HParam, Logger
 from shared.protocol.files import RECORD_BYTES, create_once, read_file
 from shared.protocol.layout import TrainDir
 
@@ -137,7 +137,8 @@ def shared_run_id(client: MlflowClient, train_dir: TrainDir, uri: str) -> str:
 
 
 class MlflowLogger(Logger):
-    """One run folder's records in the train_dir's MLflow run, keys prefixed `<run_name>/`."""
+    """One run folder's records in the train_dir's MLflow run, keys prefixed `<run_name>/`; HParams as the
+    run's parameters. No PR curves or layout: MLflow has no view for them (the TensorBoard run has them)."""
 
     def __init__(self, client: MlflowClient, run_id: str, run_name: str, purge_step: int | None) -> None:
         self.client, self.run_id, self.prefix = client, run_id, f"{run_name}/"
@@ -181,12 +182,6 @@ class MlflowLogger(Logger):
             self._send(
                 "parameters", self.client.log_batch, self.run_id, params=params[start : start + PARAM_BATCH_LIMIT]
             )
-
-    def pr_curve(self, tag: str, positives: np.ndarray, negatives: np.ndarray, step: int) -> None:
-        pass  # no MLflow view for it; the TensorBoard run has them
-
-    def layout(self, layout: Layout) -> None:
-        pass  # MLflow lays out its own charts
 
     def flush(self) -> None:
         """Send the buffered points; if the server fails, they stay buffered for the next flush."""
