@@ -34,7 +34,10 @@ import torch
 from shared import config as cfg
 from shared.checkpoints.store import Checkpoint, list_checkpoints
 from shared.errors import CheckpointError, UsageError
-from shared.evaluation import crossval, export
+from shared.evaluation import actions, crossval, export
+from shared.evaluation.actions.export_best import ExportBest
+from shared.evaluation.actions.log_metrics import log_metrics
+from shared.evaluation.actions.write_outcome import WriteOutcome
 from shared.evaluation.coordination import SharedTrainDir, join_as_evaluator
 from shared.evaluation.evaluator import Evaluator
 from shared.evaluation.watch import CheckpointWatcher
@@ -45,7 +48,6 @@ from shared.protocol import numbers
 from shared.protocol.claims import this_evaluator
 from shared.protocol.files import refuse_linked_folders
 from shared.protocol.layout import METADATA, TrainDir
-from shared.protocol.outcomes import write_outcome
 from shared.protocol.presence import FolderGuard
 from shared.protocol.results import EvalResult, SplitResult
 from shared.runtime import cli, devices, threads
@@ -108,10 +110,9 @@ def write_summaries(logger: Logger, step: int, result: SplitResult) -> None:
     logger.flush()
 
 
-def evaluate(checkpoint: Checkpoint, evaluator: Evaluator, train_dir: TrainDir, config: cfg.Config) -> EvalResult:
+def evaluate(checkpoint: Checkpoint, evaluator: Evaluator, train_dir: TrainDir) -> EvalResult:
     """Evaluate one checkpoint on every split into the result the recorder turns into TensorBoard points
-    and a ledger line; export it to best/ first if it is the best, from the weights in memory (the record
-    lets retention delete the file)."""
+    and a ledger line; the evaluator keeps its weights for the actions after it (export to best/)."""
     started, wall_time = time.perf_counter(), time.time()
     file = str(checkpoint.path.relative_to(train_dir.root))
     try:
@@ -125,10 +126,6 @@ def evaluate(checkpoint: Checkpoint, evaluator: Evaluator, train_dir: TrainDir, 
         result = EvalResult(checkpoint.step, file, "failed", reason=str(err))
     else:
         result = score(evaluator, step, file)
-        if result.status == "ok":
-            for split, scores in result.splits.items():
-                log.info("step %d %s: %s", step, split, " ".join(f"{k}={v:.4f}" for k, v in scores.metrics.items()))
-            export.export_if_best(train_dir, evaluator.task, evaluator.model, config, result)
     seconds = round(time.perf_counter() - started, 4)
     return dataclasses.replace(result, wall_time=wall_time, seconds=seconds, evaluator=this_evaluator())
 
@@ -218,14 +215,25 @@ def run_daemon(args: argparse.Namespace, train_dir: TrainDir, device: torch.devi
         log.info(took_threads)
         runs = {split: train_dir.split_run(split) for split in evaluator.splits}  # one writer per split's run
         prepare = functools.partial(dashboards.prepare, evaluator.task.build_metrics)
+        after = after_evaluation(train_dir, evaluator, config)
         with SharedTrainDir(train_dir, config, write_summaries, runs, prepare) as shared:
-            return follow_checkpoints(args, shared, evaluator, config, watcher, stop)
+            return follow_checkpoints(args, shared, evaluator, after, config, watcher, stop)
+
+
+def after_evaluation(train_dir: TrainDir, evaluator: Evaluator, config: cfg.Config) -> list[actions.Action]:
+    """What happens to each result (evaluated, failed or skipped), in this order (shared/evaluation/actions)."""
+    return [
+        actions.When(actions.scored, log_metrics),
+        actions.When(actions.scored, ExportBest(train_dir, evaluator.task, evaluator.model, config)),
+        WriteOutcome(train_dir.pending),  # last: once it is recorded, retention may delete the checkpoint
+    ]
 
 
 def follow_checkpoints(
     args: argparse.Namespace,
     shared: SharedTrainDir,
     evaluator: Evaluator,
+    after: list[actions.Action],
     config: cfg.Config,
     watcher: CheckpointWatcher,
     stop: StopRequest,
@@ -246,11 +254,10 @@ def follow_checkpoints(
         recorded = shared.record_ready()
         skip, checkpoint = shared.claim_next()
         for each in skip:
-            write_outcome(train_dir.pending, skipped(each, train_dir, "eval.policy=latest: a newer checkpoint waited"))
+            actions.run(after, skipped(each, train_dir, "eval.policy=latest: a newer checkpoint waited"))
         if checkpoint is not None:
             with shared.claims.kept_fresh(checkpoint.step):
-                result = evaluate(checkpoint, evaluator, train_dir, config)
-            write_outcome(train_dir.pending, result)
+                actions.run(after, evaluate(checkpoint, evaluator, train_dir))
         if recorded or skip or checkpoint:
             idle_since = time.monotonic()
             continue

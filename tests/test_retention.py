@@ -10,11 +10,13 @@ import torch
 import eval as eval_script
 from shared import config as cfg
 from shared.checkpoints.store import Checkpoint, list_checkpoints
+from shared.evaluation import actions
 from shared.evaluation.coordination import SharedTrainDir, join_as_evaluator
 from shared.evaluation.evaluator import Evaluator
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records
-from shared.protocol.outcomes import write_outcome
+from shared.protocol.outcomes import outcome_steps, write_outcome
+from shared.protocol.results import EvalResult
 from shared.runtime import threads
 from shared.tasks.digits import DigitsData, DigitsModel, DigitsTask
 from tests.conftest import SHORT_RUN, scalar_points, wait_for_watching
@@ -98,9 +100,21 @@ def test_a_checkpoint_deleted_between_detection_and_load_is_recorded_as_skipped(
     join_as_evaluator(train_dir)
     evaluator = Evaluator(DigitsTask(DigitsModel(), DigitsData(), 0), torch.device("cpu"), 512)
     vanished = Checkpoint(100, train_dir.checkpoint(100))  # listed, then deleted before the load
-    outcome = eval_script.evaluate(vanished, evaluator, train_dir, config)
+    outcome = eval_script.evaluate(vanished, evaluator, train_dir)
     assert outcome.status == "skipped" and "deleted" in outcome.reason and not outcome.splits
     write_outcome(train_dir.pending, outcome)
     with SharedTrainDir(train_dir, config, eval_script.write_summaries, {"val": train_dir.eval_run}) as shared:
         assert shared.record_ready() == 1
     assert read_records(train_dir.results)[0]["status"] == "skipped"
+
+
+def test_a_failed_evaluation_leaves_its_outcome_but_never_exports_best(tmp_path: Path) -> None:
+    """The actions after an evaluation: best/ only for a scored result, the outcome for every result."""
+    train_dir = TrainDir(tmp_path / "run")
+    train_dir.root.mkdir()
+    config = cfg.Config(model=DigitsModel(), data=DigitsData())
+    join_as_evaluator(train_dir)
+    evaluator = Evaluator(DigitsTask(DigitsModel(), DigitsData(), 0), torch.device("cpu"), 512)
+    failed = EvalResult(10, "checkpoints/ckpt-000000010.pt", "failed", reason="unreadable")
+    actions.run(eval_script.after_evaluation(train_dir, evaluator, config), failed)
+    assert not train_dir.best.exists() and list(outcome_steps(train_dir.pending)) == [10]
