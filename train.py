@@ -28,7 +28,6 @@ from shared.checkpoints.format import load_for_resume
 from shared.checkpoints.retention import RetentionPolicy
 from shared.checkpoints.store import list_checkpoints, remove_stale_temps
 from shared.errors import CheckpointError, UsageError
-from shared.evaluation import splits
 from shared.loggers import dashboards
 from shared.loggers.backends import check_backends, mark_run, open_run, running
 from shared.loggers.base import Logger
@@ -36,12 +35,13 @@ from shared.protocol.files import exclusive_lock, refuse_linked_folders, write_a
 from shared.protocol.layout import TrainDir
 from shared.protocol.presence import FolderGuard
 from shared.runtime import cli, devices, health, seeding, threads
+from shared.runtime.devices import place
 from shared.runtime.signals import StopRequest
-from shared.tasks import Task
+from shared.tasks import Task, splits
 from shared.tasks.base import check_model_fits
 from shared.tasks.loading import build_model, build_task, load_config
 from shared.training import distributed
-from shared.training.data import DataPosition, ResumableBatches, place
+from shared.training.data import DataPosition, ResumableBatches
 from shared.training.distributed import Distributed
 from shared.training.feedback import Feedback
 from shared.training.ledger_reader import LedgerReader

@@ -38,9 +38,10 @@ from shared import config as cfg
 from shared.evaluation.evaluator import Evaluator
 from shared.protocol.ledger import read_records
 from shared.runtime import devices, seeding
+from shared.runtime.devices import place
 from shared.tasks import Task
 from shared.tasks.loading import build_task, load_config
-from shared.training.data import DataPosition, ResumableBatches, place
+from shared.training.data import DataPosition, ResumableBatches
 from shared.training.optim import build_optimizer, build_schedule
 
 SMOKE = [

@@ -14,11 +14,11 @@ import torch
 from torch.utils.data import TensorDataset
 
 from shared.evaluation.crossval import fold_folder
-from shared.evaluation.splits import eval_splits, training_data, validation_data
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_results
 from shared.protocol.results import best_of
 from shared.tasks.loading import build_task, load_config, resolve_config
+from shared.tasks.splits import eval_splits, training_data, validation_data
 from tests.custom_task import BlobsTask
 
 

@@ -12,15 +12,15 @@ from torch.utils.data import Dataset, TensorDataset
 
 from shared.checkpoints.format import load_weights, restore_model
 from shared.config import Config
-from shared.evaluation.splits import eval_splits
 from shared.metrics.artifacts import Artifact
 from shared.metrics.base import LOSS, value_of
 from shared.protocol.results import EvalResult, SplitResult
 from shared.runtime import devices
+from shared.runtime.devices import place
 from shared.tasks import Task
 from shared.tasks.base import batches, check_model_fits
 from shared.tasks.loading import build_model, build_task
-from shared.training.data import place
+from shared.tasks.splits import eval_splits
 
 
 class Evaluator:

@@ -1,4 +1,5 @@
-"""Device choice: `auto` takes CUDA when there is one; anything else is checked before any work starts."""
+"""Device choice: `auto` takes CUDA when there is one; anything else is checked before any work starts.
+Also autocast for a precision, and a dataset moved to the device once."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset, TensorDataset
 
-from shared.errors import UsageError
+from shared.errors import ConfigError, UsageError
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -71,3 +73,12 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=PRECISIONS[precision])
+
+
+def place(dataset: Dataset, device: torch.device, on_device: bool) -> Dataset:
+    """The dataset, moved once to the device (the trainer's or the evaluator's) when `data.on_device` asks for it."""
+    if not on_device:
+        return dataset
+    if not isinstance(dataset, TensorDataset):
+        raise ConfigError(f"data.on_device: needs an in-memory TensorDataset, got a {type(dataset).__name__}")
+    return TensorDataset(*(t.to(device) for t in dataset.tensors))

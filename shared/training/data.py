@@ -128,12 +128,3 @@ class SeededReads(Dataset):
         seeding.seed_everything(seed)
         read_many = getattr(self.dataset, "__getitems__", None)
         return read_many(indices) if read_many else [self.dataset[i] for i in indices]
-
-
-def place(dataset: Dataset, device: torch.device, on_device: bool) -> Dataset:
-    """The dataset, moved once to the training device when `data.on_device` asks for it."""
-    if not on_device:
-        return dataset
-    if not isinstance(dataset, TensorDataset):
-        raise ConfigError(f"data.on_device: needs an in-memory TensorDataset, got a {type(dataset).__name__}")
-    return TensorDataset(*(t.to(device) for t in dataset.tensors))
