@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from shared.protocol.claims import claim_name
-from shared.protocol.layout import TrainDir
+from shared.protocol.layout import TrainDir, weights_name
 from shared.protocol.ledger import read_records
 from tests.conftest import ROOT, SHORT_RUN, Proc, finished_run
 from tests.warm_cli import WarmCli
@@ -82,6 +82,42 @@ def test_an_evaluator_that_may_write_eval_but_not_the_train_dir_is_refused_at_st
     assert last_line(proc).startswith(f"eval.py: error: {train_dir.root}: this user may not write there"), proc.output()
     assert "best/ and .best.lock" in last_line(proc) and "Traceback" not in proc.output()
     assert not train_dir.results.exists(), "it started work it could not finish"
+
+
+def test_an_unreadable_checkpoint_is_recorded_failed_once_and_the_daemon_goes_on(
+    tmp_path: Path, trained: TrainDir, start: Callable[..., Proc]
+) -> None:
+    """chmod 000 on a committed checkpoint (real file modes). Before, the daemon exited 1 on its EACCES at
+    every restart, and under launch.py training stopped too. Step 40's weights file alone unreadable: its
+    checkpoint serves instead."""
+    file_modes_apply(tmp_path / "probe")
+    train_dir = TrainDir(tmp_path / "run")
+    shutil.copytree(trained.root, train_dir.root)
+    unreadable = train_dir.checkpoint(20)
+    for path in (unreadable, unreadable.with_name(weights_name(20)), train_dir.checkpoints / weights_name(40)):
+        path.chmod(0)
+    daemon = start("eval.py", "--train-dir", str(train_dir.root), preexec_fn=without_file_overrides)
+    assert daemon.wait(GUARD) == 0, daemon.output()
+    records = read_records(train_dir.results)
+    assert [(r["step"], r["status"]) for r in records] == [(20, "failed"), (40, "ok")], daemon.output()
+    reason = records[0]["reason"]
+    assert f"cannot read {unreadable}: EACCES (Permission denied)" in reason and "permissions" in reason, reason
+    lines = [line for line in daemon.output().splitlines() if "ckpt-000000020" in line]
+    assert len(lines) == 1 and "failed, cannot read" in lines[0], daemon.output()
+    assert "ckpt-000000040.weights.pt: cannot read" in daemon.output() and "Traceback" not in daemon.output()
+
+    again = start("eval.py", "--train-dir", str(train_dir.root))  # as root: it could read it, and must not
+    assert again.wait(GUARD) == 0, again.output()
+    assert read_records(train_dir.results) == records, "a step in the ledger was evaluated again"
+
+    adhoc = start(
+        "eval.py", "--train-dir", str(train_dir.root), "--checkpoint", "20", preexec_fn=without_file_overrides
+    )
+    assert adhoc.wait(GUARD) == 1, adhoc.output()
+    assert last_line(adhoc).startswith(f"eval.py: error: {unreadable}: cannot read {unreadable}: EACCES"), (
+        adhoc.output()
+    )
+    assert "Traceback" not in adhoc.output()
 
 
 def test_missing_dot_dot_is_refused_without_a_stray_folder(tmp_path: Path, start: Callable[..., Proc]) -> None:

@@ -9,6 +9,7 @@ is handled: it imports torch.distributed.checkpoint, which adds about half a sec
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pickle
@@ -55,14 +56,42 @@ def load(
 ) -> dict[str, Any]:
     """The checkpoint's state, or CheckpointError saying why it cannot be used.
 
-    FileNotFoundError passes through: the caller decides what a vanished file means. A sharded
-    checkpoint (a folder) gives its full weights and plain state, without the optimizer state. With
+    FileNotFoundError passes through: the caller decides what a vanished file means; so does an OSError
+    of this process (PROCESS_ERRNOS), while one of the file's (EACCES, EIO, ESTALE) is a CheckpointError
+    naming the file and the errno. A sharded checkpoint (a folder) gives its full weights and plain
+    state, without the optimizer state. With
     `max_bytes`, a file that would unpack to more is refused before anything is read (its entries may be
     compressed: a few MB can inflate to GBs); with `within`, a checkpoint that resolves outside that
     folder (a planted symlink) is refused unread.
     """
     if within is not None and not (resolved := Path(path).resolve()).is_relative_to(within.resolve()):
         raise CheckpointError(f"it resolves to {resolved}, outside {within} (a symbolic link?); not read")
+    try:
+        return _load(path, map_location, max_bytes)
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        if err.errno in PROCESS_ERRNOS:  # this process's trouble, not the file's: a restart retries it
+            raise
+        raise CheckpointError(_unreadable_reason(path, err)) from None
+
+
+# OSErrors that say nothing about the file read (out of descriptors or memory, interrupted): they stop the
+# evaluator, which a restart retries, rather than fail the checkpoint for good.
+PROCESS_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS, errno.EINTR, errno.EAGAIN})
+# What the file system says of a file it cannot give back (modes, a failing disk, a stale NFS handle); torch's
+# reader raises other OSErrors (EINVAL from a seek past the end) on a file cut short: those are corrupt files.
+UNREADABLE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EIO, errno.ESTALE, errno.ENXIO, errno.ENODEV})
+
+
+def _unreadable_reason(path: Path, err: OSError) -> str:
+    """An unreadable file (EACCES, EIO, ESTALE, ...) as a failed record's reason: the file, the errno, the fix."""
+    name = errno.errorcode.get(err.errno, "?") if err.errno else "?"
+    file = os.fsdecode(err.filename) if err.filename else str(path)
+    return f"cannot read {file}: {name} ({err.strerror or err}); fix the file's permissions or its mount"
+
+
+def _load(path: Path, map_location: str | torch.device, max_bytes: int | None) -> dict[str, Any]:
     if os.path.isdir(path):
         from shared.checkpoints import sharded
 
@@ -76,11 +105,12 @@ def load(
         _check_unpacked_size(path, max_bytes)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
     except pickle.UnpicklingError as err:
         raise CheckpointError(_unpickling_reason(err)) from None
     except Exception as err:  # corrupt bytes surface as many exception types (KeyError, struct.error, ...)
+        passed_on = {errno.ENOENT, *PROCESS_ERRNOS, *UNREADABLE_ERRNOS}
+        if isinstance(err, OSError) and err.errno in passed_on:
+            raise
         raise CheckpointError(
             f"not a readable checkpoint (truncated or corrupt?): {type(err).__name__}: {first_line(err)}"
         ) from None
@@ -106,8 +136,9 @@ def load_weights(path: Path, model: nn.Module | None = None, *, within: Path | N
     missing): read from the weights file beside a checkpoint file when there is one, a third of the bytes
     of an AdamW checkpoint, else from the checkpoint itself, which also decides when that file is unusable.
     With `model`, each file is bounded by what it can hold of that model (unpacked_size_bound); `within`
-    as for load."""
-    step = checkpoint_step(path)
+    as for load. An unusable weights file is warned about only when the checkpoint serves instead: when
+    both fail (both unreadable, say), the checkpoint's reason is the one line."""
+    step, unusable = checkpoint_step(path), None
     if step is not None and not os.path.isdir(path):
         beside = Path(path).with_name(weights_name(step))
         bound = unpacked_size_bound(model, with_optimizer=False) if model is not None else None
@@ -116,9 +147,12 @@ def load_weights(path: Path, model: nn.Module | None = None, *, within: Path | N
         except FileNotFoundError:  # none written (an older train.py, a copy by hand), or retired meanwhile
             pass
         except CheckpointError as err:
-            log.warning("%s: %s; reading the weights from %s instead", beside.name, err, Path(path).name)
+            unusable = f"{beside.name}: {err}; read the weights from {Path(path).name} instead"
     bound = unpacked_size_bound(model) if model is not None else None
-    return load(path, max_bytes=bound, within=within)
+    state = load(path, max_bytes=bound, within=within)
+    if unusable:
+        log.warning("%s", unusable)
+    return state
 
 
 def checked(state: Any) -> dict[str, Any]:
