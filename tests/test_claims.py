@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.metrics.artifacts import ConfusionMatrix, PerClass, PRCurves
+from shared.protocol.artifacts import ConfusionMatrix, PerClass, PRCurves
 from shared.protocol.claims import ClaimInfo, Claims
 from shared.protocol.outcomes import OutcomeError, outcome_steps, read_outcome, write_outcome
 from shared.protocol.results import EvalResult, SplitResult

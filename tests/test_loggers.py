@@ -21,8 +21,8 @@ from shared.loggers.base import Fanout, LogsHParams, LogsLayout, LogsPRCurves, N
 from shared.loggers.confusion import IMAGE_MAX_CLASSES, ConfusionPlot, confusion_image
 from shared.loggers.mlflow_backend import MlflowLogger
 from shared.loggers.tensorboard import TensorBoardLogger
-from shared.metrics.artifacts import PRCurves
 from shared.metrics.classification import PR_THRESHOLDS
+from shared.protocol.artifacts import PRCurves
 from tests.conftest import ROOT
 
 # Writes every kind of record at steps [first, last] into a run opened at purge_step, flushes, says so on

@@ -12,8 +12,8 @@ from torch.utils.data import Dataset, TensorDataset
 
 from shared.checkpoints.format import load_weights, restore_model
 from shared.config import Config
-from shared.metrics.artifacts import Artifact
 from shared.metrics.base import LOSS, value_of
+from shared.protocol.artifacts import Artifact
 from shared.protocol.results import EvalResult, SplitResult
 from shared.runtime import devices
 from shared.runtime.devices import place

@@ -18,8 +18,8 @@ import yaml
 from shared import config as cfg
 from shared.loggers.base import HParam, Logger, LogsHParams, LogsLayout, LogsPRCurves
 from shared.loggers.confusion import confusion_image, confusion_markdown
-from shared.metrics.artifacts import Artifact, ConfusionMatrix, PRCurves
 from shared.metrics.base import Metric
+from shared.protocol.artifacts import Artifact, ConfusionMatrix, PRCurves
 
 # Sections that are hyper-parameters; checkpoint, log and eval options say how a run is observed, not trained.
 HPARAM_SECTIONS = ("task", "seed", "model", "data", "train")

@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from shared.metrics.artifacts import Artifact
+from shared.protocol.artifacts import Artifact
 
 # Always measured, whatever the task: the task's own loss, averaged over the examples. It improves downwards.
 LOSS = "loss"

@@ -17,12 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from shared.metrics.artifacts import ConfusionMatrix, PerClass, PRCurves
+from shared.protocol.artifacts import PR_THRESHOLDS, ConfusionMatrix, PerClass, PRCurves, pr_counts
 
-# The scalars every ClassificationTask reports, beside `loss`; two-class tasks add BINARY_SCALARS.
+# The scalars every ClassificationTask reports, beside `loss`.
 SCALARS = ("accuracy", "f1_macro", "precision_macro", "recall_macro")
-BINARY_SCALARS = ("f1", "precision", "recall", "roc_auc")
-PR_THRESHOLDS = 127  # TensorBoard's default number of PR-curve buckets
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
 
@@ -123,14 +121,9 @@ class PRCurveBuckets:
         self.negatives = torch.zeros_like(self.positives)
 
     def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
-        classes = len(self.class_names)
-        probabilities = self.probabilities(outputs).float().cpu()
-        buckets = (probabilities * (PR_THRESHOLDS - 1)).floor().long().clamp(0, PR_THRESHOLDS - 1)
-        cells = (torch.arange(classes) * PR_THRESHOLDS + buckets).reshape(-1)
-        positive = (targets.reshape(-1, 1).cpu() == torch.arange(classes)).reshape(-1).double()
-        size = classes * PR_THRESHOLDS
-        self.positives += torch.bincount(cells, weights=positive, minlength=size).view(classes, PR_THRESHOLDS)
-        self.negatives += torch.bincount(cells, weights=1 - positive, minlength=size).view(classes, PR_THRESHOLDS)
+        positives, negatives = pr_counts(self.probabilities(outputs), targets)
+        self.positives += positives
+        self.negatives += negatives
 
     def compute(self) -> PRCurves:
         return PRCurves(self.class_names, self.positives.tolist(), self.negatives.tolist())

@@ -29,9 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from shared.metrics import artifacts
-from shared.metrics.classification import PRCurveBuckets
-from shared.protocol import numbers
+from shared.protocol import artifacts, numbers
 from shared.protocol.claims import Silence
 from shared.protocol.files import atomic_file, make_folder, read_file
 from shared.protocol.results import EvalResult, SplitResult
@@ -126,7 +124,6 @@ def _artifacts(
         "confusion_matrix": artifacts.ConfusionMatrix(names, counts),
     }
     if targets is not None and probabilities is not None:
-        curves = PRCurveBuckets(names, probabilities=lambda outputs: outputs)
-        curves.update(torch.from_numpy(probabilities), torch.from_numpy(targets))
-        found["pr_curves"] = curves.compute()
+        positives, negatives = artifacts.pr_counts(torch.from_numpy(probabilities), torch.from_numpy(targets))
+        found["pr_curves"] = artifacts.PRCurves(names, positives.tolist(), negatives.tolist())
     return found

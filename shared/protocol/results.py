@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from shared.metrics.artifacts import Artifact, ConfusionMatrix, PerClass, numbered
+from shared.protocol.artifacts import Artifact, ConfusionMatrix, PerClass, numbered
 from shared.protocol.numbers import finite, is_number, number
 
 Status = Literal["ok", "failed", "skipped"]

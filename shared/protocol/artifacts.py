@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
+import torch
+
+PR_THRESHOLDS = 127  # TensorBoard's default number of PR-curve buckets
+
 
 @dataclass
 class Artifact:
@@ -39,20 +43,28 @@ class PerClass(Artifact):
 @dataclass
 class PRCurves(Artifact):
     """One-vs-rest precision/recall curves per class, as TensorBoard's PR-curve plugin bins them: for each
-    class, the positives and negatives whose probability for it fell in each of `thresholds` buckets."""
+    class, the positives and negatives whose probability for it fell in each bucket."""
 
     kind: ClassVar[str] = "pr_curves"
     class_names: list[str]
     positives: list[list[float]]  # [class][bucket]
     negatives: list[list[float]]
 
-    @property
-    def thresholds(self) -> int:
-        return len(self.positives[0]) if self.positives else 0
+
+def pr_counts(probabilities: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per class, the positives and negatives whose probability for it fell in each of PR_THRESHOLDS
+    buckets, as TensorBoard bins them: what PRCurves holds, summed over batches."""
+    classes = probabilities.shape[-1]
+    buckets = (probabilities.float().cpu() * (PR_THRESHOLDS - 1)).floor().long().clamp(0, PR_THRESHOLDS - 1)
+    cells = (torch.arange(classes) * PR_THRESHOLDS + buckets).reshape(-1)
+    positive = (targets.reshape(-1, 1).cpu() == torch.arange(classes)).reshape(-1).double()
+    size = classes * PR_THRESHOLDS
+    positives = torch.bincount(cells, weights=positive, minlength=size).view(classes, PR_THRESHOLDS)
+    return positives, torch.bincount(cells, weights=1 - positive, minlength=size).view(classes, PR_THRESHOLDS)
 
 
 def numbered(count: int) -> list[str]:
-    """Class names where only the count is known (a ledger line, an outcome file from before artifacts)."""
+    """Class names where only the count is known (a ledger line's per-class F1)."""
     return [str(index) for index in range(count)]
 
 
