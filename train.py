@@ -40,14 +40,18 @@ from shared.runtime.signals import StopRequest
 from shared.tasks import Task, splits
 from shared.tasks.base import check_model_fits
 from shared.tasks.loading import build_model, build_task, load_config
-from shared.training import distributed
+from shared.training import distributed, save_policy
+from shared.training.agreement import Agreement
+from shared.training.checkpoint_writer import CheckpointWriter
+from shared.training.checkpointer import Checkpointer
 from shared.training.data import DataPosition, ResumableBatches
 from shared.training.distributed import Distributed
+from shared.training.eval_wait import EvaluatorWait
 from shared.training.feedback import Feedback
 from shared.training.ledger_reader import LedgerReader
 from shared.training.optim import NonFiniteGuard, TrainState, build_optimizer, build_schedule, parameter_counts
 from shared.training.progress import Progress, TrainLog
-from shared.training.saver import PeriodicSaver
+from shared.training.retire import Retirer
 
 log = logging.getLogger("train")
 
@@ -120,9 +124,10 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
     options, group, feedback = config.train, state.group, state.feedback
     batches = training_batches(config, task, state, device)
     stop, stopping = StopRequest(), False
+    agreement = Agreement(group, device, config.log.every_steps)  # what one rank decides alone, agreed by all
     # The evaluator's results, for retention (which ranks them under checkpoint.keep_best), feedback and eval_lag.
     ledger = LedgerReader(train_dir, group, keep_results=config.checkpoint.keep_best > 0)
-    guard = NonFiniteGuard(device, not state.scaler.is_enabled(), options.nan_policy == "stop", group)
+    guard = NonFiniteGuard(device, not state.scaler.is_enabled(), options.nan_policy == "stop", group, state.step)
     progress = Progress(state.step, options.steps, shown=group.is_main)
     written = (train_dir.root, train_dir.checkpoints, train_dir.train_run) if group.is_main else ()
     folders = FolderGuard("train.py", *written)  # rank 0 writes, so rank 0 checks its folders are still there
@@ -131,8 +136,8 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
         open_run(config, train_dir, train_dir.train_run, state.step + 1, enabled=group.is_main) as logger,
         running(config, train_dir, enabled=group.is_main),
     ):
-        saver = periodic_saver(config, train_dir, state, ledger, stop, guard, logger)
-        train_log = TrainLog(logger, progress, guard, group, device)
+        checkpointer = build_checkpointer(config, train_dir, state, ledger, stop, guard, agreement, logger)
+        train_log = TrainLog(logger, progress, guard, group, device, config.log.every_steps)
         dashboards.write_train_header(logger, config, state.step)
         write_heartbeat(train_dir, state.step, group)
         while state.step < options.steps and not stopping and not feedback.stopped:
@@ -141,31 +146,33 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
             guard.observe(state.step, result.loss, result.grad_norm)
             train_log.add(result.loss, result.examples, result.tokens)
             progress.advance()
-            at_log_step = state.step % config.log.every_steps == 0
-            if at_log_step:
+            if train_log.due(state.step):
                 folders.check()
-                train_log.write(state.step, result.lr, result.grad_norm, saver.last_saved_step)
-                ledger.poll()
-                if (lag := ledger.lag(state.step)) is not None:
-                    logger.scalar("eval_lag", lag, state.step)
-                feedback.at_log_step(state.step, ledger.take(), state.scheduler, logger)  # may cut the LR, or stop
-                feedback.expect_evaluator(saver.saves, ledger.newest)
+                train_log.write(state.step, result.lr, result.grad_norm)
+                follow_evaluator(state.step, ledger, feedback, state.scheduler, logger)  # may cut the LR, or stop
                 write_heartbeat(train_dir, state.step, group)
-            save_by_time = False
-            if at_log_step or not group.enabled:  # under torchrun, what one rank decides alone is agreed here
-                stopping, save_by_time = group.agree([bool(stop), saver.due_by_time()], device)
-            if saver.due_by_steps(state.step) or save_by_time:
+            stopping = agreement.any(state.step, bool(stop))
+            if checkpointer.due(state.step):
                 folders.check()
-                saver.save(state.step, state.state_dict(), final=state.step >= options.steps)
-        if state.step > saver.last_requested_step:
-            saver.save(state.step, state.state_dict(), final=True)
-        saver.close()
+                checkpointer.save(state.step, state.state_dict())
+        checkpointer.finish(state.step, state.state_dict)
     progress.close()
     if group.is_main:
         finished = state.step >= options.steps or feedback.stopped
         finish(train_dir, state.step, finished, feedback)
         if not finished or ledger.newest is None:  # else eval.py ends it, once every checkpoint is evaluated
             mark_run(config, train_dir, "FINISHED" if finished else "KILLED")
+
+
+def follow_evaluator(
+    step: int, ledger: LedgerReader, feedback: Feedback, scheduler: torch.optim.lr_scheduler.LambdaLR, logger: Logger
+) -> None:
+    """At a log step: what eval.py recorded since the last one, as `eval_lag` and for the feedback policies."""
+    ledger.poll()
+    if (lag := ledger.lag(step)) is not None:
+        logger.scalar("eval_lag", lag, step)
+    feedback.at_log_step(step, ledger.take(), scheduler, logger)
+    feedback.expect_evaluator(ledger.newest)
 
 
 def finish(train_dir: TrainDir, step: int, finished: bool, feedback: Feedback) -> None:
@@ -178,23 +185,27 @@ def finish(train_dir: TrainDir, step: int, finished: bool, feedback: Feedback) -
         log.info("stopped at step %d; run the same command to resume", step)
 
 
-def periodic_saver(
+def build_checkpointer(
     config: cfg.Config,
     train_dir: TrainDir,
     state: TrainState,
     ledger: LedgerReader,
     stop: StopRequest,
     guard: NonFiniteGuard,
+    agreement: Agreement,
     logger: Logger,
-) -> PeriodicSaver:
-    """Saves as checkpoint.* says, each after the NaN check and a flush of the train run, and waits for a
-    lagging evaluator after each (train.max_eval_lag)."""
+) -> Checkpointer:
+    """Saves as checkpoint.* says, each after the NaN check and a flush of the train run, retention after
+    each, and a wait for a lagging evaluator (train.max_eval_lag)."""
     shards = (state.model, state.optimizer) if state.sharded else None
+    writer = CheckpointWriter(train_dir, config.checkpoint, state.group, shards, newest=state.step)
     policy = RetentionPolicy.from_options(config.checkpoint, config.eval.best_metric, config.eval.best_mode)
     lag = config.train.max_eval_lag
-    return PeriodicSaver(
-        train_dir, config.checkpoint, state.step, state.group, shards, ledger=ledger, max_eval_lag=lag, stop=stop,
-        guard=guard, flush=logger.flush, policy=policy,
+    wait = None if lag is None else EvaluatorWait(train_dir, ledger, lag, stop, state.group)
+    when = save_policy.from_options(config.checkpoint, agreement)
+    return Checkpointer(
+        when, writer, Retirer(train_dir, policy, ledger), guard,
+        last_step=config.train.steps, before_save=(logger.flush, state.feedback.saving), wait=wait,
     )  # fmt: skip
 
 

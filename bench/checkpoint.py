@@ -1,6 +1,6 @@
 """What a checkpoint costs the training loop: blocking time per save and the save's total time, for
 about 10M, 100M and 1B parameters with AdamW state, synchronous torch.save against train.py's
-asynchronous saver, next to the disk's measured write bandwidth.
+asynchronous checkpoint writer, next to the disk's measured write bandwidth.
 
     python -m bench.checkpoint                  # the GPU run: 10M, 100M, 1B
     python -m bench.checkpoint --smoke          # seconds on a CPU
@@ -9,6 +9,7 @@ asynchronous saver, next to the disk's measured write bandwidth.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import tempfile
@@ -24,7 +25,7 @@ from shared.checkpoints.store import save
 from shared.protocol.layout import TrainDir
 from shared.runtime import devices
 from shared.tasks.synthetic import SyntheticData, SyntheticModel, SyntheticTask
-from shared.training.saver import PeriodicSaver
+from shared.training.checkpoint_writer import CheckpointWriter
 
 SIZES = {
     "10M": SyntheticModel(arch="resnet", width=64),
@@ -82,18 +83,19 @@ def measure(model_config: SyntheticModel, device: torch.device, folder: Path, re
         sync_secs.append(time.perf_counter() - started)
         apply_retention(sync_dir.checkpoints, RetentionPolicy(1), None)
 
-    options = cfg.CheckpointConfig(max_to_keep=1, async_save=True)
-    saver = PeriodicSaver(TrainDir(folder / "async"), options, last_saved_step=0)
+    async_dir = TrainDir(folder / "async")
+    writer = CheckpointWriter(async_dir, cfg.CheckpointConfig(async_save=True))
+    retire = functools.partial(apply_retention, async_dir.checkpoints, RetentionPolicy(1), None)
     blocked, total = [], []
     for step in range(1, repeats + 1):
         if device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        saver.save(step, state())
+        writer.write(step, state(), retire)
         blocked.append(time.perf_counter() - started)
-        saver.wait()
+        writer.settle()
         total.append(time.perf_counter() - started)
-    saver.close()
+    writer.close()
     shutil.rmtree(folder / "sync")
     shutil.rmtree(folder / "async")
     steady_sync, steady_blocked = min(sync_secs[1:] or sync_secs), min(blocked[1:] or blocked)

@@ -18,11 +18,21 @@ from shared.checkpoints.format import FORMAT_VERSION, load, load_weights, restor
 from shared.checkpoints.retention import RetentionPolicy, apply_retention
 from shared.checkpoints.store import Checkpoint, list_checkpoints, remove_stale_temps, save
 from shared.config import CheckpointConfig
+from shared.config.schema import MAX_STEP
 from shared.errors import CheckpointError
 from shared.protocol.layout import TrainDir, checkpoint_name, weights_name
 from shared.protocol.ledger import Ledger
 from shared.protocol.results import EvalResult
-from shared.training.saver import PeriodicSaver
+from shared.training import save_policy
+from shared.training.agreement import Agreement
+from shared.training.checkpoint_writer import CheckpointWriter
+from shared.training.checkpointer import Checkpointer
+from shared.training.distributed import Distributed
+from shared.training.ledger_reader import LedgerReader
+from shared.training.optim import NonFiniteGuard
+from shared.training.retire import Retirer
+
+ALONE = Agreement(Distributed.alone(), torch.device("cpu"), every_steps=1)
 
 
 def _touch(folder: Path, *names: str) -> None:
@@ -366,33 +376,43 @@ def test_apply_retention_deletes_the_files(tmp_path: Path) -> None:
     ("every_steps", "due_steps"),
     [(100, [100, 200, 1000]), (1, [1, 2, 3, 99, 100, 101, 150, 200, 1000]), (0, [])],
 )
-def test_periodic_saver_due_by_steps(tmp_path: Path, every_steps: int, due_steps: list[int]) -> None:
+def test_periodic_saver_due_by_steps(every_steps: int, due_steps: list[int]) -> None:
     """With every_secs=0, a save is due exactly at multiples of every_steps (never when it is 0)."""
-    saver = PeriodicSaver(TrainDir(tmp_path), CheckpointConfig(every_steps=every_steps, every_secs=0), 0)
+    policy = save_policy.from_options(CheckpointConfig(every_steps=every_steps, every_secs=0), ALONE)
     candidates = [1, 2, 3, 99, 100, 101, 150, 200, 1000]
-    assert [s for s in candidates if saver.due_by_steps(s)] == due_steps
+    assert [s for s in candidates if policy.due(s)] == due_steps
 
 
-def test_periodic_saver_due_by_time(tmp_path: Path) -> None:
+def test_periodic_saver_due_by_time() -> None:
     """With every_secs set, a save becomes due once that much time has passed since the last one."""
-    saver = PeriodicSaver(TrainDir(tmp_path), CheckpointConfig(every_steps=0, every_secs=60), 0)
-    assert not saver.due_by_time()
-    saver.last_saved_time -= 61
-    assert saver.due_by_time()
+    policy = save_policy.EverySeconds(60, ALONE)
+    assert not policy.due(1)
+    policy.since -= 61
+    assert policy.due(1)
+
+
+def checkpointer(train_dir: TrainDir, options: CheckpointConfig) -> Checkpointer:
+    """train.py's checkpointer alone, without an evaluator to wait for: saves when told to."""
+    alone = Distributed.alone()
+    ledger = LedgerReader(train_dir, alone, keep_results=options.keep_best > 0)
+    retirer = Retirer(train_dir, RetentionPolicy.from_options(options), ledger)
+    guard = NonFiniteGuard(torch.device("cpu"), check_grad_norm=False, enabled=False, group=alone, newest_checkpoint=0)
+    when = save_policy.from_options(options, ALONE)
+    return Checkpointer(when, CheckpointWriter(train_dir, options, alone), retirer, guard, last_step=MAX_STEP)
 
 
 @pytest.mark.parametrize("async_save", [True, False])
 def test_periodic_saver_keeps_what_the_evaluator_has_not_reached(tmp_path: Path, async_save: bool) -> None:
-    """PeriodicSaver.save reads the evaluator's ledger and protects the oldest unevaluated steps."""
+    """Checkpointer.save reads the evaluator's ledger and protects the oldest unevaluated steps."""
     train_dir = TrainDir(tmp_path)
     ledger = Ledger(train_dir.results)
     ledger.append(EvalResult(step=100, file="checkpoints/ckpt-000000100.pt", status="ok", wall_time=0, seconds=0))
     options = CheckpointConfig(every_steps=100, max_to_keep=1, max_unevaluated=1, async_save=async_save)
-    saver = PeriodicSaver(train_dir, options, last_saved_step=0)
+    saver = checkpointer(train_dir, options)
     for step in (100, 200, 300, 400):
         saver.save(step, {"model": {"w": torch.zeros(1)}})
-    saver.close()
-    assert saver.last_saved_step == 400
+    saver.finish(400, dict)
+    assert saver.writer.newest == 400
     assert [c.step for c in list_checkpoints(train_dir.checkpoints)] == [200, 400]
 
 
@@ -403,14 +423,14 @@ def test_periodic_saver_logs_each_save_when_it_commits(
     """`saved ckpt-N` is logged once N is committed, before the loop goes on to the next save (which is
     when an evaluator may already have reported step N), not at that next save."""
     train_dir = TrainDir(tmp_path)
-    saver = PeriodicSaver(train_dir, CheckpointConfig(every_steps=100, async_save=async_save), last_saved_step=0)
-    with caplog.at_level(logging.INFO, logger="shared.training.saver"):
+    saver = checkpointer(train_dir, CheckpointConfig(every_steps=100, async_save=async_save))
+    with caplog.at_level(logging.INFO, logger="shared.training.checkpoint_writer"):
         saver.save(100, {"model": {"w": torch.zeros(1)}})
-        if saver.in_flight is not None:
-            saver.in_flight.future.result()  # the writing thread committed it; the loop has not looked yet
+        if saver.writer.in_flight is not None:
+            saver.writer.in_flight.future.result()  # the writing thread committed it; the loop has not looked yet
         assert (train_dir.checkpoints / checkpoint_name(100)).exists()
         assert f"saved {checkpoint_name(100)} (the loop blocked" in caplog.text
-        saver.close()
+        saver.finish(100, dict)
     assert caplog.text.count(f"saved {checkpoint_name(100)}") == 1
 
 
@@ -419,14 +439,14 @@ def test_the_saver_commits_the_weights_beside_each_checkpoint_and_retention_remo
 ) -> None:
     """train.py's saves put the weights alone beside each checkpoint; retiring a checkpoint retires them too."""
     train_dir = TrainDir(tmp_path)
-    saver = PeriodicSaver(train_dir, CheckpointConfig(every_steps=100, max_to_keep=2), last_saved_step=0)
+    saver = checkpointer(train_dir, CheckpointConfig(every_steps=100, max_to_keep=2))
     model = nn.Linear(64, 64)
     optimizer = torch.optim.AdamW(model.parameters())
     model(torch.ones(2, 64)).sum().backward()
     optimizer.step()
     for step in (100, 200, 300):
         saver.save(step, {"model": model.state_dict(), "optimizer": optimizer.state_dict()})
-    saver.close()
+    saver.finish(300, dict)
     names = [checkpoint_name(s) for s in (200, 300)] + [weights_name(s) for s in (200, 300)]
     assert sorted(os.listdir(train_dir.checkpoints)) == sorted(names)
     weights = load(train_dir.checkpoints / weights_name(300))

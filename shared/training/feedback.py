@@ -72,6 +72,7 @@ class Feedback:
         self._replay: list[dict[str, Any]] = []  # logged after that checkpoint: applied again at their steps
         self._ready: list[EvalResult] = []  # ok results read from the ledger, not acted on yet
         self._expected_evaluator = False  # said already that no evaluation has come
+        self._saves = 0  # this process's saves so far
 
     def lr_factor(self) -> float:
         return self.multiplier
@@ -142,10 +143,15 @@ class Feedback:
                 append_line(self.train_dir.decisions, _line(decision))
             self._announce(decision, logger)
 
-    def expect_evaluator(self, saves: int, newest_evaluated: int | None) -> None:
-        """Say once, when a policy is on, that `saves` checkpoints went by and no evaluation was recorded
+    def saving(self) -> None:
+        """A checkpoint is being saved (train.py's Checkpointer says so before each save)."""
+        self._saves += 1
+
+    def expect_evaluator(self, newest_evaluated: int | None) -> None:
+        """Say once, when a policy is on, that this process saved checkpoints and no evaluation was recorded
         (`newest_evaluated`: -1, or None when no evaluator keeps a ledger): the policies act on eval.py's
         results only, and train.py never evaluates."""
+        saves = self._saves
         if self._expected_evaluator or not self.policies.enabled or saves < WARN_AFTER_CHECKPOINTS:
             return
         if newest_evaluated is not None and newest_evaluated >= 0:

@@ -117,9 +117,13 @@ class NonFiniteGuard:
     log line and each save only, so no checkpoint ever holds weights broken by it.
     """
 
-    def __init__(self, device: torch.device, check_grad_norm: bool, enabled: bool, group: Distributed) -> None:
+    def __init__(
+        self, device: torch.device, check_grad_norm: bool, enabled: bool, group: Distributed, newest_checkpoint: int
+    ) -> None:
+        """`newest_checkpoint`: the step training resumed from (0: none), which its refusal names."""
         self.device, self.check_grad_norm, self.enabled, self.group = device, check_grad_norm, enabled, group
         self.first = torch.full((), -1, dtype=torch.long, device=device)
+        self.newest_checkpoint = newest_checkpoint
 
     def observe(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         if not self.enabled:
@@ -129,13 +133,17 @@ class NonFiniteGuard:
             finite &= torch.isfinite(grad_norm)
         self.first = torch.where((self.first < 0) & ~finite, step, self.first)
 
-    def check(self, newest_checkpoint: int) -> None:
+    def committed(self, step: int) -> None:
+        """A checkpoint of `step` is committed: the newest a refusal names."""
+        self.newest_checkpoint = step
+
+    def check(self) -> None:
         """RunAborted on every rank if any rank saw a NaN/Inf step (collective under torchrun)."""
         first = int(self.first)
         bad_step = self.group.earliest(first if first >= 0 else None, self.device)
         if bad_step is not None:
             raise RunAborted(
                 f"the loss or gradient norm became NaN/Inf at step {bad_step}; stopped without saving, so the newest "
-                f"checkpoint (step {newest_checkpoint}) predates it. Lower train.lr, set train.grad_clip_norm, "
+                f"checkpoint (step {self.newest_checkpoint}) predates it. Lower train.lr, set train.grad_clip_norm, "
                 "check the data, or set train.nan_policy=skip_step to skip such steps"
             )

@@ -72,12 +72,22 @@ class TrainLog:
     first."""
 
     def __init__(
-        self, logger: Logger, progress: Progress, guard: NonFiniteGuard, group: Distributed, device: torch.device
+        self,
+        logger: Logger,
+        progress: Progress,
+        guard: NonFiniteGuard,
+        group: Distributed,
+        device: torch.device,
+        every_steps: int,
     ) -> None:
         self.logger, self.progress, self.guard, self.group = logger, progress, guard, group
+        self.every_steps = every_steps  # log.every_steps
         self.loss, self.examples, self.steps = torch.zeros((), device=device), 0, 0
         self.tokens: int | torch.Tensor | None = None  # None: the task counts no tokens
         self.started = time.perf_counter()
+
+    def due(self, step: int) -> bool:
+        return step % self.every_steps == 0
 
     def add(self, loss: torch.Tensor, examples: int, tokens: int | torch.Tensor | None = None) -> None:
         self.loss += loss
@@ -86,9 +96,9 @@ class TrainLog:
         if tokens is not None:
             self.tokens = (self.tokens or 0) + tokens
 
-    def write(self, step: int, lr: float, grad_norm: torch.Tensor, newest_checkpoint: int) -> None:
+    def write(self, step: int, lr: float, grad_norm: torch.Tensor) -> None:
         """Log the interval that ends at `step` and start the next one; collective under torchrun."""
-        self.guard.check(newest_checkpoint)
+        self.guard.check()
         elapsed = time.perf_counter() - self.started
         counts = [
             torch.as_tensor(n, dtype=torch.float64, device=self.loss.device) for n in (self.examples, self.tokens or 0)
