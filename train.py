@@ -199,7 +199,7 @@ def build_checkpointer(
     each, and a wait for a lagging evaluator (train.max_eval_lag)."""
     shards = (state.model, state.optimizer) if state.sharded else None
     writer = CheckpointWriter(train_dir, config.checkpoint, state.group, shards, newest=state.step)
-    policy = RetentionPolicy.from_options(config.checkpoint, config.eval.best_metric, config.eval.best_mode)
+    policy = RetentionPolicy.from_options(config.checkpoint, config.eval.best_metric, config.eval.best_higher_is_better)
     lag = config.train.max_eval_lag
     wait = None if lag is None else EvaluatorWait(train_dir, ledger, lag, stop, state.group)
     when = save_policy.from_options(config.checkpoint, agreement)

@@ -45,7 +45,7 @@ def test_plateau_cuts_after_patience_then_cools_down_and_stops_at_the_floor() ->
 
 
 def test_early_stop_says_why_after_patience_evaluations_without_improvement() -> None:
-    stop = EarlyStop(cfg.EarlyStopConfig(metric="accuracy", patience=2))
+    stop = EarlyStop(cfg.EarlyStopConfig(metric="accuracy", mode="max", patience=2))
     assert [stop.decide(v) for v in (0.5, 0.6, 0.6)] == ["", "", ""]
     assert stop.decide(0.55) == "early_stop: val accuracy did not improve for 2 evaluations"
 

@@ -17,7 +17,6 @@ from typing import Protocol
 
 from shared.checkpoints.store import list_checkpoints, retire
 from shared.config import CheckpointConfig
-from shared.metrics.direction import higher_is_better
 from shared.protocol.files import fsync_dir
 from shared.protocol.results import EvalResult
 
@@ -101,12 +100,12 @@ class RetentionPolicy:
 
     @classmethod
     def from_options(
-        cls, options: CheckpointConfig, best_metric: str | None = None, best_mode: str = "auto"
+        cls, options: CheckpointConfig, best_metric: str | None = None, higher_is_better: bool = False
     ) -> RetentionPolicy:
         """The checkpoint section's policy; keep_best ranks by `best_metric` (eval.best_metric) in its direction
-        (eval.best_mode)."""
+        (EvalConfig.best_higher_is_better; the default is loss's)."""
         ranked = options.keep_best > 0 and best_metric is not None
-        best = KeepBest(options.keep_best, best_metric, higher_is_better(best_metric, best_mode)) if ranked else None
+        best = KeepBest(options.keep_best, best_metric, higher_is_better) if ranked else None
         return cls(options.max_to_keep, options.keep_every_n_steps, options.max_unevaluated, best)
 
     @property

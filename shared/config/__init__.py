@@ -20,6 +20,7 @@ from shared.config.identity import (
     flatten,
 )
 from shared.config.schema import (
+    LOSS,
     MAX_COUNT,
     MAX_SECS,
     CheckpointConfig,
@@ -39,6 +40,7 @@ from shared.config.schema import (
     Seconds,
     Section,
     Seed,
+    TaskMetrics,
     TrainConfig,
 )
 from shared.config.sources import apply_overrides, parse_yaml, read_with_overrides, read_yaml, save, to_yaml
@@ -47,6 +49,7 @@ from shared.errors import ConfigError
 
 __all__ = [
     "IDENTITY_KEYS",
+    "LOSS",
     "MAX_COUNT",
     "MAX_SECS",
     "RUNTIME_KEYS",
@@ -68,6 +71,7 @@ __all__ = [
     "Seconds",
     "Section",
     "Seed",
+    "TaskMetrics",
     "TrainConfig",
     "apply_overrides",
     "check_eval_only",

@@ -7,12 +7,13 @@ which the loader turns into one line naming the key and what is allowed (shared/
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, ValidationInfo, model_validator
 
 from shared.errors import ConfigError
-from shared.metrics.direction import higher_is_better
 
 # Upper bounds: beyond them a value is a typo, or breaks something below the config.
 MAX_COUNT = 2**31 - 1  # sizes and counts: C ints in torch and the DataLoader hold 31 bits
@@ -28,16 +29,23 @@ Fraction = Annotated[float, Field(ge=0, le=1)]
 NonNegative = Annotated[float, Field(ge=0)]
 Seconds = Annotated[float, Field(ge=0, le=MAX_SECS)]
 
-# `loss`, or a metric the task's build_metrics() declares: shared.tasks.loading checks the name against the
-# task and records which way it improves (its higher_is_better). Left unset (null), eval.best_metric is the
-# task's own (Task.best_metric) and a policy's metric is eval.best_metric: one metric says what "better" is.
+# `loss`, or a metric the task's build_metrics() declares: validated with its task (TaskMetrics), the config
+# checks the name and records which way it improves (its higher_is_better). Left unset (null), eval.best_metric
+# is the task's own (Task.best_metric) and a policy's metric is eval.best_metric: one metric says what "better" is.
 Metric = str
 Split = Literal["val", "train", "test"]
+LOSS = "loss"  # always measured, whatever the task: its own loss, averaged over the examples; improves downwards
 
 
-def implied_mode(metric: str) -> str:
-    """max or min: the direction in which the metric improves (shared/metrics/direction.py)."""
-    return "max" if higher_is_better(metric) else "min"
+@dataclass(frozen=True)
+class TaskMetrics:
+    """What a config is validated against (pydantic's validation context, `{"task_metrics": ...}`, given by
+    shared.tasks.loading): the task's own best metric, and which way each metric it declares improves."""
+
+    best_metric: str
+    declared_by: str  # the task class's name, for the message when eval.best_metric is left to it
+    # (model, data, seed) -> {metric: higher_is_better} for loss and each scalar metric the task declares
+    directions: Callable[[Any, Any, int], dict[str, bool]]
 
 
 class Section(BaseModel):
@@ -47,17 +55,20 @@ class Section(BaseModel):
 
 
 class Watched(Section):
-    """A section naming a metric to watch. Loading the config with its task records which way that metric
-    improves (`set_direction`); a section built in code without a task falls back to its mode, or to
-    loss improving downwards and every other metric upwards."""
+    """A section naming a metric to watch, and which way it improves: resolved once, when the whole config is
+    validated with its task's metrics (Config._resolve_metrics). A section built in code without a task has
+    only its mode to go by, or `loss`, which always improves downwards."""
 
-    _upwards: bool | None = PrivateAttr(default=None)
+    _higher_is_better: bool | None = PrivateAttr(default=None)
 
-    def set_direction(self, upwards: bool) -> None:
-        self._upwards = upwards
-
-    def improves_upwards(self, metric: str, mode: str = "auto") -> bool:
-        return self._upwards if self._upwards is not None else higher_is_better(metric, mode)
+    def improves_upwards(self, metric: str) -> bool:
+        """Whether `metric` (this section's) improves upwards; ConfigError when nothing says which way."""
+        mode = getattr(self, "mode", "auto")
+        if self._higher_is_better is not None:
+            return self._higher_is_better
+        if mode != "auto" or metric == LOSS:
+            return mode == "max"
+        raise ConfigError(f"{metric}: which way it improves is unknown without its task; set the mode (min or max)")
 
 
 class ModelConfig(Section):
@@ -216,28 +227,33 @@ class EvalConfig(Watched):
     )
     max_examples: Count = Field(0, description="> 0: a fixed subset of each split, for speed; 0: all")
 
+    # config.yaml files before 2026-12 hold `best_mode`, which could only be what best_metric implies: kept
+    # here until the config is checked against its task (Config._resolve_metrics), never saved.
+    _given_best_mode: Any = PrivateAttr(default=None)
+
+    @property
+    def best_higher_is_better(self) -> bool:
+        """Whether best_metric improves upwards (the task's metric says)."""
+        return self.improves_upwards(self.best_metric)
+
     @property
     def best_mode(self) -> str:
-        """max or min: the direction in which best_metric improves (the task's metric says)."""
-        return "max" if self.improves_upwards(self.best_metric) else "min"
+        """max or min: the direction in which best_metric improves."""
+        return "max" if self.best_higher_is_better else "min"
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _drop_best_mode(cls, raw: Any) -> Any:
-        """config.yaml files before 2026-12 hold `best_mode`, which could only be what best_metric implies."""
+    def _drop_best_mode(cls, raw: Any, handler: Callable[[Any], EvalConfig]) -> EvalConfig:
+        """An old file's `best_mode` is checked against best_metric's direction once that is known."""
         if not (isinstance(raw, dict) and "best_mode" in raw):
-            return raw
+            return handler(raw)
         raw = dict(raw)
-        mode, metric = raw.pop("best_mode"), raw.get("best_metric")
-        if metric is None:  # it was accuracy then; now the task's own, which this model cannot know
+        mode = raw.pop("best_mode")
+        if raw.get("best_metric") is None:  # it was accuracy then; now the task's own, which this model cannot know
             raise ConfigError("eval.best_mode: drop it; set eval.best_metric, whose direction it was derived from")
-        implied = implied_mode(metric) if isinstance(metric, str) else mode
-        if mode != implied:
-            raise ConfigError(  # not a ValueError: pydantic passes it on as it is
-                f"eval.best_mode: {metric} improves {'downwards' if implied == 'min' else 'upwards'}, so "
-                f"best_mode={implied} is implied; drop eval.best_mode (it is derived from eval.best_metric)"
-            )
-        return raw
+        section = handler(raw)
+        section._given_best_mode = mode
+        return section
 
 
 class Config(Section):
@@ -283,4 +299,41 @@ class Config(Section):
             raise ConfigError(
                 f"train.warmup_steps: must be <= train.steps ({self.train.steps}), got {self.train.warmup_steps}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _resolve_metrics(self, info: ValidationInfo) -> Config:
+        """Validated with its task's metrics (TaskMetrics as the context): the metrics left unset become the
+        task's best metric (eval.best_metric) and eval.best_metric (a policy's), here once for every reader
+        (best/, keep_best, the feedback policies, dashboards, summaries); every metric must be `loss` or one the
+        task declares, and each watching section records which way its metric improves (a contradicting mode
+        is refused)."""
+        if (task := (info.context or {}).get("task_metrics")) is None:
+            return self
+        upwards = task.directions(self.model, self.data, self.seed)
+        best_key = "eval.best_metric"
+        if self.eval.best_metric is None:
+            self.eval.best_metric = task.best_metric
+            best_key = f"{task.declared_by}.best_metric (eval.best_metric unset)"
+        watched = [(best_key, "eval.best_mode", self.eval, self.eval.best_metric, self.eval._given_best_mode)]
+        for name in ("on_plateau", "early_stop"):
+            policy = getattr(self.train, name)
+            policy.metric = policy.metric or self.eval.best_metric
+            watched.append((f"train.{name}.metric", f"train.{name}.mode", policy, policy.metric, policy.mode))
+        for metric_key, mode_key, section, metric, mode in watched:
+            if metric not in upwards:
+                raise ConfigError(
+                    f"{metric_key}: task {self.task} has no metric {metric!r}; its metrics: {', '.join(upwards)}"
+                )
+            right = "max" if upwards[metric] else "min"
+            if section is self.eval and mode not in (None, right):
+                raise ConfigError(
+                    f"eval.best_mode: {metric} improves {'downwards' if right == 'min' else 'upwards'}, so "
+                    f"best_mode={right} is implied; drop eval.best_mode (it is derived from eval.best_metric)"
+                )
+            if mode not in ("auto", None, right):
+                direction = "upwards" if right == "max" else "downwards"
+                raise ConfigError(f"{mode_key}: {metric} improves {direction}; set {mode_key}={right}")
+            section._higher_is_better = upwards[metric]
+        self.eval._given_best_mode = None  # checked: the config equals one loaded from a file without it
         return self

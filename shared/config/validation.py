@@ -34,12 +34,13 @@ _BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "l
 _BOUND_KEYS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
 
-def resolve(raw: Any, schema: type[Model]) -> Model:
-    """`schema` validated from `raw`, or ConfigError with one line about the first problem."""
+def resolve(raw: Any, schema: type[Model], context: dict[str, Any] | None = None) -> Model:
+    """`schema` validated from `raw` (with pydantic's validation `context`), or ConfigError with one line about
+    the first problem."""
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a mapping of sections, got a {type(raw).__name__}")
     try:
-        return schema.model_validate(raw)
+        return schema.model_validate(raw, context=context)
     except ValidationError as err:
         errors = err.errors()
         first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # a typo explains the rest

@@ -74,7 +74,7 @@ def summarize(folders: list[Path]) -> Summary:
                 "give train.py's --train-dir, or launch.py's with --folds"
             )
         options = load_config(train_dir.config, follow_links=False).eval
-        best = best_of(read_results(train_dir.results), options.best_metric, options.best_mode == "max")
+        best = best_of(read_results(train_dir.results), options.best_metric, options.best_higher_is_better)
         if best is None:
             raise UsageError(f"--summarize {folder}: no evaluated checkpoint in {train_dir.results}; run eval.py first")
         metric = metric or options.best_metric

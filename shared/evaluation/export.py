@@ -32,7 +32,6 @@ from torch import nn
 
 from shared import config as cfg
 from shared.errors import CheckpointError, RunAborted, UsageError
-from shared.metrics.direction import higher_is_better
 from shared.protocol import numbers
 from shared.protocol.files import (
     NO_LINKS,
@@ -78,7 +77,7 @@ def export_if_best(
     Returns the new metrics.json contents, or None when the current best stays.
     """
     metric = config.eval.best_metric
-    upwards = higher_is_better(metric, config.eval.best_mode)
+    upwards = config.eval.best_higher_is_better
     if not numbers.finite(value := candidate.value(metric)):
         log.warning("step %d: its %s is %s, never the best; best/ stays as it is", candidate.step, metric, value)
         return None

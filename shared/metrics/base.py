@@ -17,10 +17,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from shared.config import LOSS
 from shared.protocol.artifacts import Artifact
-
-# Always measured, whatever the task: the task's own loss, averaged over the examples. It improves downwards.
-LOSS = "loss"
 
 
 @runtime_checkable

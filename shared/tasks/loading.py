@@ -176,35 +176,10 @@ def resolve_config(raw: object) -> cfg.Config:
     if not isinstance(name, str):
         raise ConfigError(f"task: expected a built-in task name or module:Class, got {name!r}")
     cls = task_class(name)
-    config = cfg.resolve(raw, config_class(cls))
-    check_metrics(config, cls)
-    return config
-
-
-def check_metrics(config: cfg.Config, cls: type[Task]) -> None:
-    """Resolve the metrics left unset, here once for every reader (best/, keep_best, the feedback policies,
-    dashboards, summaries): eval.best_metric to the task's `best_metric`, a policy's metric to eval.best_metric.
-    Every metric is `loss` or one the task declares, and each watching section learns which way its metric
-    improves (the metric's higher_is_better); a contradicting mode is refused."""
-    upwards = directions(cls(config.model, config.data, config.seed).build_metrics())
-    best_key = "eval.best_metric"
-    if config.eval.best_metric is None:
-        config.eval.best_metric, best_key = cls.best_metric, f"{cls.__name__}.best_metric (eval.best_metric unset)"
-    watched = [(best_key, None, config.eval, config.eval.best_metric, "auto")]
-    for name in ("on_plateau", "early_stop"):
-        policy = getattr(config.train, name)
-        policy.metric = policy.metric or config.eval.best_metric
-        watched.append((f"train.{name}.metric", f"train.{name}.mode", policy, policy.metric, policy.mode))
-    for metric_key, mode_key, section, metric, mode in watched:
-        if metric not in upwards:
-            raise ConfigError(
-                f"{metric_key}: task {config.task} has no metric {metric!r}; its metrics: {', '.join(upwards)}"
-            )
-        right = "max" if upwards[metric] else "min"
-        if mode not in ("auto", right):
-            direction = "upwards" if right == "max" else "downwards"
-            raise ConfigError(f"{mode_key}: {metric} improves {direction}; set {mode_key}={right}")
-        section.set_direction(upwards[metric])
+    task_metrics = cfg.TaskMetrics(
+        cls.best_metric, cls.__name__, lambda model, data, seed: directions(cls(model, data, seed).build_metrics())
+    )
+    return cfg.resolve(raw, config_class(cls), {"task_metrics": task_metrics})
 
 
 def load_config(path: str | Path, overrides: list[str] = (), follow_links: bool = True) -> cfg.Config:

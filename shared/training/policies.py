@@ -2,9 +2,9 @@
 
 train.on_plateau (Keras' ReduceLROnPlateau) cuts the LR multiplier after `patience` evaluations without
 improvement; train.early_stop (Keras' EarlyStopping) stops after `patience` of them. Each reads one
-metric of one split, improving in that metric's direction (shared.metrics.direction). Their state goes
-into each checkpoint, so a resumed run decides as the uninterrupted one would. The plumbing that feeds
-them (the ledger, decisions.jsonl, replay, torchrun) is shared.training.feedback.
+metric of one split, improving in that metric's direction (resolved once, when the config is validated with
+its task). Their state goes into each checkpoint, so a resumed run decides as the uninterrupted one would.
+The plumbing that feeds them (the ledger, decisions.jsonl, replay, torchrun) is shared.training.feedback.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class Tracker:
 
 
 def _tracker(options: cfg.PlateauConfig | cfg.EarlyStopConfig) -> Tracker:
-    return Tracker(options.improves_upwards(options.metric, options.mode), options.min_delta)
+    return Tracker(options.improves_upwards(options.metric), options.min_delta)
 
 
 def _stalled(name: str, options: cfg.PlateauConfig | cfg.EarlyStopConfig) -> str:
