@@ -253,8 +253,8 @@ def follow_checkpoints(
         finished = train_dir.finished.exists()  # read before the scan: its checkpoints are then listed
         recorded = shared.record_ready()
         skip, checkpoint = shared.claim_next()
-        for each in skip:
-            actions.run(after, skipped(each, train_dir, "eval.policy=latest: a newer checkpoint waited"))
+        for each, why in skip:
+            actions.run(after, skipped(each, train_dir, why))
         if checkpoint is not None:
             with shared.claims.kept_fresh(checkpoint.step):
                 actions.run(after, evaluate(checkpoint, evaluator, train_dir))

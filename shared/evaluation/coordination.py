@@ -20,6 +20,7 @@ from pathlib import Path
 from shared.checkpoints.store import Checkpoint
 from shared.config import Config
 from shared.errors import UsageError
+from shared.evaluation.schedule import SCHEDULES
 from shared.loggers import dashboards
 from shared.loggers.backends import open_run
 from shared.loggers.base import Logger
@@ -174,7 +175,7 @@ class SharedTrainDir:
         self.scan = CheckpointScan(train_dir)
         self.claims = Claims(train_dir.claims, config.eval.claim_timeout_secs)
         self.recorder = Recorder(train_dir, config, plot, runs, prepare)
-        self.policy, self.rescan_secs = config.eval.policy, config.eval.rescan_secs
+        self.schedule, self.rescan_secs = SCHEDULES[config.eval.policy], config.eval.rescan_secs
         self.scan.update()
 
     def __enter__(self) -> SharedTrainDir:
@@ -191,12 +192,9 @@ class SharedTrainDir:
             self.scan.update()
         return recorded
 
-    def claim_next(self) -> tuple[list[Checkpoint], Checkpoint | None]:
-        """(checkpoints claimed to be recorded as skipped, the checkpoint claimed to evaluate or None).
-
-        The oldest checkpoint that is unrecorded, has no outcome waiting and no live claim; with
-        `eval.policy: latest` the newest such, the older ones claimed to be skipped.
-        """
+    def claim_next(self) -> tuple[list[tuple[Checkpoint, str]], Checkpoint | None]:
+        """(checkpoints claimed to be recorded as skipped, each with why; the checkpoint claimed to evaluate or
+        None): of those unrecorded, with no outcome waiting and no live claim, what the schedule chooses."""
         waiting = outcome_steps(self.train_dir.pending)
         claimed = self.claims.claimed_steps()
         free = [
@@ -204,11 +202,9 @@ class SharedTrainDir:
             for c in self.scan.pending()
             if c.step not in waiting and (c.step not in claimed or self.claims.stale_reason(c.step))
         ]
-        skipped: list[Checkpoint] = []
-        if self.policy == "latest" and len(free) > 1:
-            skipped = [c for c in free[:-1] if self._claim(c.step)]
-            free = free[-1:]
-        return skipped, next((c for c in free if self._claim(c.step)), None)
+        plan = self.schedule(free)
+        skipped = [(c, why) for c, why in plan.skip if self._claim(c.step)]
+        return skipped, next((c for c in plan.candidates if self._claim(c.step)), None)
 
     def _claim(self, step: int) -> bool:
         """Claim `step`, then make sure it was not recorded since the scan (its claim then gone too)."""
