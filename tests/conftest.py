@@ -64,6 +64,12 @@ class RunsCodeWhenUnpickled:
         return (os.system, (f"touch {self.marker}",))
 
 
+# The hang guard of every wait on a process the tests start (a subprocess.run's timeout too), not a speed bound:
+# 10x and more what the tests' runs take on a quiet 2-core machine (a minute at most), so a busy machine is no
+# failure.
+HANG_GUARD = 600
+
+
 @dataclass
 class Proc:
     """A train.py or eval.py process whose combined output goes to a log file."""
@@ -71,9 +77,8 @@ class Proc:
     popen: subprocess.Popen
     log: Path
 
-    def wait(self, timeout: float = 600) -> int:
-        """The exit code, failing the test after `timeout` seconds. The default is a hang guard, 10x and more
-        what the tests' runs take on a quiet 2-core machine (a minute at most), so a busy machine is no failure."""
+    def wait(self, timeout: float = HANG_GUARD) -> int:
+        """The exit code, failing the test after `timeout` seconds (by default the hang guard)."""
         try:
             return self.popen.wait(timeout)
         except subprocess.TimeoutExpired:

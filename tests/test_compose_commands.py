@@ -15,7 +15,7 @@ import yaml
 
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records
-from tests.conftest import ROOT, Proc, fetch_json, wait_until
+from tests.conftest import HANG_GUARD, ROOT, Proc, fetch_json, wait_until
 from tests.test_compose import CPU, VARIABLE
 
 pytestmark = pytest.mark.slow
@@ -58,7 +58,7 @@ def test_compose_commands_train_evaluate_serve_and_report_health(tmp_path: Path,
         assert test[0] == "CMD", f"{name}: an exec-form health check"
         for old, new in replace:
             test[test.index(old)] = new
-        return subprocess.run(test[1:], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+        return subprocess.run(test[1:], cwd=ROOT, capture_output=True, text=True, timeout=HANG_GUARD, check=False)
 
     evaluator, trainer, tensorboard = (run_service(name) for name in ("eval", "train", "tensorboard"))
     assert trainer.wait() == 0, trainer.output()

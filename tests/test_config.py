@@ -13,6 +13,7 @@ import pytest
 from shared import config as cfg
 from shared.config import ConfigError
 from shared.tasks.loading import load_config, resolve_config
+from tests.conftest import HANG_GUARD
 
 REPO = Path(__file__).resolve().parent.parent
 DIGITS = REPO / "configs" / "digits.yaml"
@@ -313,7 +314,7 @@ def test_config_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
 
 def _run_cli(script: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, script, *args], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, script, *args], cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD, check=False
     )
 
 

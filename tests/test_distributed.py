@@ -23,7 +23,7 @@ from shared.errors import CheckpointError
 from shared.evaluation.export import load_best, read_best
 from shared.protocol.layout import METADATA, TrainDir
 from shared.protocol.ledger import read_records
-from tests.conftest import ROOT, Proc, RunsCodeWhenUnpickled, scalar_points, wait_for_watching, wait_until
+from tests.conftest import HANG_GUARD, ROOT, Proc, RunsCodeWhenUnpickled, scalar_points, wait_for_watching, wait_until
 from tests.test_feedback import EXPECTED, FEEDBACK_RUN, decided
 
 # Tiny: a few seconds per torchrun launch on 2 cores, most of it start-up.
@@ -111,7 +111,7 @@ def test_fsdp_folders_are_evaluated_in_one_process_and_steer_both_ranks(tmp_path
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=HANG_GUARD,
     )
     assert adhoc.returncode == 0, adhoc.stderr
     assert json.loads(adhoc.stdout)["metrics"] == records[-1]["metrics"]  # the daemon and ad hoc agree

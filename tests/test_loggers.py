@@ -23,7 +23,7 @@ from shared.loggers.mlflow_backend import MlflowLogger
 from shared.loggers.tensorboard import TensorBoardLogger
 from shared.metrics.classification import PR_THRESHOLDS
 from shared.protocol.artifacts import PRCurves
-from tests.conftest import ROOT
+from tests.conftest import HANG_GUARD, ROOT
 
 # Writes every kind of record at steps [first, last] into a run opened at purge_step, flushes, says so on
 # stdout, then either closes or waits to be killed: a writer that dies with its points on disk.
@@ -62,7 +62,7 @@ def run_writer(run: Path, purge_step: int, first: int, last: int, then: str) -> 
         assert proc.stdout is not None and proc.stdout.readline().strip() == "flushed"
         if then == "die":
             proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=120) == (-signal.SIGKILL if then == "die" else 0)
+        assert proc.wait(timeout=HANG_GUARD) == (-signal.SIGKILL if then == "die" else 0)
     finally:
         proc.kill()
 

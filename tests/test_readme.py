@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, SHORT_RUN, fetch_json, system_tool, tensorboard_url, wait_until
+from tests.conftest import HANG_GUARD, ROOT, SHORT_RUN, fetch_json, system_tool, tensorboard_url, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ def fresh_clone(tmp_path: Path) -> Path:
     """A `git clone` of this checkout (its committed HEAD) whose .venv is the one running these tests: the
     set-up `make` would do is done (and measured in the README), the rest is as a newcomer finds it."""
     clone = tmp_path / "trainval"
-    subprocess.run([system_tool("git"), "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=120)
+    subprocess.run([system_tool("git"), "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=HANG_GUARD)
     (clone / ".venv").symlink_to(sys.prefix, target_is_directory=True)
     assert not (clone / "runs").exists()
     return clone
@@ -89,11 +89,11 @@ def test_the_quick_start_trains_evaluates_and_serves_on_a_fresh_clone(tmp_path: 
     assert tensorboard[0] == f"{VENV_BIN}tensorboard"
     clone = fresh_clone(tmp_path)
 
-    launched = subprocess.run([*launch, *SHORT], cwd=clone, capture_output=True, text=True, timeout=600)
+    launched = subprocess.run([*launch, *SHORT], cwd=clone, capture_output=True, text=True, timeout=HANG_GUARD)
     assert launched.returncode == 0, launched.stdout + launched.stderr
     assert "every checkpoint is evaluated; best checkpoint" in launched.stdout
 
-    table = subprocess.run(best, cwd=clone, capture_output=True, text=True, timeout=300)
+    table = subprocess.run(best, cwd=clone, capture_output=True, text=True, timeout=HANG_GUARD)
     assert table.returncode == 0 and "accuracy" in table.stdout, table.stdout + table.stderr
 
     log = tmp_path / "tensorboard.log"

@@ -15,6 +15,7 @@ from shared.checkpoints.store import list_checkpoints, save
 from shared.evaluation.watch import CheckpointWatcher
 from shared.protocol.files import write_atomic
 from shared.protocol.layout import TrainDir
+from tests.conftest import HANG_GUARD
 
 WAKE_TIMEOUT = 5.0  # a wake-up that should come comes within this
 QUIET = 0.5  # long enough for several polls (0.1 s) and for inotify to deliver
@@ -145,7 +146,7 @@ def test_a_watcher_at_the_inotify_limit_says_to_poll(train_dir: TrainDir) -> Non
     train_dir.root.mkdir()
     done = subprocess.run(
         [sys.executable, "-c", INOTIFY_AT_ITS_LIMIT, str(train_dir.root)],
-        capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1],
+        capture_output=True, text=True, timeout=HANG_GUARD, cwd=Path(__file__).parents[1],
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"cannot watch {train_dir.root} with inotify: inotify instance limit reached")
