@@ -1,6 +1,7 @@
 """The README's commands as a newcomer runs them: in a fresh `git clone` of this checkout's committed HEAD
-(no `runs/`, nothing left over), `make demo` as CI runs it, and the quick start's lines as written, read from
-README.md itself (the training cut short); and every shell command it shows naming the venv's programs."""
+(no `runs/`, nothing left over), `make demo` as CI runs it, then in the same clone the quick start's lines as
+written, read from README.md itself (the training cut short); and every shell command it shows naming the
+venv's programs."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ pytestmark = pytest.mark.slow
 
 README = (ROOT / "README.md").read_text()
 VENV_BIN = ".venv/bin/"
-# What the quick start's training may be cut to here: the README's own command, with fewer steps.
-SHORT = SHORT_RUN[2:]
+# What the quick start's training may be cut to here: the README's own command, with fewer steps (two
+# checkpoints: the `best` line then chooses between them).
+SHORT = [*SHORT_RUN[2:], "--set", "train.steps=40", "--set", "checkpoint.every_steps=20"]
 # make's own variables from the make that may be running these tests (`make test`), and the Makefile's
 # settings: the clone's make must run as a newcomer's does.
 MAKE_SETTINGS = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "VENV", "PYTHON", "DEMO_DIR", "PORT", "TORCH", "TORCH_INDEX")
@@ -39,10 +41,13 @@ def quick_start() -> list[list[str]]:
     return [shlex.split(line) for line in block]
 
 
-def fresh_clone(tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A `git clone` of this checkout (its committed HEAD) whose .venv is the one running these tests: the
-    set-up `make` would do is done (and measured in the README), the rest is as a newcomer finds it."""
-    clone = tmp_path / "trainval"
+    set-up `make` would do is done (and measured in the README), the rest is as a newcomer finds it. One for
+    the module: `make demo` runs first in it (the test is marked `long`), then the quick start, in its own
+    train_dir beside the demo's, as a newcomer would go on."""
+    clone = tmp_path_factory.mktemp("fresh") / "trainval"
     subprocess.run([system_tool("git"), "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=HANG_GUARD)
     (clone / ".venv").symlink_to(sys.prefix, target_is_directory=True)
     assert not (clone / "runs").exists()
@@ -58,11 +63,10 @@ def test_every_readme_command_runs_in_a_fresh_shell() -> None:
 
 
 @pytest.mark.long
-def test_make_demo_works_on_a_fresh_clone(tmp_path: Path) -> None:
+def test_make_demo_works_on_a_fresh_clone(clone: Path) -> None:
     """The first command: `make demo` as CI runs it (CI=true: no TensorBoard left serving), on the shipped
     configs/digits.yaml, keeping its promise (the best checkpoint's validation accuracy >= 0.98) and leaving
     the clone as it was apart from the ignored runs/. `-o .venv/.installed`: the venv is set up already."""
-    clone = fresh_clone(tmp_path)
     env = {name: value for name, value in os.environ.items() if name not in MAKE_SETTINGS} | {"CI": "true"}
     demo = subprocess.run(
         [system_tool("make"), "-o", ".venv/.installed", "demo"], cwd=clone, env=env, capture_output=True, text=True
@@ -77,9 +81,10 @@ def test_make_demo_works_on_a_fresh_clone(tmp_path: Path) -> None:
     assert status.stdout == "", status.stdout
 
 
-def test_the_quick_start_trains_evaluates_and_serves_on_a_fresh_clone(tmp_path: Path) -> None:
-    """The quick start's lines as written, first thing in a fresh clone (no runs/ yet); the training cut
-    short, and TensorBoard on a free port (the README's 6006 may serve something else here)."""
+def test_the_quick_start_trains_evaluates_and_serves_on_a_fresh_clone(clone: Path, tmp_path: Path) -> None:
+    """The quick start's lines as written, in the fresh clone after `make demo` (the demo's test showed the
+    first launch there making runs/ itself); the training cut short, and TensorBoard on a free port (the
+    README's 6006 may serve something else here)."""
     launch, best, tensorboard = quick_start()
     assert launch[:2] == [f"{VENV_BIN}python", "launch.py"] and best[:3] == [
         f"{VENV_BIN}python",
@@ -87,7 +92,6 @@ def test_the_quick_start_trains_evaluates_and_serves_on_a_fresh_clone(tmp_path: 
         "--train-dir",
     ]
     assert tensorboard[0] == f"{VENV_BIN}tensorboard"
-    clone = fresh_clone(tmp_path)
 
     launched = subprocess.run([*launch, *SHORT], cwd=clone, capture_output=True, text=True, timeout=HANG_GUARD)
     assert launched.returncode == 0, launched.stdout + launched.stderr
