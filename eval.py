@@ -38,7 +38,7 @@ from shared.evaluation import actions, crossval, export
 from shared.evaluation.actions.export_best import ExportBest
 from shared.evaluation.actions.log_metrics import log_metrics
 from shared.evaluation.actions.write_outcome import WriteOutcome
-from shared.evaluation.coordination import SharedTrainDir, join_as_evaluator
+from shared.evaluation.coordination import Coordinator, join_as_evaluator
 from shared.evaluation.evaluator import Evaluator
 from shared.evaluation.watch import CheckpointWatcher
 from shared.loggers import dashboards
@@ -110,7 +110,7 @@ def write_summaries(logger: Logger, step: int, result: SplitResult) -> None:
     logger.flush()
 
 
-def evaluate(checkpoint: Checkpoint, evaluator: Evaluator, train_dir: TrainDir) -> EvalResult:
+def evaluate_checkpoint(checkpoint: Checkpoint, evaluator: Evaluator, train_dir: TrainDir) -> EvalResult:
     """Evaluate one checkpoint on every split into the result the recorder turns into TensorBoard points
     and a ledger line; the evaluator keeps its weights for the actions after it (export to best/)."""
     started, wall_time = time.perf_counter(), time.time()
@@ -125,23 +125,23 @@ def evaluate(checkpoint: Checkpoint, evaluator: Evaluator, train_dir: TrainDir) 
         log.error("%s: failed, %s", file, err)
         result = EvalResult(checkpoint.step, file, "failed", reason=str(err))
     else:
-        result = score(evaluator, step, file)
+        result = evaluate_loaded(evaluator, step, file)
     seconds = round(time.perf_counter() - started, 4)
     return dataclasses.replace(result, wall_time=wall_time, seconds=seconds, evaluator=this_evaluator())
 
 
-def score(evaluator: Evaluator, step: int, file: str) -> EvalResult:
+def evaluate_loaded(evaluator: Evaluator, step: int, file: str) -> EvalResult:
     """The loaded checkpoint's result; a `failed` one when the task's own code (model, loss, metrics)
     raises, so that checkpoint fails and the daemon goes on with the next."""
     try:
         return evaluator.evaluate(step, file)
     except Exception as err:
-        log.error("step %d: the task failed while evaluating it: %s", step, describe(err))
+        log.error("step %d: the task failed while evaluating it: %s", step, exception_line(err))
         log.debug("step %d: the task's traceback", step, exc_info=True)
-        return EvalResult(step, file, "failed", reason=f"the task raised {describe(err)}")
+        return EvalResult(step, file, "failed", reason=f"the task raised {exception_line(err)}")
 
 
-def describe(err: BaseException) -> str:
+def exception_line(err: BaseException) -> str:
     """An exception as one line: its type and the first line of its message."""
     message = str(err).strip().splitlines()
     return f"{type(err).__name__}: {message[0]}" if message else type(err).__name__
@@ -216,7 +216,7 @@ def run_daemon(args: argparse.Namespace, train_dir: TrainDir, device: torch.devi
         runs = {split: train_dir.split_run(split) for split in evaluator.splits}  # one writer per split's run
         prepare = functools.partial(dashboards.prepare, evaluator.task.build_metrics)
         after = after_evaluation(train_dir, evaluator, config)
-        with SharedTrainDir(train_dir, config, write_summaries, runs, prepare) as shared:
+        with Coordinator(train_dir, config, write_summaries, runs, prepare) as shared:
             return follow_checkpoints(args, shared, evaluator, after, config, watcher, stop)
 
 
@@ -231,7 +231,7 @@ def after_evaluation(train_dir: TrainDir, evaluator: Evaluator, config: cfg.Conf
 
 def follow_checkpoints(
     args: argparse.Namespace,
-    shared: SharedTrainDir,
+    shared: Coordinator,
     evaluator: Evaluator,
     after: list[actions.Action],
     config: cfg.Config,
@@ -257,7 +257,7 @@ def follow_checkpoints(
             actions.run(after, skipped(each, train_dir, why))
         if checkpoint is not None:
             with shared.claims.kept_fresh(checkpoint.step):
-                actions.run(after, evaluate(checkpoint, evaluator, train_dir))
+                actions.run(after, evaluate_checkpoint(checkpoint, evaluator, train_dir))
         if recorded or skip or checkpoint:
             idle_since = time.monotonic()
             continue
@@ -321,7 +321,7 @@ def run_adhoc(args: argparse.Namespace, train_dir: TrainDir, device: torch.devic
     evaluator = Evaluator.from_config(config, device)
     log.info(took_threads)
     try:
-        step = export.load_weights(evaluator.model, train_dir)["step"] if best else evaluator.load_checkpoint(path)
+        step = export.restore_best(evaluator.model, train_dir)["step"] if best else evaluator.load_checkpoint(path)
     except CheckpointError as err:
         print(f"eval.py: error: {path}: {err}", file=sys.stderr)
         return 1

@@ -34,7 +34,7 @@ from bench.eval_speed import write_checkpoint
 from shared import config as cfg
 from shared.checkpoints.format import load, load_weights, restore_model
 from shared.checkpoints.store import Checkpoint
-from shared.evaluation.coordination import SharedTrainDir, join_as_evaluator
+from shared.evaluation.coordination import Coordinator, join_as_evaluator
 from shared.evaluation.evaluator import Evaluator
 from shared.protocol.layout import BEST_VERSION_RE, TrainDir
 from shared.protocol.outcomes import write_outcome
@@ -73,7 +73,7 @@ def daemon_turns(train_dir: TrainDir, config: cfg.Config, steps: list[int]) -> t
     eval_py = importlib.import_module("eval")
     evaluator = Evaluator.from_config(config, torch.device("cpu"))
     join_as_evaluator(train_dir)
-    shared = SharedTrainDir(
+    shared = Coordinator(
         train_dir, config, eval_py.write_summaries, {s: train_dir.split_run(s) for s in evaluator.splits}
     )
     shared.record_ready()  # elected recorder, writers open: what the daemon has done before its first checkpoint

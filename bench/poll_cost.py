@@ -29,7 +29,7 @@ from watchdog.utils.dirsnapshot import DirectorySnapshot
 
 from bench.common import ROOT, add_results_option, report, results_file
 from shared import config as cfg
-from shared.evaluation.coordination import SharedTrainDir, join_as_evaluator
+from shared.evaluation.coordination import Coordinator, join_as_evaluator
 from shared.evaluation.watch import FolderPoll
 from shared.protocol.layout import TrainDir, checkpoint_name
 from shared.tasks.loading import load_config
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         config = load_config(train_dir.config)
         watcher = FolderPoll(train_dir)
         runs = {"val": train_dir.eval_run}
-        with SharedTrainDir(train_dir, config, plot=lambda writer, evaluation: None, runs=runs) as shared:
+        with Coordinator(train_dir, config, plot=lambda writer, evaluation: None, runs=runs) as shared:
 
             def loop_turn() -> None:
                 shared.record_ready()

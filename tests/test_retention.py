@@ -11,7 +11,7 @@ import eval as eval_script
 from shared import config as cfg
 from shared.checkpoints.store import Checkpoint, list_checkpoints
 from shared.evaluation import actions
-from shared.evaluation.coordination import SharedTrainDir, join_as_evaluator
+from shared.evaluation.coordination import Coordinator, join_as_evaluator
 from shared.evaluation.evaluator import Evaluator
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records
@@ -100,10 +100,10 @@ def test_a_checkpoint_deleted_between_detection_and_load_is_recorded_as_skipped(
     join_as_evaluator(train_dir)
     evaluator = Evaluator(DigitsTask(DigitsModel(), DigitsData(), 0), torch.device("cpu"), 512)
     vanished = Checkpoint(100, train_dir.checkpoint(100))  # listed, then deleted before the load
-    outcome = eval_script.evaluate(vanished, evaluator, train_dir)
+    outcome = eval_script.evaluate_checkpoint(vanished, evaluator, train_dir)
     assert outcome.status == "skipped" and "deleted" in outcome.reason and not outcome.splits
     write_outcome(train_dir.pending, outcome)
-    with SharedTrainDir(train_dir, config, eval_script.write_summaries, {"val": train_dir.eval_run}) as shared:
+    with Coordinator(train_dir, config, eval_script.write_summaries, {"val": train_dir.eval_run}) as shared:
         assert shared.record_ready() == 1
     assert read_records(train_dir.results)[0]["status"] == "skipped"
 

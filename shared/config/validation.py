@@ -44,10 +44,10 @@ def resolve(raw: Any, schema: type[Model], context: dict[str, Any] | None = None
     except ValidationError as err:
         errors = err.errors()
         first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # a typo explains the rest
-        raise ConfigError(describe(schema, first)) from None
+        raise ConfigError(error_line(schema, first)) from None
 
 
-def describe(schema: type[BaseModel], error: ErrorDetails) -> str:
+def error_line(schema: type[BaseModel], error: ErrorDetails) -> str:
     """One line for one pydantic error: the dotted key, what it must be, and the value given."""
     loc = error["loc"]
     key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")

@@ -88,8 +88,9 @@ class Recorder:
         self.loggers: dict[str, Logger] = {}
         self.pending_temps = Silence()
 
-    def elected(self) -> bool:
-        """Whether this process records; tries the lock (without waiting) until it gets it."""
+    def become_recorder(self) -> bool:
+        """Try (without waiting) to take the recorder's lock, and once taken open the ledger and the runs:
+        whether this process records."""
         if self.lock_fd is None and (fd := try_lock(self.train_dir.eval_lock)) is not None:
             self.lock_fd = fd
             self.ledger = Ledger(self.train_dir.results)
@@ -105,7 +106,7 @@ class Recorder:
 
     def record_ready(self, unrecorded: Iterable[int], claims: Claims) -> int:
         """Record every waiting outcome that no unfinished earlier checkpoint precedes; how many were recorded."""
-        if not self.elected():
+        if not self.become_recorder():
             return 0
         assert self.ledger is not None
         remove_abandoned_temps(self.train_dir.pending, self.pending_temps, claims.timeout)
@@ -158,7 +159,7 @@ def join_as_evaluator(train_dir: TrainDir) -> None:
     touch(train_dir.results)
 
 
-class SharedTrainDir:
+class Coordinator:
     """One evaluator's part in a train_dir that several may share: scanning, claiming, recording."""
 
     def __init__(
@@ -178,7 +179,7 @@ class SharedTrainDir:
         self.schedule, self.rescan_secs = SCHEDULES[config.eval.policy], config.eval.rescan_secs
         self.scan.update()
 
-    def __enter__(self) -> SharedTrainDir:
+    def __enter__(self) -> Coordinator:
         return self
 
     def __exit__(self, *exc: object) -> None:

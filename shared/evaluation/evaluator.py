@@ -78,11 +78,11 @@ class Evaluator:
     def evaluate(self, step: int, file: str = "") -> EvalResult:
         """The loaded weights (of checkpoint `step`, in `file`) scored on every split, in order."""
         started, wall_time = time.perf_counter(), time.time()
-        splits = {name: self.score(data) for name, data in self.splits.items()}
+        splits = {name: self.evaluate_split(data) for name, data in self.splits.items()}
         return EvalResult(step, file, "ok", wall_time, round(time.perf_counter() - started, 4), splits)
 
     @torch.inference_mode()
-    def score(self, data: Dataset) -> SplitResult:
+    def evaluate_split(self, data: Dataset) -> SplitResult:
         """The loaded weights scored on one split's `data` by the task's loss and a fresh set of its metrics.
         Each batch's outputs go to the metrics and are dropped: memory stays one batch's."""
         task = self.task

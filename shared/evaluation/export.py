@@ -213,7 +213,7 @@ def best_folder(train_dir: TrainDir) -> Path:
     return train_dir.best.resolve()
 
 
-def load_weights(model: nn.Module, train_dir: TrainDir) -> dict[str, Any]:
+def restore_best(model: nn.Module, train_dir: TrainDir) -> dict[str, Any]:
     """Load best/'s weights into `model` (strictly) and return its metrics.json; CheckpointError if unusable.
 
     Another evaluator may switch `best` meanwhile and remove the folder being read: then read the new one.
@@ -245,5 +245,5 @@ def load_best(train_dir: str | os.PathLike) -> nn.Module:
     """The best model of a train_dir, ready for inference: built from best/config.yaml, with its weights."""
     root = TrainDir(Path(train_dir))
     model = build_task(load_config(best_folder(root) / CONFIG)).build_model()
-    load_weights(model, root)
+    restore_best(model, root)
     return model.eval()

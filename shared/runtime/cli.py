@@ -69,7 +69,7 @@ def add_common_options(
     )
 
 
-def describe(err: OSError, prog: str) -> str:
+def os_error_text(err: OSError, prog: str) -> str:
     """An OSError in words, naming its file: "PATH: No space left on device", "PATH is gone (...)"."""
     name = os.fsdecode(err.filename) if err.filename else None
     if isinstance(err, FileNotFoundError) and name:
@@ -84,7 +84,7 @@ def _one_line_for_io_errors_in_threads(prog: str) -> None:
 
     def hook(args: threading.ExceptHookArgs) -> None:
         if isinstance(args.exc_value, OSError):
-            log.warning("thread %s: %s", args.thread.name if args.thread else "?", describe(args.exc_value, prog))
+            log.warning("thread %s: %s", args.thread.name if args.thread else "?", os_error_text(args.exc_value, prog))
         else:
             threading.__excepthook__(args)
 
@@ -111,7 +111,9 @@ def run(prog: str, main: Callable[[list[str]], int], argv: list[str] | None = No
         print(f"{prog}: error: {err}", file=sys.stderr)
         code = EXIT_USAGE if isinstance(err, UsageError) else EXIT_ABORTED
     except OSError as err:
-        print(f"{prog}: error: {describe(err, prog)}; fix that, then run the same command to resume", file=sys.stderr)
+        print(
+            f"{prog}: error: {os_error_text(err, prog)}; fix that, then run the same command to resume", file=sys.stderr
+        )
         code = EXIT_ABORTED
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

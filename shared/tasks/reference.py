@@ -68,19 +68,19 @@ def bounds(metadata: list[object]) -> str:
     return text
 
 
-def describe(annotation: object, metadata: list[object]) -> tuple[str, str]:
+def kind_and_range(annotation: object, metadata: list[object]) -> tuple[str, str]:
     """(type, allowed values) of an annotation with its constraints, for a table row."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Annotated:
         inner = [m for info in args[1:] for m in (info.metadata if isinstance(info, FieldInfo) else [info])]
-        return describe(args[0], [*metadata, *inner])
+        return kind_and_range(args[0], [*metadata, *inner])
     if origin is typing.Literal:
         return "string", "one of " + ", ".join(f"`{choice}`" for choice in args)
     if origin in (typing.Union, types.UnionType):
-        kinds = [describe(arg, metadata) for arg in args if arg is not type(None)]
+        kinds = [kind_and_range(arg, metadata) for arg in args if arg is not type(None)]
         return " or ".join(kind for kind, _ in kinds) + " or null", "; ".join(r for _, r in kinds if r)
     if origin is list:
-        kind, allowed = describe(args[0], [])
+        kind, allowed = kind_and_range(args[0], [])
         return f"list of {kind}", f"each {allowed}" if allowed else ""
     names = {int: "integer", float: "number", bool: "boolean", str: "string"}
     if annotation not in names:
@@ -100,7 +100,7 @@ def rows(section: type[cfg.Section], prefix: str, skip: frozenset[str] = frozens
         if not field.description:
             raise ValueError(f"{section.__name__}.{name} has no description: give it Field(..., description=...)")
         nested = isinstance(field.annotation, type) and issubclass(field.annotation, cfg.Section)
-        kind, allowed = ("section", "") if nested else describe(field.annotation, field.metadata)
+        kind, allowed = ("section", "") if nested else kind_and_range(field.annotation, field.metadata)
         cells = [f"`{prefix}{name}`", kind, allowed.replace("|", "\\|"), default(field), field.description]
         yield "| " + " | ".join(cells) + " |"
 
