@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,10 +21,11 @@ import pytest
 from shared.protocol.claims import ClaimInfo, claim_name, claim_step
 from shared.protocol.layout import TrainDir
 from shared.protocol.outcomes import outcome_steps
-from tests.conftest import SHORT_RUN, START_GUARD, Proc, process_starter, system_tool, wait_until
+from tests.conftest import SHORT_RUN, START_GUARD, Proc, finished_run, process_starter, system_tool, wait_until
+from tests.warm_cli import WarmCli
 
 LIBFAKETIME = next(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"), Path("/usr/lib/faketime/libfaketime.so.1"))
-STEPS = list(range(10, 201, 10))
+STEPS = list(range(10, 61, 10))  # the checkpoints of `trained`
 TIMEOUT = 3  # eval.claim_timeout_secs: a dead claim is taken over this long after it was first seen unchanged
 
 
@@ -38,16 +40,12 @@ def skewed(seconds: int) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished run with 20 checkpoints and no evaluation yet; tests copy it."""
-    root = tmp_path_factory.mktemp("trained") / "run"
-    with process_starter(root.parent) as start:
-        trainer = start(
-            "train.py", "--train-dir", str(root), *SHORT_RUN,
-            "--set", "checkpoint.every_steps=10", "--set", "checkpoint.max_to_keep=100",
-        )  # fmt: skip
-        assert trainer.wait_while_logging() == 0, trainer.output()
-    return root
+def trained(tmp_path_factory: pytest.TempPathFactory, warm_scripts: WarmCli) -> Path:
+    """A finished run with 6 checkpoints and no evaluation yet (its clock is this host's: a warm start); tests
+    copy it. Two evaluators share them while the live claim on step 10 keeps both waiting."""
+    steps = ["train.steps=60", "checkpoint.every_steps=10", "checkpoint.max_to_keep=100"]
+    train = [*SHORT_RUN, *(arg for s in steps for arg in ("--set", s))]
+    return finished_run(tmp_path_factory.mktemp("trained"), warm_scripts, train).root
 
 
 @pytest.fixture
@@ -58,21 +56,22 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
 
 
 # Another host's evaluator that is alive: it holds a claim and keeps it fresh (its host name is all that makes it
-# another host's: this machine's pids then mean nothing to the others), until `release` exists and `hold`
-# seconds have passed since; then it says whether its claim was still its own, and gives it up.
+# another host's: this machine's pids then mean nothing to the others), until it gets SIGUSR1 and `hold`
+# seconds have passed since (the hold is the timer under test: longer than the claim timeout); then it says
+# whether its claim was still its own, and gives it up.
 HOLDER = """
-import sys, time
+import signal, sys, time
 from pathlib import Path
 from shared.protocol.claims import ClaimInfo, Claims
-folder, step, release, hold = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4])
-claims = Claims(folder, timeout=float(sys.argv[5]), evaluator="another-host:live")
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})  # kept pending for sigwait, in every thread
+folder, step, hold = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+claims = Claims(folder, timeout=float(sys.argv[4]), evaluator="another-host:live")
 claims.host = "another-host"
 assert claims.try_claim(step)
 mine = ClaimInfo.read(claims.path(step)).token
 print("claimed", flush=True)
 with claims.kept_fresh(step):
-    while not release.exists():
-        time.sleep(0.1)
+    signal.sigwait({signal.SIGUSR1})
     time.sleep(hold)
 held = claims.path(step).exists() and ClaimInfo.read(claims.path(step)).token == mine
 print("kept" if held else "taken over", flush=True)
@@ -93,8 +92,7 @@ def test_evaluators_20_minutes_apart_take_over_a_dead_claim_and_never_a_live_one
     train_dir.claims.mkdir(parents=True)
     dead = ClaimInfo(host="another-host", pid=4242, started=time.time(), evaluator="another-host:4242")
     train_dir.claims.joinpath(claim_name(20)).write_text(json.dumps(dead.__dict__))
-    release = tmp_path / "release"
-    holder = start("-c", HOLDER, str(train_dir.claims), "10", str(release), str(4 * TIMEOUT), str(TIMEOUT))
+    holder = start("-c", HOLDER, str(train_dir.claims), "10", str(4 * TIMEOUT), str(TIMEOUT))
     wait_until(lambda: "claimed" in holder.output(), START_GUARD, "the live evaluator to claim step 10")
     args = ["--train-dir", str(train_dir.root), "--poll", "0.2"]
     args += ["--set", f"eval.claim_timeout_secs={TIMEOUT}", "--set", "eval.rescan_secs=0.5"]
@@ -102,7 +100,7 @@ def test_evaluators_20_minutes_apart_take_over_a_dead_claim_and_never_a_live_one
     wait_until(lambda: "step 20: taking over" in behind.output(), START_GUARD, "the evaluator behind to take step 20")
     ahead = start("eval.py", *args, env=skewed(600))
     wait_until(lambda: "evaluating" in ahead.output(), START_GUARD, "the evaluator ahead to start")
-    release.touch()  # the live one holds its claim 4x the timeout longer, watched by both
+    holder.signal(signal.SIGUSR1)  # the live one holds its claim 4x the timeout longer, watched by both
     assert holder.wait() == 0, holder.output()
     assert holder.output().split() == ["claimed", "kept"], ahead.output()
     for evaluator in (behind, ahead):
