@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 
 from shared import config as cfg
-from shared.checkpoints.store import Checkpoint, list_checkpoints
+from shared.checkpoints.source import SOURCES
+from shared.checkpoints.store import Checkpoint
 from shared.errors import CheckpointError, UsageError
 from shared.evaluation import actions, crossval, export
 from shared.evaluation.actions.export_best import ExportBest
@@ -278,7 +279,7 @@ def follow_checkpoints(
 
 def resolve_checkpoint(choice: str, train_dir: TrainDir) -> Path:
     """--checkpoint's checkpoint: latest, a step number (its checkpoint in checkpoints/), or a path."""
-    found = list_checkpoints(train_dir.checkpoints)
+    found = SOURCES["trainval"].list(train_dir.checkpoints)
     if choice == "latest":
         if not found:
             raise UsageError(f"--checkpoint latest: {train_dir.checkpoints} holds no checkpoint yet")

@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from shared.checkpoints.source import SOURCES, CheckpointSource
 from shared.checkpoints.store import Checkpoint
 from shared.config import Config
 from shared.errors import UsageError
@@ -26,7 +27,7 @@ from shared.loggers.backends import open_run
 from shared.loggers.base import Logger
 from shared.protocol.claims import Claims, Silence
 from shared.protocol.files import make_folder, release_lock, touch, try_lock
-from shared.protocol.layout import TrainDir, checkpoint_step
+from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import Ledger, LedgerTail
 from shared.protocol.outcomes import OutcomeError, outcome_steps, read_outcome, remove_abandoned_temps
 from shared.protocol.results import EvalResult, SplitResult
@@ -44,8 +45,8 @@ class CheckpointScan:
     (bench/poll_cost.py); nothing is stat'ed, which is what makes polling cheap on NFS.
     """
 
-    def __init__(self, train_dir: TrainDir) -> None:
-        self.folder = train_dir.checkpoints
+    def __init__(self, train_dir: TrainDir, source: CheckpointSource = SOURCES["trainval"]) -> None:
+        self.folder, self.source = train_dir.checkpoints, source
         self.ledger = LedgerTail(train_dir.results)
         self.unrecorded: dict[int, str] = {}  # step -> name (file, or FSDP folder): listed, not in the ledger
         self._listed: dict[str, int] = {}  # name -> step of every committed checkpoint listed
@@ -61,7 +62,7 @@ class CheckpointScan:
         for name in self._listed.keys() - names:  # deleted (retention)
             self.unrecorded.pop(self._listed.pop(name), None)
         for name in names - self._listed.keys():
-            if (step := checkpoint_step(name)) is not None:
+            if (step := self.source.step_of(name)) is not None:
                 self._listed[name] = step
                 if step not in self.ledger.steps:
                     self.unrecorded[step] = name

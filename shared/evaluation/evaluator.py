@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from shared.checkpoints.format import load_weights, restore_model
+from shared.checkpoints.source import SOURCES, CheckpointSource
 from shared.config import Config
 from shared.metrics.base import LOSS, value_of
 from shared.protocol.artifacts import Artifact
@@ -39,8 +39,10 @@ class Evaluator:
         precision: str = "fp32",
         on_device: bool = False,
         splits: dict[str, Dataset] | None = None,
+        source: CheckpointSource = SOURCES["trainval"],
     ) -> None:
         self.task, self.device, self.precision, self.batch_size = task, device, precision, batch_size
+        self.source = source
         self.model = build_model(task, device).eval()
         if task.channels_last and device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -68,12 +70,8 @@ class Evaluator:
 
         Raises CheckpointError for a file that cannot be used (one that would unpack to more than a
         checkpoint of this model holds, or resolves outside `within`), FileNotFoundError if it vanished.
-        Only the weights are read (from the weights file beside the checkpoint when there is one), on the
-        CPU: the checks on them cost no device round trips.
         """
-        state = load_weights(path, self.model, within=within)
-        restore_model(self.model, state)
-        return state["step"]
+        return self.source.restore(path, self.model, within)
 
     def evaluate(self, step: int, file: str = "") -> EvalResult:
         """The loaded weights (of checkpoint `step`, in `file`) scored on every split, in order."""
