@@ -48,6 +48,7 @@ from shared.loggers.base import Logger
 from shared.protocol import numbers
 from shared.protocol.claims import this_evaluator
 from shared.protocol.files import refuse_linked_folders
+from shared.protocol.finished import MAX_WALL_TIME, read_finished
 from shared.protocol.layout import METADATA, TrainDir
 from shared.protocol.presence import FolderGuard
 from shared.protocol.results import EvalResult, SplitResult
@@ -67,6 +68,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--poll", type=seconds, metavar="SECS", help="poll every SECS, not inotify (NFS, Docker Desktop); 0: inotify"
     )
     parser.add_argument("--idle-timeout", type=seconds, metavar="SECS", help="exit 0 after SECS with no new checkpoint")
+    parser.add_argument(
+        "--after-finished",
+        type=cli.number(float, 0, MAX_WALL_TIME),
+        metavar="WALL_TIME",
+        help="the finished.json with this wall_time is an earlier run's (train.py is starting to train on): "
+        "exit only after a later one (launch.py passes it)",
+    )
     parser.add_argument(
         "--checkpoint",
         metavar="PATH|STEP|latest|best",
@@ -247,11 +255,13 @@ def follow_checkpoints(
         this_evaluator(),
         len(done),
     )
-    idle_since = time.monotonic()
+    idle_since, worked = time.monotonic(), False
     folders = FolderGuard("eval.py", train_dir.root, train_dir.eval_run, train_dir.checkpoints)
     while not stop:
         folders.check()
-        finished = train_dir.finished.exists()  # read before the scan: its checkpoints are then listed
+        finished = read_finished(train_dir)  # read before the scan: its checkpoints are then listed
+        if finished is not None and finished.wall_time == args.after_finished:
+            finished = None  # an earlier run's marker, which train.py removes as it starts
         recorded = shared.record_ready()
         skip, checkpoint = shared.claim_next()
         for each, why in skip:
@@ -260,10 +270,14 @@ def follow_checkpoints(
             with shared.claims.kept_fresh(checkpoint.step):
                 actions.run(after, evaluate_checkpoint(checkpoint, evaluator, train_dir))
         if recorded or skip or checkpoint:
-            idle_since = time.monotonic()
+            idle_since, worked = time.monotonic(), True
             continue
-        if finished and shared.all_recorded():
-            log.info("training finished and every checkpoint is evaluated")
+        if finished is not None and shared.all_recorded() and shared.has_recorded(finished.step):
+            # One that did nothing may have started next to a train.py that trains on before it removed the marker.
+            again = "" if worked else "; nothing was left to do: if train.py is to train on, start eval.py once it has"
+            log.info(
+                "training finished and every checkpoint is evaluated (finished.json: step %s)%s", finished.step, again
+            )
             mark_run(config, train_dir, "FINISHED")  # the run's last point is in: MLflow's run ends here
             return 0
         idle = time.monotonic() - idle_since

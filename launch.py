@@ -38,6 +38,7 @@ from typing import IO
 from shared.config import MAX_COUNT, MAX_SECS
 from shared.evaluation import crossval
 from shared.evaluation.export import read_best
+from shared.protocol.finished import read_finished
 from shared.protocol.layout import TrainDir
 from shared.runtime import cli, threads
 
@@ -109,7 +110,7 @@ def services(args: argparse.Namespace, train_dir: Path, overrides: list[str] = (
     folder = as_argument(train_dir)
     config = ["--config", as_argument(args.config)] if args.config else []
     sets = [arg for override in [*args.overrides, *overrides] for arg in ("--set", override)]
-    evaluate = [python, str(HERE / "eval.py"), "--train-dir", folder, "--device", "auto"]
+    evaluate = [python, str(HERE / "eval.py"), "--train-dir", folder, "--device", "auto", *after_finished(train_dir)]
     train_threads, eval_threads = thread_options(args)
     eval_env = {"CUDA_VISIBLE_DEVICES": args.eval_gpu} if args.eval_gpu is not None else CPU_ONLY
     eval_names = ["eval"] if args.evaluators == 1 else [f"eval-{i}" for i in range(args.evaluators)]
@@ -126,6 +127,14 @@ def services(args: argparse.Namespace, train_dir: Path, overrides: list[str] = (
         return stack
     tensorboard = [python, "-m", "tensorboard.main", "--logdir", folder, "--host", args.host]
     return [*stack, Service("tensorboard", [*tensorboard, "--port", str(args.port)])]
+
+
+def after_finished(train_dir: Path) -> list[str]:
+    """eval.py's --after-finished for a train_dir that has finished already: the train.py started beside the
+    evaluators removes that marker (to train more steps, say) and may write a new one, but an evaluator that
+    starts first must not take the old one for the end of this run's checkpoints and exit at once."""
+    marker = read_finished(TrainDir(train_dir))
+    return [] if marker is None or marker.wall_time is None else ["--after-finished", repr(marker.wall_time)]
 
 
 def thread_options(args: argparse.Namespace) -> tuple[list[str], list[str]]:

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import math
-import time
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,8 @@ from shared.errors import CheckpointError, UsageError
 from shared.loggers import dashboards
 from shared.loggers.backends import check_backends, mark_run, open_run, running
 from shared.loggers.base import Logger
-from shared.protocol.files import exclusive_lock, refuse_linked_folders, write_atomic
+from shared.protocol.files import exclusive_lock, refuse_linked_folders
+from shared.protocol.finished import mark_finished, retract_finished
 from shared.protocol.layout import TrainDir
 from shared.protocol.presence import FolderGuard
 from shared.runtime import cli, devices, health, seeding, threads
@@ -120,7 +120,9 @@ def train_step(
     return result
 
 
-def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir, device: torch.device) -> None:
+def train(
+    config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir, device: torch.device, folders: FolderGuard
+) -> None:
     options, group, feedback = config.train, state.group, state.feedback
     batches = training_batches(config, task, state, device)
     stop, stopping = StopRequest(), False
@@ -129,14 +131,12 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
     ledger = LedgerReader(train_dir, group, keep_results=config.checkpoint.keep_best > 0)
     guard = NonFiniteGuard(device, not state.scaler.is_enabled(), options.nan_policy == "stop", group, state.step)
     progress = Progress(state.step, options.steps, shown=group.is_main)
-    written = (train_dir.root, train_dir.checkpoints, train_dir.train_run) if group.is_main else ()
-    folders = FolderGuard("train.py", *written)  # rank 0 writes, so rank 0 checks its folders are still there
     feedback.begin()
     with (
         open_run(config, train_dir, train_dir.train_run, state.step + 1, enabled=group.is_main) as logger,
         running(config, train_dir, enabled=group.is_main),
     ):
-        checkpointer = build_checkpointer(config, train_dir, state, ledger, stop, guard, agreement, logger)
+        checkpointer = build_checkpointer(config, train_dir, state, ledger, stop, guard, agreement, logger, folders)
         train_log = TrainLog(logger, progress, guard, group, device, config.log.every_steps)
         dashboards.write_train_header(logger, config, state.step)
         write_heartbeat(train_dir, state.step, group)
@@ -158,6 +158,7 @@ def train(config: cfg.Config, task: Task, state: TrainState, train_dir: TrainDir
         checkpointer.finish(state.step, state.state_dict)
     progress.close()
     if group.is_main:
+        folders.check()
         finished = state.step >= options.steps or feedback.stopped
         finish(train_dir, state.step, finished, feedback)
         if not finished or ledger.newest is None:  # else eval.py ends it, once every checkpoint is evaluated
@@ -178,8 +179,7 @@ def follow_evaluator(
 def finish(train_dir: TrainDir, step: int, finished: bool, feedback: Feedback) -> None:
     """A finished run says so in finished.json (eval.py then knows no checkpoint will come); a stopped one not."""
     if finished:
-        record = {"step": step, "wall_time": time.time(), **feedback.finished_fields()}
-        write_atomic(train_dir.finished, (json.dumps(record) + "\n").encode())
+        mark_finished(train_dir, step, **feedback.finished_fields())
         log.info("training finished at step %d", step)
     else:
         log.info("stopped at step %d; run the same command to resume", step)
@@ -194,14 +194,18 @@ def build_checkpointer(
     guard: NonFiniteGuard,
     agreement: Agreement,
     logger: Logger,
+    folders: FolderGuard,
 ) -> Checkpointer:
-    """Saves as checkpoint.* says, each after the NaN check and a flush of the train run, retention after
-    each, and a wait for a lagging evaluator (train.max_eval_lag)."""
+    """Saves as checkpoint.* says, each after the NaN check and a flush of the train run, committed only while
+    the train_dir is still this run's, retention after each, and a wait for a lagging evaluator
+    (train.max_eval_lag)."""
     shards = (state.model, state.optimizer) if state.sharded else None
-    writer = CheckpointWriter(train_dir, config.checkpoint, state.group, shards, newest=state.step)
+    writer = CheckpointWriter(
+        train_dir, config.checkpoint, state.group, shards, newest=state.step, check_folders=folders.check
+    )
     policy = RetentionPolicy.from_options(config.checkpoint, config.eval.best_metric, config.eval.best_higher_is_better)
     lag = config.train.max_eval_lag
-    wait = None if lag is None else EvaluatorWait(train_dir, ledger, lag, stop, state.group)
+    wait = None if lag is None else EvaluatorWait(train_dir, ledger, lag, stop, state.group, folders.check)
     when = save_policy.from_options(config.checkpoint, agreement)
     return Checkpointer(
         when, writer, Retirer(train_dir, policy, ledger), guard,
@@ -265,6 +269,10 @@ def main(argv: list[str]) -> int:
         raise UsageError(f"--train-dir {train_dir.root} is a file, not a folder; choose another path")
     refuse_linked_folders(train_dir.checkpoints, train_dir.train_run)
     with distributed.joined(args.device) as (group, device_name):
+        # Rank 0 writes, so rank 0 checks that its folders stay the ones it started with (a train_dir there
+        # now: the one it reads config.yaml and checkpoints from).
+        written = (train_dir.root, train_dir.checkpoints, train_dir.train_run) if group.is_main else ()
+        folders = FolderGuard("train.py", *written)
         # Whatever may refuse the run comes before its first write, so a refused run leaves nothing behind.
         config = read_config(args, train_dir)
         check_backends(config)
@@ -292,13 +300,17 @@ def main(argv: list[str]) -> int:
         state.forward = torch.compile(forward) if config.train.compile else forward
 
         train_dir.root.mkdir(parents=True, exist_ok=True)
-        with owning(train_dir, group):
+        with owning(train_dir, group, folders):
             resume(state, train_dir)
             group.barrier()  # every rank read config.yaml and its checkpoint before rank 0 rewrites anything
             if group.is_main:
-                train_dir.finished.unlink(missing_ok=True)
+                folders.check()
+                if (marker := retract_finished(train_dir)) is not None:  # no new checkpoint beside it, ever
+                    log.info(
+                        "removed finished.json (step %s): training goes on to step %d", marker.step, config.train.steps
+                    )
                 cfg.save(config, train_dir.config)
-            train(config, task, state, train_dir, device)
+            train(config, task, state, train_dir, device, folders)
     return 0
 
 
@@ -313,11 +325,18 @@ def check_dot_dots(path: Path) -> None:
             )
 
 
-def owning(train_dir: TrainDir, group: Distributed) -> contextlib.AbstractContextManager:
-    """The train_dir's lock, held by rank 0 for all ranks: one training writes a train_dir."""
+@contextlib.contextmanager
+def owning(train_dir: TrainDir, group: Distributed, folders: FolderGuard) -> Iterator[None]:
+    """The train_dir's lock, held by rank 0 for all ranks: one training writes a train_dir. From here on
+    `folders` also checks that the lock file is still the one held: a train_dir removed and made anew under
+    this run (where another train.py may hold a lock of its own) is not this run's any more."""
     if not group.is_main:
-        return contextlib.nullcontext()
-    return exclusive_lock(train_dir.lock, f"another train.py is already training in {train_dir.root}")
+        yield
+        return
+    with exclusive_lock(train_dir.lock, f"another train.py is already training in {train_dir.root}") as fd:
+        log.info("training in %s (pid %d holds %s)", train_dir.root, os.getpid(), train_dir.lock.name)
+        folders.hold_lock(train_dir.lock, fd)  # checked before anything is written or removed
+        yield
 
 
 if __name__ == "__main__":

@@ -171,6 +171,36 @@ def test_train_resumes_after_sigterm_and_continues_the_step_count(tmp_path: Path
     assert steps[-1] == target - target % 10  # logged every 10 steps, through the resumed part
 
 
+def test_training_a_finished_run_on_is_evaluated_to_its_new_end(tmp_path: Path, start) -> None:
+    """ "Train more steps" on a finished and evaluated run. A plain daemon started before train.py takes the
+    marker there for the end, exits 0 at once and says what to do; one given --after-finished (the marker's
+    wall_time, as launch.py passes it) waits through train.py's removal of the marker, evaluates every new
+    checkpoint and exits only at the new marker, so train.py, which waits for it (train.max_eval_lag=1),
+    ends too."""
+    train_dir = TrainDir(tmp_path / "run")
+    run = [*SHORT_RUN, "--set", "train.steps=80", "--set", "train.max_eval_lag=1"]
+    trainer = start("train.py", "--train-dir", str(train_dir.root), *run)
+    assert trainer.wait_while_logging() == 0, trainer.output()
+    evaluator = start("eval.py", "--train-dir", str(train_dir.root))
+    assert evaluator.wait_while_logging() == 0, evaluator.output()
+    assert [r["step"] for r in read_records(train_dir.results)] == [40, 80]
+    evaluator = start("eval.py", "--train-dir", str(train_dir.root))
+    assert evaluator.wait_while_logging() == 0, evaluator.output()
+    assert "(finished.json: step 80); nothing was left to do: if train.py is to train on" in evaluator.output()
+
+    wall_time = json.loads(train_dir.finished.read_text())["wall_time"]
+    evaluator = start("eval.py", "--train-dir", str(train_dir.root), "--after-finished", repr(wall_time))
+    following = lambda: "step(s) already recorded" in evaluator.output()  # noqa: E731
+    wait_while_progressing(following, evaluator, "eval.py to follow the train_dir")
+    more = ["--set", "train.steps=160", "--set", "checkpoint.every_steps=20"]  # 4 new: it waits for eval.py
+    trainer = start("train.py", "--train-dir", str(train_dir.root), *more)
+    assert trainer.wait_while_logging() == 0, trainer.output()
+    assert "removed finished.json (step 80): training goes on to step 160" in trainer.output()
+    assert evaluator.wait_while_logging() == 0, evaluator.output()
+    assert "(finished.json: step 160)" in evaluator.output()
+    assert [r["step"] for r in assert_one_point_per_evaluated_step(train_dir)] == [40, 80, 100, 120, 140, 160]
+
+
 def test_resume_refuses_a_different_model_and_names_the_keys(tmp_path: Path, start) -> None:
     train_dir = tmp_path / "run"
     first = start("train.py", "--train-dir", str(train_dir), *SHORT_RUN, "--set", "train.steps=20")

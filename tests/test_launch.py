@@ -22,6 +22,7 @@ from tests.conftest import (
     Proc,
     assert_every_checkpoint_loads,
     fetch_json,
+    finished_run,
     tensorboard_url,
     wait_until,
     wait_while_progressing,
@@ -106,6 +107,22 @@ def test_exit_when_done_stops_tensorboard_after_evaluation(tmp_path: Path, start
         assert f"{name} exited with code 0" in output
     assert_gone(child_pids(output))
     assert [r["step"] for r in read_records(train_dir.results)] == [40, 80, 120, 160, 200]
+
+
+def test_training_a_finished_run_on_evaluates_every_new_checkpoint(tmp_path: Path, start, warm_scripts) -> None:
+    """ "Train more steps" under --exit-when-done on a run that finished and was evaluated: the evaluator
+    started beside train.py (and maybe before it removes the old finished.json) is told that marker is an
+    earlier run's, so it evaluates every new checkpoint, train.py never waits for it forever
+    (train.max_eval_lag=1), and all exit 0."""
+    lagging = ["--set", "train.max_eval_lag=1"]
+    train_dir = finished_run(tmp_path, warm_scripts, [*SHORT_RUN, "--set", "train.steps=80", *lagging], evaluate=True)
+    more = ["--set", "train.steps=160", "--set", "checkpoint.every_steps=20", *lagging]
+    launcher = launch(start, train_dir, "--exit-when-done", *more)
+    assert launcher.wait_while_logging() == 0, launcher.output()
+    output = launcher.output()
+    assert re.search(r"started eval \(pid \d+\): .* --after-finished \d", output), output
+    assert "training finished and every checkpoint is evaluated (finished.json: step 160)" in output
+    assert [r["step"] for r in read_records(train_dir.results)] == [40, 80, 100, 120, 140, 160]
 
 
 def test_sigterm_mid_training_saves_a_checkpoint_and_stops_all(tmp_path: Path, start) -> None:

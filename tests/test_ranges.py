@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from shared import config as cfg
 from shared.config import ConfigError
+from shared.protocol.finished import MAX_WALL_TIME
 from shared.tasks.loading import build_model, build_task, config_class, resolve_config, task_class
 
 TASKS = ("digits", "synthetic", "tests.custom_task:BlobsTask")
@@ -194,6 +195,7 @@ def _stored(config: cfg.Config, key: str) -> Any:
 FLAGS = [
     ("eval", "--poll", float, 0, cfg.MAX_SECS),
     ("eval", "--idle-timeout", float, 0, cfg.MAX_SECS),
+    ("eval", "--after-finished", float, 0, MAX_WALL_TIME),
     ("launch", "--poll", float, 0, cfg.MAX_SECS),
     ("launch", "--stop-timeout", float, 0, cfg.MAX_SECS),
     ("launch", "--evaluators", int, 1, 64),

@@ -8,6 +8,7 @@ import io
 import os
 import re
 import shutil
+import signal
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from shared.checkpoints.store import list_checkpoints
 from shared.errors import UsageError
 from shared.protocol.claims import claim_name
 from shared.protocol.files import append_line, atomic_file, make_folder, touch, try_lock, write_atomic
@@ -329,6 +331,35 @@ def test_a_train_dir_renamed_under_train_py_stops_it_with_one_line_and_it_resume
     trainer = start("train.py", "--train-dir", str(train_dir.root), *TRAIN, "--set", "train.steps=120")
     assert trainer.wait() == 0, trainer.output()
     assert "resumed from ckpt-" in trainer.output() and train_dir.finished.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["holds .train.lock", "saved ckpt-000000030.pt"])
+def test_a_train_dir_removed_and_made_anew_by_a_second_trainer_stops_the_first_before_it_writes_more(
+    tmp_path: Path, start: Callable[..., Proc], moment: str
+) -> None:
+    """`rm -rf` of the train_dir while the first train.py is stopped (SIGSTOP) right after it took the lock, or
+    at its first checkpoint; a second train.py then makes the folder anew and locks its own .train.lock. The
+    first, continued, exits 1 with one line and writes nothing more: the checkpoints and config are the
+    second's alone (the first saves every 30 steps, the second every 40)."""
+    train_dir = TrainDir(tmp_path / "run")
+    every_30 = ["--set", "checkpoint.every_steps=30", "--set", "train.steps=600"]  # ends soon if it never stops
+    first = start("train.py", "--train-dir", str(train_dir.root), *SHORT_RUN, *every_30)
+    wait_while_progressing(lambda: moment in first.output(), first, f"the first train.py to log {moment!r}")
+    first.signal(signal.SIGSTOP)
+    try:
+        shutil.rmtree(train_dir.root)
+        second = start("train.py", "--train-dir", str(train_dir.root), *SHORT_RUN, "--set", "train.steps=120")
+        wait_while_progressing(lambda: "holds .train.lock" in second.output(), second, "the second to take its lock")
+    finally:
+        first.signal(signal.SIGCONT)
+    assert first.wait() == 1, first.output()
+    assert last_line(first).startswith(f"train.py: error: {train_dir.root}"), first.output()
+    assert "while train.py ran" in last_line(first) and "Traceback" not in first.output()
+    assert second.wait() == 0, second.output()
+    assert [c.step for c in list_checkpoints(train_dir.checkpoints)] == [40, 80, 120]
+    config = train_dir.config.read_text()
+    assert "  steps: 120\n" in config and "every_steps: 30" not in config, config
 
 
 @pytest.mark.slow

@@ -221,3 +221,7 @@ class Coordinator:
     def all_recorded(self) -> bool:
         """Every listed checkpoint is in the ledger and no outcome waits (to be recorded, by whoever records)."""
         return not self.scan.unrecorded and not outcome_steps(self.train_dir.pending)
+
+    def has_recorded(self, step: int | None) -> bool:
+        """`step` is in the ledger (None, a step not known, counts as recorded)."""
+        return step is None or step in self.scan.ledger.steps

@@ -336,14 +336,14 @@ def release_lock(fd: int) -> None:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path, what: str, wait: bool = False) -> Iterator[None]:
-    """Hold an advisory lock on `path` for the block, or raise UsageError if another process holds it
-    (with `wait`, wait for it instead: a short critical section several processes take turns in)."""
+def exclusive_lock(path: Path, what: str, wait: bool = False) -> Iterator[int]:
+    """Hold an advisory lock on `path` for the block (its descriptor), or raise UsageError if another process
+    holds it (with `wait`, wait for it instead: a short critical section several processes take turns in)."""
     fd = try_lock(path, wait)
     if fd is None:
         holder = read_file(path, RECORD_BYTES).decode(errors="replace").strip() or "unknown"
         raise UsageError(f"{what} (pid {holder}); stop that process or choose another --train-dir")
     try:
-        yield
+        yield fd
     finally:
         release_lock(fd)

@@ -8,6 +8,8 @@ checkpoints intact: the writer warns and the next save retries, until `checkpoin
 in a row (or a failed final save) stop the run. Under torchrun every rank writes at the same steps:
 with `shards` (FSDP: the model and optimizer) all ranks write their shards, else rank 0 alone writes the
 file; rank 0 alone commits and retires old checkpoints (the `retire` job it is given, shared.training.retire).
+Rank 0 commits only while the train_dir is still this run's (`check_folders`, shared.protocol.presence):
+one removed or made anew by another train.py under it stops the run instead.
 """
 
 from __future__ import annotations
@@ -60,9 +62,11 @@ class CheckpointWriter:
         group: Distributed | None = None,
         shards: tuple[nn.Module, torch.optim.Optimizer] | None = None,
         newest: int = 0,
+        check_folders: Callable[[], None] = lambda: None,
     ) -> None:
-        """`newest`: the step of the checkpoint training resumed from (0: none)."""
-        self.train_dir, self.options = train_dir, options
+        """`newest`: the step of the checkpoint training resumed from (0: none); `check_folders` raises
+        RunAborted once the train_dir is not this run's any more (called just before each commit)."""
+        self.train_dir, self.options, self.check_folders = train_dir, options, check_folders
         self.group, self.shards = group or Distributed.alone(), shards
         self.failures = 0  # failed saves in a row
         self.newest = newest  # the newest committed checkpoint's step
@@ -117,6 +121,7 @@ class CheckpointWriter:
         try:
             _, retired, _ = pending.future.result()
         except OSError as err:
+            self.check_folders()  # a folder removed under the save is why it failed: not a reason to retry
             self._failed(pending.step, err, pending.final)
             return None
         self.failures = 0
@@ -150,6 +155,7 @@ class CheckpointWriter:
         started = time.monotonic()
         if ready is not None:
             ready.synchronize()  # the snapshot's device-to-host copies are done
+        self.check_folders()
         path = save(self.train_dir, step, state, weights_beside=True)
         return path, retire(), time.monotonic() - started
 
@@ -164,6 +170,7 @@ class CheckpointWriter:
             return None, [], time.monotonic() - started
         from shared.checkpoints import sharded
 
+        self.check_folders()
         path = sharded.commit(self.train_dir.checkpoints, step)
         return path, retire(), time.monotonic() - started
 
