@@ -8,6 +8,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -259,6 +260,13 @@ def wait_for_watching(evaluator: Proc) -> None:
     ledger, which train.py's retention reads) the moment that appears, long before train.py's first checkpoint."""
     watching = lambda: "waiting for train.py to write" in evaluator.output()  # noqa: E731
     wait_until(watching, START_GUARD, "eval.py to watch its train_dir")
+
+
+def free_port() -> int:
+    """A loopback port free now, for a server a test starts (MLflow, TensorBoard under compose)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:

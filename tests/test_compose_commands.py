@@ -4,7 +4,6 @@ processes with the services' environment against one shared folder standing in f
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,16 +14,10 @@ import yaml
 
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records
-from tests.conftest import HANG_GUARD, ROOT, Proc, fetch_json, wait_until
+from tests.conftest import HANG_GUARD, ROOT, Proc, fetch_json, free_port, wait_until
 from tests.test_compose import CPU, VARIABLE
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def as_here(part: str, env: dict[str, str], runs: Path, port: int) -> str:

@@ -10,7 +10,6 @@ import functools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from shared.loggers.backends import open_run, running
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_records
 from shared.tasks.loading import load_config
-from tests.conftest import ROOT, SHORT_RUN, process_starter, wait_until, wait_while_progressing
+from tests.conftest import ROOT, SHORT_RUN, free_port, process_starter, wait_until, wait_while_progressing
 from tests.warm_cli import WarmCli
 
 mlflow = pytest.importorskip("mlflow", reason="the dev extra installs mlflow")
@@ -33,12 +32,6 @@ pytestmark = pytest.mark.slow
 
 EVAL_KEYS = ["eval/loss", "eval/accuracy", "eval/f1_macro", "eval/precision_macro", "eval/recall_macro"]
 TRAIN_KEYS = ["train/loss", "train/learning_rate", "train/grad_norm", "train/examples_per_sec", "train/eval_lag"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from shared.protocol.ledger import Ledger, LedgerTail
 from shared.protocol.outcomes import OutcomeError, outcome_steps, read_outcome, remove_abandoned_temps
 from shared.protocol.results import EvalResult, SplitResult
 
-log = logging.getLogger("eval")
+log = logging.getLogger(__name__)
 
 Plot = Callable[[Logger, int, SplitResult], None]  # a split's summaries at a step
 

@@ -1,14 +1,13 @@
 """The confusion matrix as the dashboards show it: an image with class names, counts and a colour bar
 (scikit-learn's ConfusionMatrixDisplay, drawn off-screen), and a Markdown table of the same counts.
 
-The image is drawn at every checkpoint, so it must cost little beside the evaluation. A full matplotlib
-drawing of a 10-class matrix takes about 150 ms on one CPU core, most of it laying out the tick labels
-and one text per cell; so each set of class names gets one figure, drawn in full once, and each matrix
-after that redraws only the cells: the colours, and the counts of the non-zero cells (blank cells are
-zeros). That needs a colour scale that never changes: a cell's colour is its share of the true class
-(its row), from 0 to 1, which also keeps rare classes visible. Counts are written up to
-COUNTS_MAX_CLASSES classes (colours alone above); past IMAGE_MAX_CLASSES no image is drawn at all (the
-table still is). matplotlib is imported on first use: only the recording evaluator draws.
+The image is drawn at every checkpoint, so it must cost little beside the evaluation. Most of a full
+matplotlib drawing is laying out the tick labels and one text per cell; so each set of class names gets one
+figure, drawn in full once, and each matrix after that redraws only the cells: the colours, and the counts
+of the non-zero cells (blank cells are zeros). That needs a colour scale that never changes: a cell's colour
+is its share of the true class (its row), from 0 to 1, which also keeps rare classes visible. Counts are
+written up to COUNTS_MAX_CLASSES classes (colours alone above); past IMAGE_MAX_CLASSES no image is drawn at
+all (the table still is). matplotlib is imported on first use: only the recording evaluator draws.
 """
 
 from __future__ import annotations

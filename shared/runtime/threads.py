@@ -5,9 +5,8 @@ Two torch processes on one host each start as many intra-op threads as there are
 that waits on a core the other process took stalls the whole op, so the trainer loses far more than the
 evaluator's share of the CPU. Splitting the cores between them costs the trainer the cores the evaluator
 leaves idle between checkpoints (it works in bursts); so the trainer keeps every core, and the evaluator
-takes a quarter of them at niceness +10, which lets the kernel run it mostly on what the trainer leaves.
-On this project's 2-core machine (docs/benchmarks.md) the trainer beside an evaluator ran at 0.70 x the
-bare loop with the cores split 1 + 1, 0.74 with 2 + 1, and 0.86 with 2 + 1 and the evaluator at niceness 10.
+takes a quarter of them at niceness +10, which lets the kernel run it mostly on what the trainer leaves
+(docs/benchmarks.md has the measurements).
 
 Each process takes its count from the first of these that is given:
 

@@ -32,9 +32,10 @@ class Keywords(dict):
 class Task(ABC):
     """A problem: a model, its training and evaluation data, a loss, and the metrics it is judged by.
 
-    Subclasses may set `ModelConfig` and `DataConfig` to dataclasses of their own options (DataConfig must
-    extend `shared.config.DataConfig`); the config's `model:` and `data:` sections are checked against
-    them. Keep datasets deterministic given `self.seed`: eval.py rebuilds them from the config alone.
+    Subclasses may set `ModelConfig` and `DataConfig` to config sections of their own options (pydantic
+    models: ModelConfig extends `shared.config.Section`, DataConfig `shared.config.DataConfig`); the
+    config's `model:` and `data:` sections are checked against them. Keep datasets deterministic given
+    `self.seed`: eval.py rebuilds them from the config alone.
     """
 
     ModelConfig: ClassVar[type] = ModelConfig

@@ -33,7 +33,6 @@ TIMEOUT = datetime.timedelta(minutes=10)
 class Distributed:
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
     # Two gloo groups of all ranks: DCP's asynchronous saves run collectives in a background thread, and
     # a group must not be used by two threads at once; small objects (CPU tensors in them) go over gloo.
     checkpoint_group: Any = None
@@ -138,7 +137,7 @@ def init(device_arg: str) -> tuple[Distributed, str]:
     if rank != 0:  # one voice in the log: the other ranks report only problems
         logging.getLogger().setLevel(logging.WARNING)
     log.info("rank %d of %d on %s (%s)", rank, world_size, device, dist.get_backend())
-    return Distributed(rank, world_size, local_rank, checkpoint_group, object_group), str(device)
+    return Distributed(rank, world_size, checkpoint_group, object_group), str(device)
 
 
 def wrap(model: nn.Module, strategy: str, group: Distributed, device: torch.device) -> nn.Module:

@@ -15,7 +15,7 @@ from shared.loggers.base import Logger
 from shared.training.distributed import Distributed
 from shared.training.optim import NonFiniteGuard
 
-log = logging.getLogger("train")
+log = logging.getLogger(__name__)
 
 BAR_MAX_COLUMNS = 120  # on a wider terminal the line stops here: a longer bar tells nothing more
 

@@ -6,7 +6,7 @@ import logging
 
 from shared.protocol.results import EvalResult
 
-log = logging.getLogger("eval")
+log = logging.getLogger(__name__)
 
 
 def log_metrics(result: EvalResult) -> None:
