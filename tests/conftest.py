@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 from urllib.request import Request, urlopen
 
@@ -338,6 +339,20 @@ def scalar_points(run_dir: Path, tag: str) -> list[tuple[int, float]]:
     return [(event.step, event.value) for event in accumulator.Scalars(tag)]
 
 
+def steps_by_tag(run: Path, accumulator_module: ModuleType) -> dict[str, list[int]]:
+    """Every tag's steps, as one of TensorBoard's loaders keeps them (purges applied), all points kept."""
+    accumulator = accumulator_module.EventAccumulator(
+        str(run), size_guidance={k: 0 for k in ("scalars", "images", "tensors")}
+    )
+    accumulator.Reload()
+    tags = accumulator.Tags()
+    found = {}
+    for kind, read in (("scalars", "Scalars"), ("images", "Images"), ("tensors", "Tensors")):
+        for tag in tags.get(kind, []):
+            found[tag] = [event.step for event in getattr(accumulator, read)(tag)]
+    return found
+
+
 def tensorboard_url(log: Path, timeout: float = 60) -> str:
     """The address a starting TensorBoard prints ("TensorBoard 2.x at http://host:port/ ..."), from its log."""
     found: list[str] = []
@@ -371,6 +386,19 @@ def system_tool(name: str, *aliases: str) -> str:
         if path := shutil.which(program):
             return path
     pytest.skip(f"{MISSING_TOOL}{name} (`make test` installs it as root; else: sudo apt-get install {name})")
+
+
+LIBFAKETIME = next(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"), Path("/usr/lib/faketime/libfaketime.so.1"))
+
+
+def skewed(seconds: int) -> dict[str, str]:
+    """The environment of a process whose clock is `seconds` off this host's (a host without NTP), or skip."""
+    system_tool("faketime")
+    if not LIBFAKETIME.exists():
+        pytest.skip(f"{LIBFAKETIME} missing (apt-get install faketime)")
+    # Only the wall clock: a monotonic clock is never compared across hosts (and a shifted one would make
+    # every timed wait of the process return at once or hours late).
+    return {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME": f"{seconds:+d}", "DONT_FAKE_MONOTONIC": "1"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

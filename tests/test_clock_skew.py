@@ -1,5 +1,6 @@
 """Clocks that disagree across hosts, made for real with libfaketime: evaluators 20 minutes apart share a
-train_dir's claims, and TensorBoard event files written by clocks that differ or step back keep every point.
+train_dir's claims, and TensorBoard event files written by clocks that differ or step back keep every point
+(train.py resumed on a clock hours behind: tests/test_tensorboard.py).
 
 No file's time is ever compared with another host's clock: a claim is live while it keeps changing as the
 watcher sees it (docs/protocol.md, "Several evaluators"); an event file's name orders it after the run's
@@ -17,26 +18,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing import event_accumulator, plugin_event_accumulator
 
+from shared.loggers.event_files import read_events
 from shared.protocol.claims import ClaimInfo, claim_name, claim_step
-from shared.protocol.layout import TrainDir
+from shared.protocol.layout import TrainDir, checkpoint_name, is_event_file
+from shared.protocol.ledger import read_records
 from shared.protocol.outcomes import outcome_steps
-from tests.conftest import SHORT_RUN, START_GUARD, Proc, finished_run, process_starter, system_tool, wait_until
+from tests.conftest import SHORT_RUN, START_GUARD, Proc, finished_run, process_starter, skewed, steps_by_tag, wait_until
 from tests.warm_cli import WarmCli
 
-LIBFAKETIME = next(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"), Path("/usr/lib/faketime/libfaketime.so.1"))
 STEPS = list(range(10, 61, 10))  # the checkpoints of `trained`
 TIMEOUT = 3  # eval.claim_timeout_secs: a dead claim is taken over this long after it was first seen unchanged
-
-
-def skewed(seconds: int) -> dict[str, str]:
-    """The environment of a process whose clock is `seconds` off this host's (a host without NTP)."""
-    system_tool("faketime")
-    if not LIBFAKETIME.exists():
-        pytest.skip(f"{LIBFAKETIME} missing (apt-get install faketime)")
-    # Only the wall clock: a monotonic clock is never compared across hosts (and a shifted one would make
-    # every timed wait of the process return at once or 10 minutes late).
-    return {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME": f"{seconds:+d}", "DONT_FAKE_MONOTONIC": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +109,42 @@ def test_evaluators_20_minutes_apart_take_over_a_dead_claim_and_never_a_live_one
     assert not outcome_steps(train_dir.pending), "an outcome was left unrecorded"
     assert not [n for n in os.listdir(train_dir.pending) if n.endswith(".tmp")], "an outcome temp was left"
     assert not [n for n in os.listdir(train_dir.claims) if claim_step(n) is not None], "a claim outlived its record"
+
+
+def test_the_eval_curves_keep_every_step_after_a_recorder_hours_behind_and_a_cut_event_file(
+    tmp_path: Path, trained: Path, start
+) -> None:
+    """A recorder on this host's clock is SIGKILLed after 3 records, and its event file is cut in the middle
+    of a record (the points after the cut are gone; the ledger has them). The next recorder's clock is 3 hours
+    behind. Before: its file was named to be read first, so the first file's restart record hid its points in
+    the legacy loader, and the cut points stayed missing for good. Now its file is read last, and at start it
+    rewrote the run in step order with the lost points restored from the ledger: in both of TensorBoard's
+    Python loaders every metric has one point per evaluated step."""
+    train_dir = TrainDir(tmp_path / "run")
+    shutil.copytree(trained, train_dir.root)
+    names = tuple(f"{checkpoint_name(step).removesuffix('.pt')}." for step in STEPS[3:])  # checkpoints, weights
+    later = [path for path in train_dir.checkpoints.iterdir() if path.name.startswith(names)] + [train_dir.finished]
+    aside = tmp_path / "aside"  # the first recorder sees 3 checkpoints of a run still training
+    aside.mkdir()
+    for path in later:
+        path.rename(aside / path.name)
+    first = start("eval.py", "--train-dir", str(train_dir.root))
+    wait_until(lambda: len(read_records(train_dir.results)) == 3, START_GUARD, "3 records")
+    first.signal(signal.SIGKILL)
+    first.wait()
+    for path in later:
+        (aside / path.name).rename(path)
+    (events,) = [path for path in train_dir.eval_run.iterdir() if is_event_file(path.name)]
+    records, _ = read_events(events)
+    os.truncate(events, sum(len(record) for record, _ in records[: len(records) // 2]) + 5)  # 5 bytes into one
+
+    behind = start("eval.py", "--train-dir", str(train_dir.root), env=skewed(-3 * 3600))
+    assert behind.wait() == 0, behind.output()
+    ledger = read_records(train_dir.results)
+    assert [record["step"] for record in ledger] == STEPS
+    for reader in (event_accumulator, plugin_event_accumulator):
+        found = steps_by_tag(train_dir.eval_run, reader)
+        missing = {tag: sorted(set(STEPS) - set(found.get(tag, []))) for tag in ledger[0]["metrics"]}
+        assert not any(missing.values()), f"{reader.__name__}: steps missing {missing}"
+        assert all(found[tag] == STEPS for tag in ledger[0]["metrics"]), f"{reader.__name__}: {found}"
+    assert "points restored" in behind.output() and "cut short" in behind.output(), behind.output()

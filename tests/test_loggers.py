@@ -1,5 +1,6 @@
 """The logger backends on their own: a run reopened after its writer was SIGKILLed keeps one point per
-(tag, step) for every kind of record, in TensorBoard's own readers; HParams integers stay integers; the
+(tag, step) for every kind of record, in TensorBoard's own readers; a new event file is read after the
+run's others whatever the clocks; HParams integers stay integers; the
 confusion-matrix image stops at its class cap, and its class names stay apart."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from tensorboard.backend.event_processing import event_accumulator, plugin_event
 from tensorboard.util import tensor_util
 from torch.utils.tensorboard import summary as summaries
 
+from shared.errors import UsageError
 from shared.loggers import dashboards
 from shared.loggers.base import Fanout, LogsHParams, LogsLayout, LogsPRCurves, NullLogger
 from shared.loggers.confusion import IMAGE_MAX_CLASSES, ConfusionPlot, confusion_image
@@ -23,7 +25,7 @@ from shared.loggers.mlflow_backend import MlflowLogger
 from shared.loggers.tensorboard import TensorBoardLogger
 from shared.metrics.classification import PR_THRESHOLDS
 from shared.protocol.artifacts import PRCurves
-from tests.conftest import HANG_GUARD, ROOT
+from tests.conftest import HANG_GUARD, ROOT, steps_by_tag
 
 # Writes every kind of record at steps [first, last] into a run opened at purge_step, flushes, says so on
 # stdout, then either closes or waits to be killed: a writer that dies with its points on disk.
@@ -67,20 +69,6 @@ def run_writer(run: Path, purge_step: int, first: int, last: int, then: str) -> 
         proc.kill()
 
 
-def steps_by_tag(run: Path, accumulator_module) -> dict[str, list[int]]:
-    """Every tag's steps, as one of TensorBoard's loaders keeps them (purges applied), all points kept."""
-    accumulator = accumulator_module.EventAccumulator(
-        str(run), size_guidance={k: 0 for k in ("scalars", "images", "tensors")}
-    )
-    accumulator.Reload()
-    tags = accumulator.Tags()
-    found = {}
-    for kind, read in (("scalars", "Scalars"), ("images", "Images"), ("tensors", "Tensors")):
-        for tag in tags.get(kind, []):
-            found[tag] = [event.step for event in getattr(accumulator, read)(tag)]
-    return found
-
-
 @pytest.fixture(scope="module")
 def restarted_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run whose writer was SIGKILLed three times with points after its last durable step on disk."""
@@ -109,6 +97,25 @@ def test_a_run_reopened_after_sigkill_keeps_one_point_per_tag_and_step(restarted
     if reader is plugin_event_accumulator:  # the legacy one does not read HParams records
         assert found["_hparams_/session_start_info"] == [0]
     assert not [p.name for p in run.iterdir() if "tfevents" not in p.name], "no repair temp file is left"
+
+
+def test_a_new_event_file_is_read_after_every_file_in_the_run_whatever_the_clocks(tmp_path: Path) -> None:
+    """An event file's name carries its writer's clock; a file named by a clock 74 years ahead is still read
+    before the next writer's, so no point is hidden; a name no writer can sort after is refused in one line."""
+    run = tmp_path / "run"
+    for first, last in [(0, 2), (3, 5)]:
+        with TensorBoardLogger(run, purge_step=first) as logger:
+            for step in range(first, last + 1):
+                logger.scalar("loss", 1.0 / (step + 1), step)
+        if first == 0:
+            (written,) = run.iterdir()
+            ahead = written.rename(run / "events.out.tfevents.4102444800.another-host.1")  # 2100-01-01
+    assert sorted(path.name for path in run.iterdir())[0] == ahead.name, "the new file is read after it"
+    assert steps_by_tag(run, event_accumulator)["loss"] == list(range(6))
+
+    (run / "events.out.tfevents.9999999999.x").write_bytes(b"")
+    with pytest.raises(UsageError, match=r"tfevents\.9999999999\.x: TensorBoard reads this file after any"):
+        TensorBoardLogger(run, purge_step=6)
 
 
 def test_hparams_show_integers_as_integers(tmp_path: Path) -> None:

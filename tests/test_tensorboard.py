@@ -1,6 +1,7 @@
 """What users see: a real TensorBoard server over a train_dir made by a short real run, read through its
 HTTP JSON API under both of its loaders, and its scalars dashboard drawn by headless Chromium; and a
-train.py SIGKILLed with points past its newest checkpoint on disk leaves one point per (tag, step)."""
+train.py SIGKILLed with points past its newest checkpoint on disk, then resumed on a clock hours behind (another
+host), leaves one point per (tag, step)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from tests.conftest import (
     fetch_json,
     keep_artifact,
     process_starter,
+    skewed,
     system_tool,
     tensorboard_url,
     wait_until,
@@ -214,8 +216,8 @@ RESTARTED_RUN = [
 def restarted_train_dir(
     tmp_path_factory: pytest.TempPathFactory, warm_scripts: WarmCli
 ) -> Iterator[tuple[TrainDir, dict[str, str]]]:
-    """train.py SIGKILLed twice at step >= 70 (newest checkpoint: 50), then run to the end, while a
-    TensorBoard per loader serves the train_dir throughout: (train_dir, loader -> URL)."""
+    """train.py SIGKILLed twice at step >= 70 (newest checkpoint: 50), then run to the end on a clock 3 hours
+    behind, while a TensorBoard per loader serves the train_dir throughout: (train_dir, loader -> URL)."""
     folder = tmp_path_factory.mktemp("restarts")
     train_dir = TrainDir(folder / "run")
     train_dir.root.mkdir()
@@ -238,7 +240,8 @@ def restarted_train_dir(
             trainer.signal(signal.SIGKILL)
             trainer.wait()
             assert [c.step for c in list_checkpoints(train_dir.checkpoints)] == [50], trainer.output()
-        final = start("train.py", "--train-dir", str(train_dir.root), *RESTARTED_RUN)
+        # Resumed on another host whose clock is 3 hours behind: its event file must still be read last.
+        final = start("train.py", "--train-dir", str(train_dir.root), *RESTARTED_RUN, env=skewed(-3 * 3600))
         assert final.wait_while_logging() == 0, final.output()
         yield train_dir, urls
 

@@ -76,8 +76,9 @@ class Recorder:
     """The elected recorder: appends outcomes, in step order, to the eval run and the ledger.
 
     It holds the lock until its process ends, and opens the ledger (dropping a line cut short) and its
-    loggers (one per split's run, purge_step after the newest record) only once elected, so
-    whatever a dead recorder left half done is redone under the crash rules of docs/protocol.md.
+    loggers (one per split's run, purge_step after the newest record, the ledger's scalars to restore
+    points a run lost) only once elected, so whatever a dead recorder left half done is redone under the
+    crash rules of docs/protocol.md.
     """
 
     def __init__(
@@ -96,8 +97,9 @@ class Recorder:
             self.lock_fd = fd
             self.ledger = Ledger(self.train_dir.results)
             purge_step = self.ledger.next_purge_step()
-            self.loggers = {
-                split: open_run(self.config, self.train_dir, run, purge_step) for split, run in self.runs.items()
+            self.loggers = {  # each run given the ledger's scalars: points the run lost are written back
+                split: open_run(self.config, self.train_dir, run, purge_step, known=self.ledger.scalars(split))
+                for split, run in self.runs.items()
             }
             if not self.ledger.results:  # a fresh eval run: the first split's becomes the HParams session, once
                 dashboards.write_hparams(next(iter(self.loggers.values())), self.config)

@@ -8,19 +8,21 @@ docs/logging.md says what it must promise.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from shared.config import Config, LogConfig
 from shared.loggers import mlflow_backend
 from shared.loggers.base import Fanout, Logger, NullLogger
+from shared.loggers.event_files import Point
 from shared.loggers.tensorboard import TensorBoardLogger
 from shared.protocol.layout import TrainDir
 
-# name -> opener(log options, train_dir, run folder, purge_step); purge_step None: a run never redone (ad hoc).
-OPENERS: dict[str, Callable[[LogConfig, TrainDir, Path, int | None], Logger]] = {
-    "tensorboard": lambda options, train_dir, run_dir, purge_step: TensorBoardLogger(run_dir, purge_step),
-    "mlflow": lambda options, train_dir, run_dir, purge_step: mlflow_backend.open_run(
+# name -> opener(log options, train_dir, run folder, purge_step, known scalars); purge_step None: a run never
+# redone (ad hoc). MLflow's server keeps every point it was sent, so it has no use for the known scalars.
+OPENERS: dict[str, Callable[[LogConfig, TrainDir, Path, int | None, Mapping[Point, float]], Logger]] = {
+    "tensorboard": lambda options, train_dir, run_dir, purge_step, known: TensorBoardLogger(run_dir, purge_step, known),
+    "mlflow": lambda options, train_dir, run_dir, purge_step, known: mlflow_backend.open_run(
         options, train_dir, run_dir.name, purge_step
     ),
 }
@@ -37,17 +39,24 @@ def check_backends(config: Config) -> None:
 
 
 def open_run(
-    config: Config, train_dir: TrainDir, run_dir: Path, purge_step: int | None, enabled: bool = True
+    config: Config,
+    train_dir: TrainDir,
+    run_dir: Path,
+    purge_step: int | None,
+    enabled: bool = True,
+    known: Mapping[Point, float] | None = None,
 ) -> Logger:
     """The logger of one run folder (train/, eval/, eval_<split>/, eval_adhoc/) in every configured backend.
 
     `purge_step`: the first step this process logs; each backend drops what a crashed writer logged from
-    there on (one writer per run). Not `enabled` (torchrun ranks other than 0): a logger that keeps nothing.
+    there on (one writer per run). `known`: (tag, step) -> value of scalars the run must hold before
+    purge_step, from a record kept elsewhere (the eval ledger); a backend that lost some writes them back.
+    Not `enabled` (torchrun ranks other than 0): a logger that keeps nothing.
     """
     if not enabled:
         return NullLogger()
     names = dict.fromkeys(config.log.backends)  # a backend listed twice is opened once: one writer per run
-    loggers = [OPENERS[name](config.log, train_dir, run_dir, purge_step) for name in names]
+    loggers = [OPENERS[name](config.log, train_dir, run_dir, purge_step, known or {}) for name in names]
     return loggers[0] if len(loggers) == 1 else Fanout(loggers)
 
 

@@ -146,6 +146,15 @@ class Ledger:
     def __contains__(self, step: int) -> bool:
         return step in self.results
 
+    def scalars(self, split: str) -> dict[tuple[str, int], float]:
+        """(metric, step) -> value of every ok result's `split`: the points its run must show."""
+        return {
+            (metric, step): value
+            for step, result in self.results.items()
+            if result.status == "ok" and split in result.splits
+            for metric, value in result.splits[split].metrics.items()
+        }
+
     def next_purge_step(self) -> int:
         """Points at or after this step were written without a record; the writer drops them."""
         return max(self.results, default=-1) + 1
