@@ -49,7 +49,8 @@ from shared.training.distributed import Distributed
 from shared.training.eval_wait import EvaluatorWait
 from shared.training.feedback import Feedback
 from shared.training.ledger_reader import LedgerReader
-from shared.training.optim import NonFiniteGuard, TrainState, build_optimizer, build_schedule, parameter_counts
+from shared.training.nonfinite import NonFiniteGuard
+from shared.training.optim import TrainState, build_optimizer, build_schedule, parameter_counts
 from shared.training.progress import Progress, TrainLog
 from shared.training.retire import Retirer
 
@@ -90,7 +91,12 @@ class StepResult:
 
 
 def train_step(
-    state: TrainState, batches: Iterator, task: Task, device: torch.device, options: cfg.TrainConfig
+    state: TrainState,
+    batches: Iterator,
+    task: Task,
+    device: torch.device,
+    options: cfg.TrainConfig,
+    guard: NonFiniteGuard,
 ) -> StepResult:
     """One optimizer step over `grad_accum_steps` micro-batches, with mixed precision and clipping."""
     state.optimizer.zero_grad(set_to_none=True)
@@ -110,10 +116,7 @@ def train_step(
     grad_norm = distributed.full(torch.nn.utils.clip_grad_norm_(state.model.parameters(), max_norm))
     lr = state.optimizer.param_groups[0]["lr"]
     result = StepResult(loss_sum / options.grad_accum_steps, grad_norm, lr, examples, tokens)
-    skip = options.nan_policy == "skip_step" and not bool(torch.isfinite(result.loss) & torch.isfinite(grad_norm))
-    if options.nan_policy == "skip_step" and state.group.agree([skip], device)[0]:  # all ranks skip, or none
-        log.warning("step %d: loss or gradient norm is NaN/Inf; skipped its update (train.nan_policy)", state.step + 1)
-    else:
+    if not guard.skips(state.step + 1, result.loss, grad_norm):  # train.nan_policy=skip_step
         state.scaler.step(state.optimizer)
     state.scaler.update()
     state.scheduler.step()
@@ -129,7 +132,7 @@ def train(
     agreement = Agreement(group, device, config.log.every_steps)  # what one rank decides alone, agreed by all
     # The evaluator's results, for retention (which ranks them under checkpoint.keep_best), feedback and eval_lag.
     ledger = LedgerReader(train_dir, group, keep_results=config.checkpoint.keep_best > 0)
-    guard = NonFiniteGuard(device, not state.scaler.is_enabled(), options.nan_policy == "stop", group, state.step)
+    guard = NonFiniteGuard(options.nan_policy, device, not state.scaler.is_enabled(), group, state.step)
     progress = Progress(state.step, options.steps, shown=group.is_main)
     feedback.begin()
     with (
@@ -141,7 +144,7 @@ def train(
         dashboards.write_train_header(logger, config, state.step)
         write_heartbeat(train_dir, state.step, group)
         while state.step < options.steps and not stopping and not feedback.stopped:
-            result = train_step(state, batches, task, device, options)
+            result = train_step(state, batches, task, device, options, guard)
             state.step += 1
             guard.observe(state.step, result.loss, result.grad_norm)
             train_log.add(result.loss, result.examples, result.tokens)

@@ -29,7 +29,7 @@ from shared.training.checkpoint_writer import CheckpointWriter
 from shared.training.checkpointer import Checkpointer
 from shared.training.distributed import Distributed
 from shared.training.ledger_reader import LedgerReader
-from shared.training.optim import NonFiniteGuard
+from shared.training.nonfinite import NonFiniteGuard
 from shared.training.retire import Retirer
 
 ALONE = Agreement(Distributed.alone(), torch.device("cpu"), every_steps=1)
@@ -396,7 +396,7 @@ def checkpointer(train_dir: TrainDir, options: CheckpointConfig) -> Checkpointer
     alone = Distributed.alone()
     ledger = LedgerReader(train_dir, alone, keep_results=options.keep_best > 0)
     retirer = Retirer(train_dir, RetentionPolicy.from_options(options), ledger)
-    guard = NonFiniteGuard(torch.device("cpu"), check_grad_norm=False, enabled=False, group=alone, newest_checkpoint=0)
+    guard = NonFiniteGuard("stop", torch.device("cpu"), check_grad_norm=False, group=alone, newest_checkpoint=0)
     when = save_policy.from_options(options, ALONE)
     return Checkpointer(when, CheckpointWriter(train_dir, options, alone), retirer, guard, last_step=MAX_STEP)
 

@@ -2,7 +2,7 @@
 `finish` at the end.
 
 It composes the pieces, each its own module: when (shared.training.save_policy), the NaN/Inf refusal
-(shared.training.optim.NonFiniteGuard: nothing computed from a non-finite loss is saved), the writing
+(shared.training.nonfinite: nothing computed from a non-finite loss is saved), the writing
 (shared.training.checkpoint_writer), retention after each commit (shared.training.retire), and waiting
 for a lagging evaluator (shared.training.eval_wait). Before each save it also runs `before_save`
 (train.py flushes its run there, so a resume never loses the points up to its checkpoint).
@@ -15,7 +15,7 @@ from typing import Any
 
 from shared.training.checkpoint_writer import CheckpointWriter, Committed
 from shared.training.eval_wait import EvaluatorWait
-from shared.training.optim import NonFiniteGuard
+from shared.training.nonfinite import NonFiniteGuard
 from shared.training.retire import Retirer
 from shared.training.save_policy import SavePolicy
 

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from shared.config import TrainConfig
-from shared.errors import RunAborted
 from shared.runtime import seeding
 from shared.training.data import DataPosition
 from shared.training.distributed import Distributed
@@ -107,43 +106,3 @@ class TrainState:
         if self.feedback and "feedback" in state:  # older checkpoints have none: feedback starts fresh
             self.feedback.load_state_dict(state["feedback"])
         self.step = state["step"]
-
-
-class NonFiniteGuard:
-    """train.nan_policy=stop: remembers the first step whose loss (or, without a gradient scaler, gradient
-    norm) was NaN/Inf, and stops the run before anything computed from it is logged or saved.
-
-    The check stays on the device, so steps need no host sync; `check` syncs, and is called before each
-    log line and each save only, so no checkpoint ever holds weights broken by it.
-    """
-
-    def __init__(
-        self, device: torch.device, check_grad_norm: bool, enabled: bool, group: Distributed, newest_checkpoint: int
-    ) -> None:
-        """`newest_checkpoint`: the step training resumed from (0: none), which its refusal names."""
-        self.device, self.check_grad_norm, self.enabled, self.group = device, check_grad_norm, enabled, group
-        self.first = torch.full((), -1, dtype=torch.long, device=device)
-        self.newest_checkpoint = newest_checkpoint
-
-    def observe(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
-        if not self.enabled:
-            return
-        finite = torch.isfinite(loss)
-        if self.check_grad_norm:
-            finite &= torch.isfinite(grad_norm)
-        self.first = torch.where((self.first < 0) & ~finite, step, self.first)
-
-    def committed(self, step: int) -> None:
-        """A checkpoint of `step` is committed: the newest a refusal names."""
-        self.newest_checkpoint = step
-
-    def check(self) -> None:
-        """RunAborted on every rank if any rank saw a NaN/Inf step (collective under torchrun)."""
-        first = int(self.first)
-        bad_step = self.group.earliest(first if first >= 0 else None, self.device)
-        if bad_step is not None:
-            raise RunAborted(
-                f"the loss or gradient norm became NaN/Inf at step {bad_step}; stopped without saving, so the newest "
-                f"checkpoint (step {self.newest_checkpoint}) predates it. Lower train.lr, set train.grad_clip_norm, "
-                "check the data, or set train.nan_policy=skip_step to skip such steps"
-            )

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from shared.loggers.base import Logger
 from shared.training.distributed import Distributed
-from shared.training.optim import NonFiniteGuard
+from shared.training.nonfinite import NonFiniteGuard
 
 log = logging.getLogger(__name__)
 
