@@ -10,6 +10,7 @@ evaluator holds a claim it is still evaluating, and the outcome says where each 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -59,6 +60,7 @@ EVAL = [
 ]  # fmt: skip
 EVAL_WATCHES = [[], ["--poll", "0.2"], ["--poll", "0.2"]]  # one on inotify, two polling
 BEST_METRIC = "accuracy"
+STALL = "every evaluator"  # the target of a stall
 # A hang guard: nothing on disk or in any log changed for this long. Not a speed bound.
 SILENCE = 180
 
@@ -73,6 +75,8 @@ class Plan:
     evaluator_kills: int = 8
     evaluator_stops: int = 6
     longest_stop: float = 4.0  # seconds; longer than the claim timeout, so some stopped claims are taken over
+    stalls: int = 1  # every evaluator stopped at once (a preempted evaluation node) while the trainer goes on
+    longest_stall: float = 10.0  # seconds: checkpoints pile up past checkpoint.max_unevaluated
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,7 @@ class Action:
     def __str__(self) -> str:
         where = "aimed" if self.aimed else "anywhere"
         how = f"{where}, +{self.moment:.2f}s, restart after {self.restart_after:.2f}s" if self.what == "kill" else ""
-        unit = "step" if self.target == "trainer" else "records"
+        unit = "step" if self.target in ("trainer", STALL) else "records"
         return f"{unit} {self.at:3}: {self.what} {self.target} ({how or f'{self.moment:.2f}s'})"
 
 
@@ -102,12 +106,14 @@ def draw_schedule(plan: Plan, rng: random.Random) -> list[Action]:
     kinds = ["kill"] * plan.trainer_kills + ["stop"] * plan.trainer_stops
     rng.shuffle(kinds)
     actions = [_action(rng, plan, "trainer", kind, at) for kind, at in zip(kinds, sorted(steps), strict=True)]
+    for at in rng.sample(range(EVERY, STEPS // 2, EVERY), plan.stalls):
+        actions.append(Action(STALL, "stop", at, False, rng.uniform(plan.longest_stop, plan.longest_stall), 0.0))
     kinds = ["kill"] * plan.evaluator_kills + ["stop"] * plan.evaluator_stops
     rng.shuffle(kinds)
     for kind in kinds:
         target = f"eval-{rng.randrange(len(EVAL_WATCHES))}"
         actions.append(_action(rng, plan, target, kind, rng.randrange(int(0.9 * STEPS / EVERY))))
-    return sorted(actions, key=lambda a: (a.target != "trainer", a.at))
+    return sorted(actions, key=lambda a: (a.target not in ("trainer", STALL), a.at))
 
 
 def _action(rng: random.Random, plan: Plan, target: str, what: str, at: int) -> Action:
@@ -250,11 +256,15 @@ class Round:
             self.log(f"not done: {action}")
 
     def _due(self, action: Action) -> bool:
-        if action.target == "trainer":
+        if action.target in ("trainer", STALL):
             return self.trainer.done or newest_step(self.train_dir) >= action.at
         return self.records() >= action.at
 
     def act(self, action: Action) -> None:
+        if action.target == STALL:
+            for member in self.evaluators:
+                self.act(dataclasses.replace(action, target=member.name))
+            return
         member = next(m for m in self.members if m.name == action.target)
         if action.what == "kill" and not member.running() and member is not self.trainer:
             member = next((m for m in self.evaluators if m.running()), member)  # the supervisor restarts it yet
@@ -348,6 +358,12 @@ def check_invariants(train_dir: TrainDir, reference: TrainDir) -> dict[str, str]
 
     left = [f"claims/{n}" for n in _names(train_dir.claims)] + [f"pending/{n}" for n in _names(train_dir.pending)]
     found["no claim or outcome left"] = ", ".join(left)
+    temps = [f"checkpoints/{n}" for n in temp_files(train_dir)] + [
+        str(path.relative_to(train_dir.root))
+        for path in [*train_dir.root.glob(".best-*"), *train_dir.root.glob("*/.repair-*")]
+        if path.name.endswith(".tmp") or path != train_dir.best.resolve()
+    ]
+    found["no temp file or older best/ left"] = ", ".join(temps)
 
     wrong: dict[str, list[str]] = {}  # what is wrong -> the run/tag it is wrong for
     evaluated = sorted(r["step"] for r in records if r["status"] == "ok")
