@@ -20,8 +20,8 @@ from shared.checkpoints.store import Checkpoint, list_checkpoints, remove_stale_
 from shared.config import CheckpointConfig
 from shared.config.schema import MAX_STEP
 from shared.errors import CheckpointError
-from shared.protocol.layout import TrainDir, checkpoint_name, weights_name
-from shared.protocol.ledger import Ledger
+from shared.protocol.layout import RETIRED_NOTES, TrainDir, checkpoint_name, weights_name
+from shared.protocol.ledger import Ledger, read_records
 from shared.protocol.results import EvalResult
 from shared.training import save_policy
 from shared.training.agreement import Agreement
@@ -368,8 +368,11 @@ def test_apply_retention_deletes_the_files(tmp_path: Path) -> None:
     deleted = apply_retention(train_dir.checkpoints, RetentionPolicy(2, keep_every_n_steps=200), None)
     assert deleted == [100, 300]
     assert sorted(os.listdir(train_dir.checkpoints)) == sorted(
-        [".ckpt-000000600.pt.tmp", "notes.txt", checkpoint_name(200), checkpoint_name(400), checkpoint_name(500)]
+        [".ckpt-000000600.pt.tmp", "notes.txt", RETIRED_NOTES, *map(checkpoint_name, (200, 400, 500))]
     )
+    noted = read_records(train_dir.retired)  # no evaluator yet: each retired step is noted for the one to come
+    assert [(r["step"], r["status"]) for r in noted] == [(100, "skipped"), (300, "skipped")]
+    assert "retired by train.py before any evaluator joined (checkpoint.max_to_keep=2)" in noted[0]["reason"]
 
 
 @pytest.mark.parametrize(
@@ -447,7 +450,7 @@ def test_the_saver_commits_the_weights_beside_each_checkpoint_and_retention_remo
     for step in (100, 200, 300):
         saver.save(step, {"model": model.state_dict(), "optimizer": optimizer.state_dict()})
     saver.finish(300, dict)
-    names = [checkpoint_name(s) for s in (200, 300)] + [weights_name(s) for s in (200, 300)]
+    names = [checkpoint_name(s) for s in (200, 300)] + [weights_name(s) for s in (200, 300)] + [RETIRED_NOTES]
     assert sorted(os.listdir(train_dir.checkpoints)) == sorted(names)
     weights = load(train_dir.checkpoints / weights_name(300))
     assert set(weights) == {"format_version", "step", "model"} and weights["step"] == 300

@@ -146,4 +146,4 @@ def test_folder_checkpoints_are_listed_cleaned_and_retired(tmp_path: Path) -> No
     assert [p.name for p in remove_stale_temps(folder)] == [".ckpt-000000040.tmp"]
     deleted = apply_retention(folder, RetentionPolicy(max_to_keep=1), last_evaluated=None)
     assert deleted == [10, 20]
-    assert sorted(os.listdir(folder)) == ["ckpt-000000030.pt", "ckpt-5"]
+    assert sorted(os.listdir(folder)) == ["ckpt-000000030.pt", "ckpt-5", "retired.jsonl"]  # 10, 20 noted

@@ -69,7 +69,43 @@ def test_the_cap_deletes_unevaluated_checkpoints_and_says_so(tmp_path: Path, sta
 
     evaluator = start("eval.py", "--train-dir", str(train_dir.root))
     assert evaluator.wait() == 0, evaluator.output()
-    assert [r["step"] for r in read_records(train_dir.results)] == [10, 20, 30, 90, 100]
+    records = read_records(train_dir.results)
+    assert [(r["step"], r["status"]) for r in records] == [
+        (s, "skipped" if 40 <= s <= 80 else "ok") for s in range(10, 101, 10)
+    ], "a step retired by the cap went unrecorded"
+    assert all("checkpoint.max_unevaluated=3 reached" in r["reason"] for r in records if r["status"] == "skipped")
+
+
+def test_checkpoints_retired_before_any_evaluator_joined_are_recorded_as_skipped(tmp_path: Path, start) -> None:
+    """max_to_keep=1 and a checkpoint every 5 steps, two evaluators started once training ended. Before, the
+    retired steps got no record at all: train.py now notes each before it deletes it, and the recorder turns
+    the notes into ledger lines, one per step however many evaluators there are."""
+    train_dir = TrainDir(tmp_path / "run")
+    run = [
+        *SHORT_RUN,
+        "--set",
+        "train.steps=30",
+        "--set",
+        "checkpoint.every_steps=5",
+        "--set",
+        "checkpoint.max_to_keep=1",
+    ]
+    trainer = start("train.py", "--train-dir", str(train_dir.root), *run)
+    assert trainer.wait_while_logging() == 0, trainer.output()
+    assert [c.step for c in list_checkpoints(train_dir.checkpoints)] == [30]
+    evaluators = [start("eval.py", "--train-dir", str(train_dir.root)) for _ in range(2)]
+    for evaluator in evaluators:
+        assert evaluator.wait_while_logging() == 0, evaluator.output()
+    records = read_records(train_dir.results)
+    assert [(r["step"], r["status"]) for r in records] == [(s, "skipped") for s in range(5, 30, 5)] + [(30, "ok")]
+    reason = "retired by train.py before any evaluator joined (checkpoint.max_to_keep=1): keep more"
+    assert all(reason in r["reason"] for r in records[:-1]), records[0]
+    said = "".join(e.output() for e in evaluators)
+    assert said.count("ckpt-000000005.pt: skipped, retired by train.py") == 1, said
+
+    again = start("eval.py", "--train-dir", str(train_dir.root))
+    assert again.wait_while_logging() == 0, again.output()
+    assert read_records(train_dir.results) == records, "a restart recorded a step again"
 
 
 def test_policy_latest_jumps_to_the_newest_and_records_the_rest_as_skipped(tmp_path: Path, start) -> None:

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from shared.checkpoints.store import list_checkpoints, retire
+from shared.checkpoints.store import Checkpoint, list_checkpoints, retire
 from shared.config import CheckpointConfig
-from shared.protocol.files import fsync_dir
+from shared.protocol import numbers
+from shared.protocol.claims import this_evaluator
+from shared.protocol.files import append_line, fsync_dir
+from shared.protocol.layout import RETIRED_NOTES
 from shared.protocol.results import EvalResult
 
 log = logging.getLogger(__name__)
@@ -124,11 +128,27 @@ class RetentionPolicy:
         delete = [s for s in steps if s not in kept]
         return delete, progress.unevaluated(delete)
 
+    def why_unrecorded(self, evaluator_joined: bool) -> str:
+        """The skipped record's reason for a checkpoint retired before the evaluator recorded it."""
+        if not evaluator_joined:
+            return (
+                f"retired by train.py before any evaluator joined (checkpoint.max_to_keep={self.max_to_keep}): "
+                "keep more, or start eval.py with train.py"
+            )
+        return (
+            f"retired by train.py before evaluation (checkpoint.max_unevaluated={self.max_unevaluated} reached): "
+            "raise it, or run more evaluators"
+        )
+
 
 def apply_retention(
     folder: Path, policy: RetentionPolicy, last_evaluated: int | None, results: Mapping[int, EvalResult] | None = None
 ) -> list[int]:
-    """Retire what the policy lets go, after the newest checkpoint is committed; return the retired steps."""
+    """Retire what the policy lets go, after the newest checkpoint is committed; return the retired steps.
+
+    A checkpoint the evaluator has not recorded (none has joined: no ledger; or the max_unevaluated cap) is
+    first noted in `retired.jsonl` as a skipped record, whole and fsynced, so the step is never missing
+    from the ledger without a word (shared.evaluation.coordination records it)."""
     checkpoints = list_checkpoints(folder)
     delete, unevaluated = policy.to_delete([c.step for c in checkpoints], last_evaluated, results)
     if unevaluated:
@@ -137,10 +157,14 @@ def apply_retention(
             policy.max_unevaluated,
             unevaluated,
         )
+    unrecorded = set(delete if last_evaluated is None else unevaluated)
+    reason = policy.why_unrecorded(evaluator_joined=last_evaluated is not None)
     deleted = []
     for checkpoint in checkpoints:
         if checkpoint.step in delete:
             try:
+                if checkpoint.step in unrecorded:
+                    note_retired(folder, checkpoint, reason)
                 retire(checkpoint)
                 deleted.append(checkpoint.step)
             except OSError as err:  # a retention failure never costs a checkpoint; the next save tries again
@@ -148,3 +172,11 @@ def apply_retention(
     if deleted:
         fsync_dir(folder)
     return deleted
+
+
+def note_retired(folder: Path, checkpoint: Checkpoint, reason: str) -> None:
+    """Append the skipped record of a checkpoint about to be retired unrecorded (before it goes: a crash
+    between the two leaves a note for a checkpoint still there, which the evaluator then evaluates)."""
+    file = f"{folder.name}/{checkpoint.path.name}"  # relative to the train_dir, as the ledger names files
+    record = EvalResult(checkpoint.step, file, "skipped", time.time(), reason=reason, evaluator=this_evaluator())
+    append_line(folder / RETIRED_NOTES, numbers.dumps(record.to_record(), sort_keys=True))

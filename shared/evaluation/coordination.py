@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from shared.checkpoints.source import SOURCES, CheckpointSource
@@ -50,6 +50,8 @@ class CheckpointScan:
         self.ledger = LedgerTail(train_dir.results)
         self.unrecorded: dict[int, str] = {}  # step -> name (file, or FSDP folder): listed, not in the ledger
         self._listed: dict[str, int] = {}  # name -> step of every committed checkpoint listed
+        self._notes = LedgerTail(train_dir.retired)
+        self._noted: dict[int, EvalResult] = {}  # train.py's skipped records of retired steps not in the ledger
 
     def update(self) -> None:
         self.ledger.update()
@@ -66,6 +68,17 @@ class CheckpointScan:
                 self._listed[name] = step
                 if step not in self.ledger.steps:
                     self.unrecorded[step] = name
+        # After the listing: train.py notes a checkpoint before it retires it, so one gone from the listing
+        # has its note here already.
+        self._noted.update((result.step, result) for result in self._notes.poll() or [])
+        for step in self._noted.keys() & self.ledger.steps:
+            del self._noted[step]
+
+    def retired(self) -> dict[int, EvalResult]:
+        """train.py's skipped records of the checkpoints it retired unrecorded that are gone and not in the
+        ledger (a note for one still listed is a crash between note and deletion: it is evaluated)."""
+        listed = set(self._listed.values())
+        return {step: result for step, result in self._noted.items() if step not in listed}
 
     def pending(self) -> list[Checkpoint]:
         """Unrecorded checkpoints in step order."""
@@ -107,28 +120,44 @@ class Recorder:
             self.prepare()  # now, while train.py starts, not at its first checkpoint
         return self.lock_fd is not None
 
-    def record_ready(self, unrecorded: Iterable[int], claims: Claims) -> int:
-        """Record every waiting outcome that no unfinished earlier checkpoint precedes; how many were recorded."""
+    def record_ready(self, unrecorded: Iterable[int], retired: Mapping[int, EvalResult], claims: Claims) -> int:
+        """Record every waiting outcome, and every retired step's note, that no unfinished earlier checkpoint
+        precedes; how many were recorded."""
         if not self.become_recorder():
             return 0
         assert self.ledger is not None
         remove_abandoned_temps(self.train_dir.pending, self.pending_temps, claims.timeout)
         waiting = outcome_steps(self.train_dir.pending)
+        notes = self._notes_ready(retired, waiting, claims)
         unfinished = [s for s in unrecorded if s not in waiting and s not in self.ledger]
         first_gap = min(unfinished, default=None)
         recorded = 0
-        for step in sorted(waiting):
+        for step in sorted(waiting.keys() | notes.keys()):
             if first_gap is not None and step > first_gap:
                 break  # an earlier checkpoint is still being evaluated (or waits for an evaluator)
-            if step not in self.ledger:
-                try:
-                    self._record(read_outcome(waiting[step]))
-                    recorded += 1
-                except OutcomeError as err:
-                    log.error("%s; it is removed and its checkpoint evaluated again", err)
-            waiting[step].unlink(missing_ok=True)
+            if step in waiting:
+                if step not in self.ledger:
+                    try:
+                        self._record(read_outcome(waiting[step]))
+                        recorded += 1
+                    except OutcomeError as err:
+                        log.error("%s; it is removed and its checkpoint evaluated again", err)
+                waiting[step].unlink(missing_ok=True)
+            elif step not in self.ledger:
+                log.warning("%s: skipped, %s", notes[step].file, notes[step].reason)
+                self._record(notes[step])
+                recorded += 1
             claims.release(step)
         return recorded
+
+    def _notes_ready(
+        self, retired: Mapping[int, EvalResult], waiting: Mapping[int, Path], claims: Claims
+    ) -> dict[int, EvalResult]:
+        """The retired steps to record from train.py's notes: those without an outcome and without a live
+        claim (an evaluator that loaded one before it went is still scoring it: its outcome is recorded)."""
+        candidates = {s: r for s, r in retired.items() if s not in waiting and s not in self.ledger}
+        claimed = claims.claimed_steps() if candidates else set()
+        return {s: r for s, r in candidates.items() if s not in claimed or claims.stale_reason(s)}
 
     def _record(self, result: EvalResult) -> None:
         """Points flushed first, then the ledger line: a crash between them is redone without a second point."""
@@ -191,7 +220,7 @@ class Coordinator:
     def record_ready(self) -> int:
         """Refresh the view of the train_dir; as the recorder, record what is ready. How many were recorded."""
         self.scan.update()
-        recorded = self.recorder.record_ready(self.scan.unrecorded, self.claims)
+        recorded = self.recorder.record_ready(self.scan.unrecorded, self.scan.retired(), self.claims)
         if recorded:
             self.scan.update()
         return recorded
@@ -221,8 +250,9 @@ class Coordinator:
         return True
 
     def all_recorded(self) -> bool:
-        """Every listed checkpoint is in the ledger and no outcome waits (to be recorded, by whoever records)."""
-        return not self.scan.unrecorded and not outcome_steps(self.train_dir.pending)
+        """Every listed checkpoint and every retired one train.py noted is in the ledger, and no outcome waits
+        (to be recorded, by whoever records)."""
+        return not self.scan.unrecorded and not self.scan.retired() and not outcome_steps(self.train_dir.pending)
 
     def has_recorded(self, step: int | None) -> bool:
         """`step` is in the ledger (None, a step not known, counts as recorded)."""

@@ -19,6 +19,8 @@ CHECKPOINT_TEMP_RE = re.compile(r"^\.ckpt-(\d{9})(\.pt|\.weights\.pt)?\.tmp$")
 WEIGHTS_RE = re.compile(r"^ckpt-(\d{9})\.weights\.pt$")
 METADATA = ".metadata"  # DCP's index of a sharded checkpoint, written last
 SHARDED_STATE = "state.pt"  # the plain values of a sharded checkpoint (step, schedule, data position, RNG)
+# train.py's skipped record of each checkpoint it retired before the evaluator recorded it (append-only).
+RETIRED_NOTES = "retired.jsonl"
 BEST_VERSION_RE = re.compile(r"^\.best-(\d{9})(\.tmp)?$")  # complete folders, and temps being written
 EVENTS_REPAIR_TEMP_RE = re.compile(r"^\.repair-\d+\.tmp$")  # an event file being rewritten after a restart
 
@@ -61,6 +63,11 @@ class TrainDir:
     @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
+
+    @property
+    def retired(self) -> Path:
+        """train.py's notes of checkpoints it retired unrecorded, which the recorder turns into ledger lines."""
+        return self.checkpoints / RETIRED_NOTES
 
     @property
     def train_run(self) -> Path:
