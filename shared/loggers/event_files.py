@@ -16,6 +16,7 @@ eval ledger's scalars), every point is rewritten in step order into one new file
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -93,7 +94,8 @@ class EventFile:
         try:
             write_all(self._fd, record)
         except BaseException:
-            os.ftruncate(self._fd, self._size)
+            with contextlib.suppress(OSError):  # the write's own error is the one to report
+                os.ftruncate(self._fd, self._size)
             raise
         self._size += len(record)
 
