@@ -322,7 +322,7 @@ def test_a_train_dir_renamed_under_train_py_stops_it_with_one_line_and_it_resume
     wait_while_progressing(lambda: train_dir.checkpoint(40).exists(), trainer, "the checkpoint of step 40")
     moved = train_dir.root.rename(tmp_path / "moved")
     assert trainer.wait() == 1, trainer.output()
-    # Checked at every log step and save; TensorBoard's writer thread may meet the missing file first.
+    # Checked at every log step and save.
     assert last_line(trainer).startswith(f"train.py: error: {train_dir.root}")
     assert "removed or renamed while train.py ran" in last_line(trainer)
     assert "Traceback" not in trainer.output() and not train_dir.root.exists(), "a new train_dir was made"

@@ -78,7 +78,7 @@ def os_error_text(err: OSError, prog: str) -> str:
 
 
 def _one_line_for_io_errors_in_threads(prog: str) -> None:
-    """A writer thread (TensorBoard's) that dies of an OSError logs one line, not a traceback; the main
+    """A helper thread (a claim's refresher) that dies of an OSError logs one line, not a traceback; the main
     thread meets the same error at its next write and stops with it."""
     log = logging.getLogger(prog)
 
