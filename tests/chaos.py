@@ -373,7 +373,9 @@ def check_invariants(train_dir: TrainDir, reference: TrainDir) -> dict[str, str]
                 wrong.setdefault(_diff(steps, evaluated), []).append(f"{run.name}/{tag}")
     expected = tensorboard_steps(reference.train_run)
     for tag, steps in tensorboard_steps(train_dir.train_run).items():
-        want = expected.get(tag, list(range(LOG_EVERY, STEPS + 1, LOG_EVERY)))  # eval_lag: only with a ledger
+        # eval_lag, which the uninterrupted run (no ledger) has not: at every log step from the first one logged
+        # after the ledger appeared (docs/protocol.md: no ledger, no eval_lag point)
+        want = expected.get(tag, list(range(steps[0], STEPS + 1, LOG_EVERY)))
         if tag.startswith("config/"):  # the config text is written at every start, at the step it starts from
             want = sorted(set(steps))
         if steps != want:
