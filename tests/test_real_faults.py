@@ -4,13 +4,16 @@ never a write outside the train_dir, never a traceback; what was not recorded is
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
 import shutil
 import signal
+import subprocess
 import zipfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,10 +22,11 @@ import torch
 from shared.checkpoints.store import list_checkpoints
 from shared.errors import UsageError
 from shared.protocol.claims import claim_name
-from shared.protocol.files import append_line, atomic_file, make_folder, touch, try_lock, write_atomic
+from shared.protocol.files import append_line, atomic_file, fsync_dir, make_folder, touch, try_lock, write_atomic
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import Ledger, read_records
 from shared.protocol.outcomes import outcome_name
+from shared.runtime import cli
 from tests.conftest import (
     SHORT_RUN,
     Proc,
@@ -32,6 +36,7 @@ from tests.conftest import (
     mounted_tmpfs,
     process_starter,
     scalar_points,
+    system_tool,
     wait_while_progressing,
 )
 from tests.warm_cli import WarmCli
@@ -96,6 +101,7 @@ def test_eval_on_a_full_disk_stops_with_one_line_and_the_next_run_resumes(
         evaluator = start("eval.py", "--train-dir", str(root))
         assert evaluator.wait() == 1, evaluator.output()
         assert "No space left on device" in last_line(evaluator) and last_line(evaluator).startswith("eval.py: error:")
+        assert f"{root}/" in last_line(evaluator), "the line names no file"
         assert "Traceback" not in evaluator.output()
         assert temp_files(root) == [], "a failed write left its temp file"
 
@@ -140,6 +146,57 @@ def test_a_cut_last_line_is_cut_off_before_the_next_append(tmp_path: Path) -> No
 
 
 # -- 3. Planted symlinks -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def ext4_that_fails(folder: Path) -> Iterator[Callable[[], None]]:
+    """A real ext4 (a loop device, errors=remount-ro) at `folder`, unmounted after; yields what makes it fail for
+    real: the kernel's own error path (/sys/fs/ext4/<dev>/trigger_fs_error), which remounts it read-only under
+    the files open on it, as a disk error does. Skipped, with the reason, without root or the tools."""
+    if os.geteuid() != 0:
+        pytest.skip("a loop device and mount(8) need root")
+    mkfs, losetup = system_tool("e2fsprogs", "mkfs.ext4"), system_tool("losetup")
+    image = folder.with_suffix(".img")
+    with open(image, "wb") as f:
+        f.truncate(16 << 20)
+    subprocess.run([mkfs, "-q", "-F", str(image)], check=True, capture_output=True)
+    attached = subprocess.run([losetup, "-f", "--show", str(image)], capture_output=True, text=True)
+    if attached.returncode != 0:
+        pytest.skip(f"no loop device here: {attached.stderr.strip()}")
+    device = attached.stdout.strip()
+    try:
+        folder.mkdir()
+        subprocess.run(["mount", "-o", "errors=remount-ro", device, str(folder)], check=True, capture_output=True)
+        trigger = Path("/sys/fs/ext4") / Path(device).name / "trigger_fs_error"
+        if not trigger.exists():
+            pytest.skip(f"this kernel has no {trigger}")
+        try:
+            yield lambda: trigger.write_text("1")
+        finally:
+            subprocess.run(["umount", "-l", str(folder)], check=True)
+    finally:
+        subprocess.run([losetup, "-d", device], check=True)
+        image.unlink()
+
+
+def test_an_ext4_error_under_open_files_is_one_line_naming_the_file_and_the_fix(tmp_path: Path) -> None:
+    """After a disk error the kernel remounts ext4 read-only: calls on descriptors opened before (a write, the
+    fsync of a folder after a rename) fail with an EROFS that names no file. Before, eval.py's and train.py's
+    line was then `error: Read-only file system; fix that`; now it names the file and what to do."""
+    with ext4_that_fails(tmp_path / "disk") as fail:
+        folder = tmp_path / "disk" / "eval"
+        make_folder(folder)
+        append_line(folder / "results.jsonl", '{"step": 1}')
+        fail()
+        with pytest.raises(OSError) as raised:
+            fsync_dir(folder)  # what follows every rename into place
+        assert raised.value.errno == errno.EROFS and raised.value.filename == str(folder), raised.value
+        line = f"{cli.os_error_text(raised.value, 'eval.py')}; {cli.os_error_fix(raised.value)}"
+        assert line.startswith(f"{folder}: Read-only file system; its file system is read-only"), line
+        assert "disk error: see dmesg); remount it read-write" in line, line
+        with pytest.raises(OSError) as raised:
+            append_line(folder / "results.jsonl", '{"step": 2}')
+        assert raised.value.filename == str(folder / "results.jsonl"), raised.value
 
 
 @pytest.fixture

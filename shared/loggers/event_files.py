@@ -31,7 +31,7 @@ from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 
 from shared.errors import UsageError
-from shared.protocol.files import atomic_file, fsync_dir, open_nofollow, read_file, write_all
+from shared.protocol.files import atomic_file, fsync_dir, naming, open_nofollow, read_file, write_all
 from shared.protocol.layout import EVENTS_REPAIR_TEMP_RE, is_event_file
 
 log = logging.getLogger(__name__)
@@ -91,16 +91,18 @@ class EventFile:
         """Append one record; one that fails part way (a full disk) is cut off again, so the file stays
         whole and the next record is never glued onto a cut one."""
         record = frame(event)
-        try:
-            write_all(self._fd, record)
-        except BaseException:
-            with contextlib.suppress(OSError):  # the write's own error is the one to report
-                os.ftruncate(self._fd, self._size)
-            raise
+        with naming(self.path):
+            try:
+                write_all(self._fd, record)
+            except BaseException:
+                with contextlib.suppress(OSError):  # the write's own error is the one to report
+                    os.ftruncate(self._fd, self._size)
+                raise
         self._size += len(record)
 
     def flush(self) -> None:
-        os.fsync(self._fd)
+        with naming(self.path):
+            os.fsync(self._fd)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -32,11 +32,25 @@ class NotAFile(UsageError):
     """A path where a file is read that is not a regular file (a FIFO, a device) or is too big to be one of ours."""
 
 
+@contextlib.contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """An OSError of a call on a descriptor (write, fsync, ftruncate) names no file; raised in this block, it
+    names `path`, so its one line says which file (an ext4 error remounts the disk read-only under open files:
+    EROFS from a write, or from the fsync after a rename)."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None or err.errno is None:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from None
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename or unlink in `path` durable (the rename itself is atomic but lives in the folder)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        with naming(path):
+            os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -171,7 +185,7 @@ def atomic_file(path: Path, temp: Path | None = None, durable: bool = True) -> I
     """
     temp = temp or path.with_name(f".{path.name}.tmp")
     try:
-        with open(create_temp(temp), "wb") as f:
+        with naming(temp), open(create_temp(temp), "wb") as f:
             yield f
             f.flush()
             if durable:
@@ -190,8 +204,9 @@ def write_synced(path: Path, data: bytes) -> None:
     into place whole, or as the temp that create_once links into place."""
     fd = create_temp(path)
     try:
-        write_all(fd, data)
-        os.fsync(fd)
+        with naming(path):
+            write_all(fd, data)
+            os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -235,8 +250,9 @@ def _create_in_place(path: Path, data: bytes) -> bool:
     except FileExistsError:
         return False
     try:
-        write_all(fd, data)
-        os.fsync(fd)
+        with naming(path):
+            write_all(fd, data)
+            os.fsync(fd)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -253,14 +269,15 @@ def append_line(path: Path, line: str) -> None:
     """
     fd = open_nofollow(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
     try:
-        start = _repair_last_line(fd, path)
-        try:
-            write_all(fd, (line.rstrip("\n") + "\n").encode())
-            os.fsync(fd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, start)
-            raise
+        with naming(path):
+            start = _repair_last_line(fd, path)
+            try:
+                write_all(fd, (line.rstrip("\n") + "\n").encode())
+                os.fsync(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+                raise
     finally:
         os.close(fd)
 
@@ -272,7 +289,8 @@ def repair_last_line(path: Path) -> None:
     except FileNotFoundError:
         return
     try:
-        _repair_last_line(fd, path)
+        with naming(path):
+            _repair_last_line(fd, path)
     finally:
         os.close(fd)
 

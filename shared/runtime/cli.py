@@ -4,6 +4,7 @@ input into one clear line and exit code 2 instead of a traceback."""
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import math
 import os
@@ -77,6 +78,20 @@ def os_error_text(err: OSError, prog: str) -> str:
     return f"{name}: {err.strerror or err}" if name else str(err.strerror or err)
 
 
+def os_error_fix(err: OSError) -> str:
+    """What to do about an OSError that stopped a run, by its errno: the second half of its one line."""
+    if err.errno == errno.EROFS:
+        return (
+            "its file system is read-only (mounted so, or remounted read-only after a disk error: see dmesg); "
+            "remount it read-write"
+        )
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free space on that disk"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return "give this user write access there"
+    return "fix that"
+
+
 def _one_line_for_io_errors_in_threads(prog: str) -> None:
     """A helper thread (a claim's refresher) that dies of an OSError logs one line, not a traceback; the main
     thread meets the same error at its next write and stops with it."""
@@ -111,9 +126,8 @@ def run(prog: str, main: Callable[[list[str]], int], argv: list[str] | None = No
         print(f"{prog}: error: {err}", file=sys.stderr)
         code = EXIT_USAGE if isinstance(err, UsageError) else EXIT_ABORTED
     except OSError as err:
-        print(
-            f"{prog}: error: {os_error_text(err, prog)}; fix that, then run the same command to resume", file=sys.stderr
-        )
+        line = f"{os_error_text(err, prog)}; {os_error_fix(err)}, then run the same command to resume"
+        print(f"{prog}: error: {line}", file=sys.stderr)
         code = EXIT_ABORTED
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
