@@ -275,9 +275,8 @@ def follow_checkpoints(
         if finished is not None and shared.all_recorded() and shared.has_recorded(finished.step):
             # One that did nothing may have started next to a train.py that trains on before it removed the marker.
             again = "" if worked else "; nothing was left to do: if train.py is to train on, start eval.py once it has"
-            log.info(
-                "training finished and every checkpoint is evaluated (finished.json: step %s)%s", finished.step, again
-            )
+            done = "training finished and every checkpoint is evaluated"
+            log.info("finished.json names step %s: %s%s", finished.step, done, again)
             mark_run(config, train_dir, "FINISHED")  # the run's last point is in: MLflow's run ends here
             return 0
         idle = time.monotonic() - idle_since

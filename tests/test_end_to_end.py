@@ -186,7 +186,7 @@ def test_training_a_finished_run_on_is_evaluated_to_its_new_end(tmp_path: Path, 
     assert [r["step"] for r in read_records(train_dir.results)] == [40, 80]
     evaluator = start("eval.py", "--train-dir", str(train_dir.root))
     assert evaluator.wait_while_logging() == 0, evaluator.output()
-    assert "(finished.json: step 80); nothing was left to do: if train.py is to train on" in evaluator.output()
+    assert "step 80: training finished and every checkpoint is evaluated; nothing was left to do" in evaluator.output()
 
     wall_time = json.loads(train_dir.finished.read_text())["wall_time"]
     evaluator = start("eval.py", "--train-dir", str(train_dir.root), "--after-finished", repr(wall_time))
@@ -197,7 +197,7 @@ def test_training_a_finished_run_on_is_evaluated_to_its_new_end(tmp_path: Path, 
     assert trainer.wait_while_logging() == 0, trainer.output()
     assert "removed finished.json (step 80): training goes on to step 160" in trainer.output()
     assert evaluator.wait_while_logging() == 0, evaluator.output()
-    assert "(finished.json: step 160)" in evaluator.output()
+    assert "finished.json names step 160: training finished" in evaluator.output()
     assert [r["step"] for r in assert_one_point_per_evaluated_step(train_dir)] == [40, 80, 100, 120, 140, 160]
 
 

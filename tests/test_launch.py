@@ -121,7 +121,7 @@ def test_training_a_finished_run_on_evaluates_every_new_checkpoint(tmp_path: Pat
     assert launcher.wait_while_logging() == 0, launcher.output()
     output = launcher.output()
     assert re.search(r"started eval \(pid \d+\): .* --after-finished \d", output), output
-    assert "training finished and every checkpoint is evaluated (finished.json: step 160)" in output
+    assert "finished.json names step 160: training finished and every checkpoint is evaluated" in output
     assert [r["step"] for r in read_records(train_dir.results)] == [40, 80, 100, 120, 140, 160]
 
 
