@@ -10,7 +10,6 @@ evaluator holds a claim it is still evaluating, and the outcome says where each 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -37,7 +36,9 @@ from tests.test_evaluators import claim_held_by
 STEPS, EVERY, LOG_EVERY = 400, 10, 5
 # A small digits model whose 40 checkpoints come faster than three evaluators score them (batches of 4), so
 # the evaluators are behind and busy while the trainer runs; retention keeps 3, and 10 the ledger has not
-# reached yet, so it deletes checkpoints under the evaluators throughout, and past them when they stall.
+# reached yet, so it deletes checkpoints under the evaluators throughout, and past them when they fall 13
+# behind, where the trainer waits (max_eval_lag): on a fast machine it would otherwise finish before the
+# schedule's kills came.
 TRAIN = [
     *SHORT_RUN,
     "--set", "model.channels=4",
@@ -47,6 +48,7 @@ TRAIN = [
     "--set", f"checkpoint.every_steps={EVERY}",
     "--set", "checkpoint.max_to_keep=3",
     "--set", "checkpoint.max_unevaluated=10",
+    "--set", "train.max_eval_lag=12",
     "--set", f"log.every_steps={LOG_EVERY}",
 ]  # fmt: skip
 # A short claim timeout, so that a SIGSTOP longer than it gets the stopped evaluator's claim taken over (and
@@ -260,12 +262,12 @@ class Round:
             return self.trainer.done or newest_step(self.train_dir) >= action.at
         return self.records() >= action.at
 
-    def act(self, action: Action) -> None:
-        if action.target == STALL:
-            for member in self.evaluators:
-                self.act(dataclasses.replace(action, target=member.name))
+    def act(self, action: Action, member: Member | None = None) -> None:
+        if action.target == STALL and member is None:
+            for evaluator in self.evaluators:
+                self.act(action, evaluator)
             return
-        member = next(m for m in self.members if m.name == action.target)
+        member = member or next(m for m in self.members if m.name == action.target)
         if action.what == "kill" and not member.running() and member is not self.trainer:
             member = next((m for m in self.evaluators if m.running()), member)  # the supervisor restarts it yet
         if not member.running() or (member.stopped_until is not None and action.what == "stop"):
