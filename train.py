@@ -30,7 +30,7 @@ from shared.errors import CheckpointError, UsageError
 from shared.loggers import dashboards
 from shared.loggers.backends import check_backends, mark_run, open_run, running
 from shared.loggers.base import Logger
-from shared.protocol.files import exclusive_lock, refuse_linked_folders
+from shared.protocol.files import exclusive_lock, refuse_linked_folders, write_atomic
 from shared.protocol.finished import mark_finished, retract_finished
 from shared.protocol.layout import TrainDir
 from shared.protocol.presence import FolderGuard
@@ -307,12 +307,14 @@ def main(argv: list[str]) -> int:
             resume(state, train_dir)
             group.barrier()  # every rank read config.yaml and its checkpoint before rank 0 rewrites anything
             if group.is_main:
+                saved = cfg.to_yaml(config).encode()  # first: nothing slow between the check and the write
                 folders.check()
                 if (marker := retract_finished(train_dir)) is not None:  # no new checkpoint beside it, ever
                     log.info(
                         "removed finished.json (step %s): training goes on to step %d", marker.step, config.train.steps
                     )
-                cfg.save(config, train_dir.config)
+                folders.check()
+                write_atomic(train_dir.config, saved)
             train(config, task, state, train_dir, device, folders)
     return 0
 
@@ -339,7 +341,11 @@ def owning(train_dir: TrainDir, group: Distributed, folders: FolderGuard) -> Ite
     with exclusive_lock(train_dir.lock, f"another train.py is already training in {train_dir.root}") as fd:
         log.info("training in %s (pid %d holds %s)", train_dir.root, os.getpid(), train_dir.lock.name)
         folders.hold_lock(train_dir.lock, fd)  # checked before anything is written or removed
-        yield
+        try:
+            yield
+        except OSError:
+            folders.check()  # a folder removed or made anew under the run is why a write failed: say that
+            raise
 
 
 if __name__ == "__main__":
