@@ -5,12 +5,12 @@ the same checkpoint; and what each way of loading the weights costs.
     python -m bench.eval_cost --config configs/synthetic.yaml --set data.eval_examples=1000 --set eval.batch_size=256
     python -m bench.eval_cost --smoke         # a tiny synthetic model: seconds, so the script never rots
 
-The daemon's own code runs on checkpoints shaped like train.py's (weights and AdamW state), one after
-another as a daemon meets them: eval.py's `evaluate` (load, evaluate every split, the best/ export),
-the outcome file, and the recorder's turn (read the outcome, TensorBoard points, the ledger line). best/
-is cleared before each checkpoint, so every one is exported: the worst case. cProfile gives each part's
-share; the totals are timed again without the profiler. "Bare" is `Evaluator.evaluate` on the
-loaded weights, what an in-process validation costs.
+The daemon's own code runs on checkpoints shaped like train.py's (weights and AdamW state), one after another
+as a daemon meets them: eval.py's `evaluate_checkpoint` (load, evaluate every split) and its after-evaluation
+actions (the best/ export, the outcome file), and the recorder's turn (read the outcome, TensorBoard points,
+the ledger line). best/ is cleared before each checkpoint, so every one is exported: the worst case. cProfile
+gives each part's share; the totals are timed again without the profiler. "Bare" is `Evaluator.evaluate` on
+the loaded weights, what an in-process validation costs.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from bench.eval_speed import write_checkpoint
 from shared import config as cfg
 from shared.checkpoints.format import load, load_weights, restore_model
 from shared.checkpoints.store import Checkpoint
+from shared.evaluation import actions
 from shared.evaluation.coordination import Coordinator, join_as_evaluator
 from shared.evaluation.evaluator import Evaluator
 from shared.protocol.layout import BEST_VERSION_RE, TrainDir
-from shared.protocol.outcomes import write_outcome
 from shared.tasks.loading import load_config
 
 SMOKE = ["model.width=8", "model.blocks_per_stage=[1, 1]", "data.train_examples=64", "data.eval_examples=64"]
@@ -77,13 +77,14 @@ def daemon_turns(train_dir: TrainDir, config: cfg.Config, steps: list[int]) -> t
         train_dir, config, eval_py.write_summaries, {s: train_dir.split_run(s) for s in evaluator.splits}
     )
     shared.record_ready()  # elected recorder, writers open: what the daemon has done before its first checkpoint
+    after = eval_py.after_evaluation(train_dir, evaluator, config)
     times: list[float] = []
 
     def turn(step: int) -> None:
         clear_best(train_dir)
         started = time.perf_counter()
         checkpoint = Checkpoint(step, train_dir.checkpoint(step))
-        write_outcome(train_dir.pending, eval_py.evaluate(checkpoint, evaluator, train_dir, config))
+        actions.run(after, eval_py.evaluate_checkpoint(checkpoint, evaluator, train_dir))
         shared.record_ready()
         times.append(time.perf_counter() - started)
 

@@ -142,12 +142,16 @@ class Recorder:
                         recorded += 1
                     except OutcomeError as err:
                         log.error("%s; it is removed and its checkpoint evaluated again", err)
+                # The claim goes before the outcome: a recorder killed between the two leaves an outcome of a
+                # recorded step, which the next one removes, never a claim no one would release.
+                claims.release(step)
                 waiting[step].unlink(missing_ok=True)
-            elif step not in self.ledger:
-                log.warning("%s: skipped, %s", notes[step].file, notes[step].reason)
-                self._record(notes[step])
-                recorded += 1
-            claims.release(step)
+            else:
+                if step not in self.ledger:
+                    log.warning("%s: skipped, %s", notes[step].file, notes[step].reason)
+                    self._record(notes[step])
+                    recorded += 1
+                claims.release(step)
         return recorded
 
     def _notes_ready(
