@@ -115,6 +115,33 @@ def test_racing_takeovers_of_one_stale_claim_have_one_winner(tmp_path: Path) -> 
     assert not [name for name in os.listdir(tmp_path) if name.endswith(".old")], "a takeover left its tomb"
 
 
+def test_what_an_evaluator_killed_mid_claim_left_is_removed_and_nothing_else(tmp_path: Path) -> None:
+    """A real evaluator process writes its claim's temp and is SIGKILLed before linking it into place (chaos
+    seed 25 left such a temp); a taker's tomb stays only while the claim it is named after is there."""
+    code = (
+        "import json, os, signal; from dataclasses import asdict; from pathlib import Path; "
+        "from shared.protocol.claims import ClaimInfo, Claims; from shared.protocol.files import write_synced; "
+        f"claims = Claims(Path({str(tmp_path)!r}), 9); path = claims.path(60); "
+        "info = ClaimInfo(claims.host, os.getpid(), 0.0, claims.evaluator, claims.pid_namespace); "
+        "write_synced(path.with_name(f'.{path.name}.{info.token}.tmp'), json.dumps(asdict(info)).encode()); "
+        "os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    killed = subprocess.run([sys.executable, "-c", code], cwd=ROOT)
+    assert killed.returncode == -9
+    claims = Claims(tmp_path, TIMEOUT, "recorder")
+    assert claims.try_claim(61)  # a live claim, and a tomb naming it: a taker may be at work on it
+    live_tomb = f".ckpt-000000061.claim.{ClaimInfo.read(claims.path(61)).token}.old"
+    left = [".ckpt-000000062.claim." + "0" * 32 + ".old", live_tomb]  # the first one's claim is gone
+    for name in left:
+        (tmp_path / name).touch()
+    own_temp = tmp_path / f".ckpt-000000063.claim.{'1' * 32}.tmp"  # being linked by this (live) process
+    own_temp.write_text(json.dumps(ClaimInfo(claims.host, os.getpid(), 0.0, "recorder", claims.pid_namespace).__dict__))
+    assert len(os.listdir(tmp_path)) == 5
+
+    claims.remove_abandoned()
+    assert sorted(os.listdir(tmp_path)) == sorted([live_tomb, own_temp.name, "ckpt-000000061.claim"])
+
+
 def test_a_claim_kept_fresh_is_never_stale(tmp_path: Path) -> None:
     """While its owner works, the claim's mtime keeps moving: another evaluator watching it through 12
     refreshes (3x the timeout; counted, so a slow machine only makes the watch longer) never finds it stale."""

@@ -127,6 +127,7 @@ class Recorder:
             return 0
         assert self.ledger is not None
         remove_abandoned_temps(self.train_dir.pending, self.pending_temps, claims.timeout)
+        claims.remove_abandoned()
         waiting = outcome_steps(self.train_dir.pending)
         notes = self._notes_ready(retired, waiting, claims)
         unfinished = [s for s in unrecorded if s not in waiting and s not in self.ledger]

@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -40,6 +41,12 @@ from shared.protocol.files import (
 )
 
 log = logging.getLogger(__name__)
+
+
+# What an evaluator killed mid-claim leaves beside the claims: a claim's temp (killed before linking it into
+# place) and a takeover's marker (killed before removing it), each named after its claim.
+CLAIM_TEMP_RE = re.compile(r"^\.(ckpt-\d{9}\.claim)\.[0-9a-f]{32}\.tmp$")
+TOMB_RE = re.compile(r"^\.(ckpt-\d{9}\.claim)\.([0-9a-f]{32}|\d+-\d+)\.old$")
 
 
 def claim_name(step: int) -> str:
@@ -153,6 +160,23 @@ class Claims:
         """Remove the claim (done: recorded; or given up without a result, so another may take it at once)."""
         with contextlib.suppress(FileNotFoundError):
             self.path(step).unlink()
+
+    def remove_abandoned(self) -> None:
+        """Remove what killed evaluators left: a claim's temp once its writer is judged gone (as a claim
+        is: a dead pid here, else silence for the timeout), and a takeover's marker once the claim it is
+        named after is gone or replaced, since no taker can win with it then."""
+        for name in os.listdir(self.folder):
+            path = self.folder / name
+            if CLAIM_TEMP_RE.match(name):
+                seen = _Seen.look(path)
+                abandoned = seen is not None and self._stale(seen) is not None
+            elif tomb := TOMB_RE.match(name):
+                claim = _Seen.look(self.folder / tomb[1])
+                abandoned = claim is None or claim.name() != tomb[2]
+            else:
+                continue
+            if abandoned:
+                path.unlink(missing_ok=True)
 
     def stale_reason(self, step: int) -> str | None:
         """Why the claim on `step` is stale, or None while its owner is working (or it is gone)."""
