@@ -298,7 +298,9 @@ class Round:
         """While it evaluates a checkpoint it claimed when aimed, or until one kill landed there; else at a
         random moment (starting up, loading, recording, idle)."""
         held: list[int] = []
-        if action.aimed or not self.tally.kills["evaluator mid-evaluation"]:
+        # Until one landed there, no pause after the claim is seen: a quiet machine evaluates digits within it.
+        first = not self.tally.kills["evaluator mid-evaluation"]
+        if action.aimed or first:
             give_up = self.records() + 3  # it may not be getting any work
 
             def evaluating() -> bool:
@@ -307,7 +309,8 @@ class Round:
                 return bool(held) or not member.running() or self.records() >= give_up
 
             self.wait_for(evaluating, f"{member.name} to claim a checkpoint", 0.002)
-        self.pause(action.moment)
+        if not first:
+            self.pause(action.moment)
         still = held and held[0] not in outcome_steps(self.train_dir.pending)
         landed = "mid-evaluation" if still and claim_held_by(self.train_dir, member.proc) == held[0] else "elsewhere"
         self.kill(member, f"evaluator {landed}", action.restart_after)
