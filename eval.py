@@ -11,6 +11,11 @@ Ad hoc it evaluates one checkpoint and prints the metrics (`--json` for one JSON
 
     python eval.py --train-dir runs/digits --checkpoint latest|best|STEP|PATH
 
+With --status it prints, per evaluation suite, the steps evaluated ok, failed, skipped and pending, the lag
+behind training and the best so far, reading only (`--json` for one JSON object):
+
+    python eval.py --train-dir runs/digits --status
+
 With --summarize it prints the mean and standard deviation of each metric over train_dirs (folds):
 
     python eval.py --summarize runs/exp        # launch.py --folds' folder, or runs/exp/fold-*
@@ -35,7 +40,7 @@ from shared import config as cfg
 from shared.checkpoints.source import SOURCES
 from shared.checkpoints.store import Checkpoint
 from shared.errors import CheckpointError, UsageError
-from shared.evaluation import actions, crossval, export
+from shared.evaluation import actions, crossval, export, status
 from shared.evaluation.actions.export_best import ExportBest
 from shared.evaluation.actions.log_metrics import log_metrics
 from shared.evaluation.actions.write_outcome import WriteOutcome
@@ -80,7 +85,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="PATH|STEP|latest|best",
         help="evaluate this one checkpoint (STEP: that step's in checkpoints/; best: the best/ export), exit",
     )
-    parser.add_argument("--json", action="store_true", help="ad hoc: print one JSON object instead of a table")
+    parser.add_argument(
+        "--status",
+        action="store_true",
+        help="print each suite's ok, failed, skipped and pending steps, its lag and best so far (reads only), exit",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="ad hoc, --status, --summarize: print one JSON object instead of a table"
+    )
     parser.add_argument("--write-summary", action="store_true", help="ad hoc: also write to the eval_adhoc run")
     parser.add_argument(
         "--summarize", nargs="+", type=Path, metavar="DIR", help="mean and std of each metric over these train_dirs"
@@ -88,10 +100,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.train_dir and not args.summarize:
         parser.error("the following arguments are required: --train-dir (or --summarize DIR ...)")
-    if args.summarize and (args.train_dir or args.checkpoint):
-        parser.error("--summarize reads its own train_dirs; leave out --train-dir and --checkpoint")
-    if not (args.checkpoint or args.summarize) and args.json:
-        parser.error("--json goes with --checkpoint or --summarize")
+    if args.summarize and (args.train_dir or args.checkpoint or args.status):
+        parser.error("--summarize reads its own train_dirs; leave out --train-dir, --checkpoint and --status")
+    if args.status and args.checkpoint:
+        parser.error("--status reads what was evaluated; leave out --checkpoint")
+    if not (args.checkpoint or args.summarize or args.status) and args.json:
+        parser.error("--json goes with --checkpoint, --status or --summarize")
     if not args.checkpoint and args.write_summary:
         parser.error("--write-summary goes with --checkpoint")
     return args
@@ -363,9 +377,11 @@ def main(argv: list[str]) -> int:
     train_dir = TrainDir(Path(args.train_dir))
     device = devices.resolve(args.device)
     devices.use_fast_math(device, autotune=False)
+    if (args.checkpoint or args.status) and not train_dir.root.is_dir():
+        raise UsageError(f"--train-dir {train_dir.root} does not exist; check the path")
+    if args.status:
+        return status.show(train_dir, read_config(args, train_dir), args.json)
     if args.checkpoint:
-        if not train_dir.root.is_dir():
-            raise UsageError(f"--train-dir {train_dir.root} does not exist; check the path")
         return run_adhoc(args, train_dir, device)
     return run_daemon(args, train_dir, device)
 

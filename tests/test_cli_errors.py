@@ -44,6 +44,9 @@ CASES = [
     ("eval.py", "--train-dir {tmp}/run --threads 0", "--threads '0': give a whole number >= 1, or share"),
     ("train.py", "--train-dir {tmp}/t10 --config configs/digits.yaml --threads many", "--threads 'many'"),
     ("eval.py", "--summarize {tmp}/empty", "not a train_dir"),
+    ("eval.py", "--train-dir {tmp}/empty --status --json", "not a train_dir (no config.yaml); point --train"),
+    ("eval.py", "--train-dir {tmp}/missing --status", "does not exist"),
+    ("eval.py", "--train-dir {tmp}/run --status --checkpoint 100", "--status reads what was evaluated; leave out"),
     ("eval.py", "--summarize {tmp}/run", "no evaluated checkpoint"),
     ("train.py", "--train-dir {tmp}/t10 --config configs/digits.yaml --set task=tests.custom_task:Nope", "no Nope in"),
     (

@@ -1,0 +1,187 @@
+"""The status view, `eval.py --train-dir D --status [--json]`: each step once, as ok, failed, skipped or pending,
+the lag behind training and the best so far; it reads only, before any evaluator ran, on a read-only train_dir
+and while train.py writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from shared.evaluation.status import Status, read_status, steps_text, suites_of
+from shared.protocol.claims import Claims
+from shared.protocol.layout import TrainDir, weights_name
+from shared.protocol.ledger import read_records
+from shared.protocol.outcomes import write_outcome
+from shared.protocol.results import EvalResult, SplitResult
+from shared.tasks.loading import load_config
+from tests.conftest import SHORT_RUN, Proc, process_starter, wait_while_progressing
+from tests.test_odd_paths import file_modes_apply, without_file_overrides
+from tests.warm_cli import WarmCli
+
+pytestmark = pytest.mark.slow
+
+# A checkpoint every 10 steps; no evaluator while the first 40 steps train, so max_to_keep=2 retires 10 and 20
+# unrecorded (train.py's notes make them skipped).
+TRAIN = [*SHORT_RUN, "--set", "checkpoint.every_steps=10", "--set", "checkpoint.max_to_keep=2", "--device", "cpu"]
+GUARD = 300  # a hang guard for runs of seconds
+
+
+@dataclass(frozen=True)
+class Runs:
+    train_dir: TrainDir  # 10, 20 skipped, 30 failed, 40 ok, 50 evaluated not recorded, 60 being evaluated
+    never_evaluated: TrainDir  # checkpoints 30 and 40, 10 and 20 retired; no evaluator ever ran
+    seen_while_training: list[Status]  # read again and again while train.py trained from 40 to 60
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, warm_scripts: WarmCli) -> Runs:
+    folder = tmp_path_factory.mktemp("status")
+    train_dir, never = TrainDir(folder / "run"), TrainDir(folder / "never-evaluated")
+    root = str(train_dir.root)
+    with process_starter(folder, warm_scripts) as start:
+        first = start("train.py", "--train-dir", root, *TRAIN, "--set", "train.steps=40")
+        assert first.wait() == 0, first.output()
+        shutil.copytree(train_dir.root, never.root, symlinks=True)
+        for path in (train_dir.checkpoint(30), train_dir.checkpoints / weights_name(30)):
+            os.truncate(path, path.stat().st_size // 2)  # a real corrupt checkpoint: step 30 fails
+        evaluator = start("eval.py", "--train-dir", root)
+        assert evaluator.wait() == 0, evaluator.output()
+        second = start("train.py", "--train-dir", root, "--set", "train.steps=60", "--set", "checkpoint.max_to_keep=3")
+        seen = statuses_until_exit(train_dir, second)
+    # An evaluator (this process) claims 50 and 60, and has evaluated 50: its outcome waits to be recorded.
+    claims = Claims(train_dir.claims, timeout=60)
+    assert claims.try_claim(50) and claims.try_claim(60)
+    scores = {"val": SplitResult({"accuracy": 0.5, "loss": 1.0})}
+    write_outcome(train_dir.pending, EvalResult(50, "checkpoints/ckpt-000000050.pt", "ok", splits=scores))
+    return Runs(train_dir, never, seen)
+
+
+def statuses_until_exit(train_dir: TrainDir, trainer: Proc) -> list[Status]:
+    """The status, read as often as it takes to read it, until the trainer exits (0)."""
+    suites, seen = suites_of(train_dir, load_config(train_dir.config)), []
+
+    def exited() -> bool:
+        seen.append(read_status(train_dir, suites))
+        return trainer.popen.poll() is not None
+
+    wait_while_progressing(exited, trainer, "train.py to train to step 60")
+    assert trainer.wait() == 0, trainer.output()
+    return seen
+
+
+def run_status(start: Callable[..., Proc], train_dir: TrainDir, *args: str, **how: object) -> str:
+    proc = start("eval.py", "--train-dir", str(train_dir.root), "--status", *args, **how)
+    assert proc.wait(GUARD) == 0, proc.output()
+    return proc.output()
+
+
+def test_the_status_shows_each_step_once_with_the_lag_and_the_best(runs: Runs, start: Callable[..., Proc]) -> None:
+    train_dir = runs.train_dir
+    best = next(r for r in read_records(train_dir.results) if r["step"] == 40)["metrics"]["accuracy"]
+    mtimes = {step: train_dir.checkpoint(step).stat().st_mtime for step in (40, 60)}
+    lag_seconds = round(mtimes[60] - mtimes[40], 1)
+    schedule = "every checkpoint, eval.policy all"
+    assert json.loads(run_status(start, train_dir, "--json")) == {
+        "train_dir": str(train_dir.root),
+        "finished": {"step": 60},
+        "newest_checkpoint": 60,
+        "suites": {
+            "eval": {
+                "schedule": schedule,
+                "ok": [40],
+                "failed": [30],
+                "skipped": [10, 20],
+                "pending": [50, 60],
+                "claimed": [60],
+                "evaluated": [50],
+                "newest_checkpoint": 60,
+                "newest_recorded": 40,
+                "lag": {"steps": 20, "seconds": lag_seconds},
+                "best": {"metric": "accuracy", "step": 40, "value": best},
+            }
+        },
+    }
+    assert run_status(start, train_dir).splitlines() == [
+        f"{train_dir.root}: newest checkpoint 60; training finished at step 60",
+        "",
+        f"eval ({schedule})",
+        "  ok           1  40",
+        "  failed       1  30",
+        "  skipped      2  10, 20",
+        "  pending      2  50, 60 (being evaluated: 60; evaluated, not yet recorded: 50)",
+        f"  lag      20 steps (recorded up to 40; 60 committed {lag_seconds:.1f} s after it)",
+        f"  best     accuracy {best:.4f} at step 40",
+    ]
+
+
+def tree(folder: Path) -> dict[str, tuple[int, int, str]]:
+    """Every path under `folder`: its mode, mtime and content (a folder's: its names), hashed."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        info = path.lstat()
+        content = str(sorted(os.listdir(path))).encode() if path.is_dir() else path.read_bytes()
+        found[str(path.relative_to(folder))] = (info.st_mode, info.st_mtime_ns, hashlib.sha256(content).hexdigest())
+    return found
+
+
+def test_the_status_reads_a_read_only_train_dir_and_changes_nothing(
+    runs: Runs, tmp_path: Path, start: Callable[..., Proc]
+) -> None:
+    """Real file modes (chmod a-w, enforced on a root without its override capabilities): a write would fail."""
+    file_modes_apply(tmp_path / "probe")
+    expected, root = run_status(start, runs.train_dir), runs.train_dir.root
+    before = tree(root)
+    modes = {path: path.lstat().st_mode for path in (root, *root.rglob("*")) if not path.is_symlink()}
+    for path, mode in modes.items():
+        path.chmod(mode & ~0o222)
+    try:
+        output = run_status(start, runs.train_dir, preexec_fn=without_file_overrides)
+    finally:
+        for path, mode in reversed(modes.items()):
+            path.chmod(mode)
+    assert output == expected
+    assert tree(root) == before, "it wrote into the train_dir"
+
+
+def test_before_any_evaluator_every_committed_checkpoint_is_pending(runs: Runs, start: Callable[..., Proc]) -> None:
+    never = runs.never_evaluated
+    before = tree(never.root)
+    status = json.loads(run_status(start, never, "--json"))["suites"]["eval"]
+    assert {key: status[key] for key in ("ok", "failed", "skipped", "pending", "lag", "best")} == {
+        "ok": [],
+        "failed": [],
+        "skipped": [10, 20],  # retired by train.py: the first evaluator records them as skipped
+        "pending": [30, 40],
+        "lag": {"steps": None, "seconds": None},
+        "best": None,
+    }
+    assert "  lag      nothing recorded yet; newest checkpoint 40" in run_status(start, never).splitlines()
+    assert tree(never.root) == before and not never.eval_run.exists()
+
+
+def test_the_status_read_while_train_py_writes_never_loses_a_step(runs: Runs) -> None:
+    """Each reading holds each step once, and every step a reading showed is in every later one: recorded steps
+    as they were, checkpoints committed since as pending."""
+    assert len(runs.seen_while_training) > 1
+    shown: dict[int, str] = {}
+    for status in runs.seen_while_training:
+        (suite,) = status.suites
+        now = {step: name for name in ("ok", "failed", "skipped", "pending") for step in getattr(suite, name)}
+        assert sum(len(getattr(suite, name)) for name in ("ok", "failed", "skipped", "pending")) == len(now)
+        assert shown.keys() <= now.keys() and {s: now[s] for s in shown} == shown, (shown, now)
+        shown = now
+    assert shown == {10: "skipped", 20: "skipped", 30: "failed", 40: "ok", 50: "pending", 60: "pending"}
+
+
+def test_steps_text_keeps_long_lists_short() -> None:
+    assert steps_text([]) == "none"
+    assert steps_text([10, 20]) == "10, 20"
+    assert steps_text([10, 20, 30, 40, 70, 75, 90]) == "10-40 every 10, 70, 75, 90"
+    assert steps_text([5, 10, 15, 100, 200, 300]) == "5-15 every 5, 100-300 every 100"
