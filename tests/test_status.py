@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.evaluation.status import Status, read_status, steps_text, suites_of
+from shared.evaluation.status import Status, read_status, steps_text, suites_of, table
 from shared.protocol.claims import Claims
 from shared.protocol.layout import TrainDir, weights_name
 from shared.protocol.ledger import read_records
@@ -82,6 +82,11 @@ def run_status(start: Callable[..., Proc], train_dir: TrainDir, *args: str, **ho
     return proc.output()
 
 
+def table_made_here(train_dir: TrainDir) -> str:
+    """The table `eval.py --status` prints, made in this process (no start-up to pay)."""
+    return table(read_status(train_dir, suites_of(train_dir, load_config(train_dir.config))))
+
+
 def test_the_status_shows_each_step_once_with_the_lag_and_the_best(runs: Runs, start: Callable[..., Proc]) -> None:
     train_dir = runs.train_dir
     best = next(r for r in read_records(train_dir.results) if r["step"] == 40)["metrics"]["accuracy"]
@@ -136,7 +141,8 @@ def test_the_status_reads_a_read_only_train_dir_and_changes_nothing(
 ) -> None:
     """Real file modes (chmod a-w, enforced on a root without its override capabilities): a write would fail."""
     file_modes_apply(tmp_path / "probe")
-    expected, root = run_status(start, runs.train_dir), runs.train_dir.root
+    root = runs.train_dir.root
+    expected = table_made_here(runs.train_dir) + "\n"
     before = tree(root)
     modes = {path: path.lstat().st_mode for path in (root, *root.rglob("*")) if not path.is_symlink()}
     for path, mode in modes.items():
@@ -162,7 +168,7 @@ def test_before_any_evaluator_every_committed_checkpoint_is_pending(runs: Runs, 
         "lag": {"steps": None, "seconds": None},
         "best": None,
     }
-    assert "  lag      nothing recorded yet; newest checkpoint 40" in run_status(start, never).splitlines()
+    assert "  lag      nothing recorded yet; newest checkpoint 40" in table_made_here(never).splitlines()
     assert tree(never.root) == before and not never.eval_run.exists()
 
 
