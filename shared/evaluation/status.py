@@ -208,7 +208,7 @@ def table(status: Status) -> str:
     if status.newest_checkpoint is not None:
         newest = f"newest checkpoint {status.newest_checkpoint}"
     if not status.finished:
-        training = "training goes on (no finished.json)"
+        training = "training not finished (no finished.json)"
     else:
         training = "training finished" + ("" if status.finished_step is None else f" at step {status.finished_step}")
     lines = [f"{status.train_dir.root}: {newest}; {training}"]
