@@ -15,8 +15,9 @@ import os
 import pickle
 import stat
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -25,6 +26,8 @@ from shared.errors import CheckpointError
 from shared.protocol.layout import checkpoint_step, weights_name
 
 FORMAT_VERSION = 1
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +67,16 @@ def load(
     compressed: a few MB can inflate to GBs); with `within`, a checkpoint that resolves outside that
     folder (a planted symlink) is refused unread.
     """
+    return guarded(path, within, lambda: _load(path, map_location, max_bytes))
+
+
+def guarded(path: Path, within: Path | None, read: Callable[[], T]) -> T:
+    """`read()` of the checkpoint at `path`, refused unread when it resolves outside `within`; OSErrors as
+    `load` says (for every reader of a checkpoint, whatever its format)."""
     if within is not None and not (resolved := Path(path).resolve()).is_relative_to(within.resolve()):
         raise CheckpointError(f"it resolves to {resolved}, outside {within} (a symbolic link?); not read")
     try:
-        return _load(path, map_location, max_bytes)
+        return read()
     except FileNotFoundError:
         raise
     except OSError as err:
@@ -96,15 +105,33 @@ def _load(path: Path, map_location: str | torch.device, max_bytes: int | None) -
         from shared.checkpoints import sharded
 
         return checked(sharded.load_for_eval(Path(path)))
+    return checked(read_torch_file(path, map_location, max_bytes))
+
+
+def read_torch_file(
+    path: Path,
+    map_location: str | torch.device = "cpu",
+    max_bytes: int | None = None,
+    *,
+    foreign: bool = False,
+    mmap: bool = False,
+) -> Any:
+    """What a `torch.save` file holds, read with `weights_only=True`, or CheckpointError saying why not (OSErrors
+    pass through: see `guarded`). Another trainer's file (`foreign`) may hold objects of its own beside the
+    tensors (Lightning's hyper-parameters: an argparse.Namespace, a Path, a config class): each is read as an
+    empty stand-in (`Opaque`) in torch's own weights-only unpickler, so the tensors and plain values load and
+    nothing the file names is imported or run. With `mmap`, the tensors' bytes are not read until used: for a
+    file whose plain values alone are wanted."""
     info = os.stat(path)  # a missing file's FileNotFoundError passes through
     if not stat.S_ISREG(info.st_mode):  # a FIFO would block the reader for good, a device never end
         raise CheckpointError("not a regular file (a FIFO or a device?); not read")
     if info.st_size == 0:
         raise CheckpointError("empty file (0 bytes)")
     if max_bytes is not None:
-        _check_unpacked_size(path, max_bytes)
+        check_unpacked_size(path, max_bytes)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(_stand_ins(path) if foreign else []):
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         raise CheckpointError(_unpickling_reason(err)) from None
     except Exception as err:  # corrupt bytes surface as many exception types (KeyError, struct.error, ...)
@@ -114,10 +141,34 @@ def _load(path: Path, map_location: str | torch.device, max_bytes: int | None) -
         raise CheckpointError(
             f"not a readable checkpoint (truncated or corrupt?): {type(err).__name__}: {first_line(err)}"
         ) from None
-    return checked(state)
 
 
-def _check_unpacked_size(path: Path, max_bytes: int) -> None:
+class Opaque:
+    """Stands in for an object of another program's making in a foreign checkpoint: built from anything,
+    it keeps nothing and does nothing, so reading it runs none of that program's code."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Opaque:
+        return super().__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+def _stand_ins(path: Path) -> list[tuple[type, str]]:
+    """A stand-in class, named as the original (so a refusal names it), for each global the file names that
+    torch's weights-only unpickler does not allow. Found by torch from the pickle's opcodes, without running it;
+    a module torch blocks (os, sys) stays refused."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a torch zip, or cut short: torch.load says why
+        return []
+    return [(type(name, (Opaque,), {}), name) for name in names]
+
+
+def check_unpacked_size(path: Path, max_bytes: int) -> None:
     """Refuse a file whose zip entries unpack to more than `max_bytes`, from its central directory alone."""
     try:
         with zipfile.ZipFile(path) as archive:

@@ -123,7 +123,8 @@ def commit(folder: Path, step: int) -> Path:
     return final
 
 
-def _metadata(folder: Path) -> tuple[SafeReader, Metadata]:
+def read_metadata(folder: Path) -> tuple[SafeReader, Metadata]:
+    """A reader of the DCP folder and its `.metadata`, unpickled by the restricted unpickler above."""
     if not folder.exists():
         raise FileNotFoundError(folder)
     reader = SafeReader(folder)
@@ -144,7 +145,8 @@ def _read_state(folder: Path) -> dict[str, Any]:
     return state
 
 
-def _dcp_load(state: dict[str, Any], reader: SafeReader, folder: Path) -> None:
+def read_tensors(state: dict[str, Any], reader: SafeReader, folder: Path) -> None:
+    """Fill `state`'s tensors from the folder (resharded as they are laid out); a pickled entry is refused."""
     try:
         no_dist = not torch.distributed.is_initialized()  # eval.py: one process, no process group
         dcp.load(state, storage_reader=reader, planner=_TensorsOnly(), no_dist=no_dist)
@@ -162,7 +164,7 @@ def load_for_eval(folder: Path) -> dict[str, Any]:
 
     The tensors to load into are built from the metadata's shapes and dtypes: no model is needed.
     """
-    reader, metadata = _metadata(folder)
+    reader, metadata = read_metadata(folder)
     mapping = metadata.planner_data if isinstance(metadata.planner_data, dict) else {}
     weights: dict[str, torch.Tensor] = {}
     for key, item in metadata.state_dict_metadata.items():
@@ -172,17 +174,17 @@ def load_for_eval(folder: Path) -> dict[str, Any]:
         if isinstance(item, BytesStorageMetadata) or not isinstance(item, TensorStorageMetadata):
             raise CheckpointError(f"weight {path[1]!r} is not a tensor in {folder / METADATA}")
         weights[path[1]] = torch.empty(item.size, dtype=item.properties.dtype)
-    _dcp_load({"model": weights}, reader, folder)
+    read_tensors({"model": weights}, reader, folder)
     return {**_read_state(folder), "model": weights}
 
 
 def load_into(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Resume: every rank reads its shards of the weights and optimizer state (resharded to this world
     size); returns the plain state (step, schedule, data position, RNG)."""
-    reader, _ = _metadata(folder)
+    reader, _ = read_metadata(folder)
     weights, optim = get_state_dict(model, optimizer)
     shards = {"model": weights, "optim": optim["state"]}
-    _dcp_load(shards, reader, folder)
+    read_tensors(shards, reader, folder)
     state = _read_state(folder)
     optim = {"state": shards["optim"], "param_groups": state.pop("optimizer_param_groups")}
     set_state_dict(model, optimizer, model_state_dict=shards["model"], optim_state_dict=optim)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,12 +52,16 @@ class Checkpoint:
 
 def list_checkpoints(folder: Path) -> list[Checkpoint]:
     """Committed checkpoints in step order; temp files and other names are not checkpoints."""
+    return list_by_step(folder, checkpoint_step)
+
+
+def list_by_step(folder: Path, step_of: Callable[[Path], int | None]) -> list[Checkpoint]:
+    """The folder's entries that `step_of` gives a step (a checkpoint source's rule), in step order."""
     try:
         names = os.listdir(folder)
     except FileNotFoundError:
         return []
-    found = [Checkpoint(step, folder / name) for name in names if (step := checkpoint_step(name)) is not None]
-    return sorted(found)
+    return sorted(Checkpoint(step, folder / name) for name in names if (step := step_of(folder / name)) is not None)
 
 
 def save(train_dir: TrainDir, step: int, state: dict[str, Any], *, weights_beside: bool = False) -> Path:

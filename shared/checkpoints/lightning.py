@@ -1,0 +1,107 @@
+"""Lightning's checkpoints: the `.ckpt` files `ModelCheckpoint` writes (`epoch=0-step=100.ckpt`, any name).
+
+Lightning 2.6 saves a checkpoint by `torch.save` into memory, then writes the bytes to a temp file of
+`tempfile.mkstemp()` (in $TMPDIR) inside an fsspec transaction, which `shutil.move`s it to its name: a
+rename when $TMPDIR is on the checkpoints' file system, but a copy under the final name, growing, when it is
+not (a container's /tmp, a mounted output folder); Lightning before 2.4 wrote the file in place. So a name
+says nothing: a file is complete once it ends with its zip's end-of-central-directory record, which torch's
+writer writes last, and whose offsets agree with the file's length (`zip_is_complete`).
+
+The step is the file's `global_step` (the name's `step=` may be absent or formatted away). `last.ckpt`
+(`save_last`, rewritten at every save, or a link) repeats another checkpoint's step and is not listed.
+The weights are the file's `state_dict`, the LightningModule's attribute prefix (`model.` for
+`self.model = ...`) stripped; the file's other entries (hyper-parameters, callbacks' and loops' state) may
+hold objects of the training program's own, which are read as empty stand-ins (format.read_torch_file).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from shared.checkpoints.format import guarded, read_torch_file, restore_model, unpacked_size_bound
+from shared.checkpoints.store import Checkpoint, list_by_step
+from shared.errors import CheckpointError
+
+LAST_RE = re.compile(r"^last(-v\d+)?\.ckpt$")  # ModelCheckpoint.CHECKPOINT_NAME_LAST, and its versions
+NAME_STEP_RE = re.compile(r"step=(\d+)")  # the default file name's step, used only when the file is unreadable
+
+END_RECORD = struct.Struct("<4s4H2LH")  # the zip's end-of-central-directory record, 22 bytes, last
+ZIP64_LOCATOR = struct.Struct("<4sLQL")  # right before it: where the zip64 end record is (torch writes both)
+ZIP64_RECORD = struct.Struct("<4sQ2H2L4Q")  # the zip64 end record: the central directory's size and offset
+
+
+def zip_is_complete(path: Path) -> bool:
+    """Whether the file ends with a zip's end records (no comment: torch writes none) placed right after the
+    central directory they point to: a file still being written (copied into place) does not. Reads the
+    file's last 98 bytes, no more."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size < ZIP64_RECORD.size + ZIP64_LOCATOR.size + END_RECORD.size:
+            return False
+        f.seek(size - ZIP64_RECORD.size - ZIP64_LOCATOR.size - END_RECORD.size)
+        tail = f.read()
+    end = END_RECORD.unpack_from(tail, len(tail) - END_RECORD.size)
+    if end[0] != b"PK\x05\x06" or end[-1] != 0:
+        return False
+    locator = ZIP64_LOCATOR.unpack_from(tail, ZIP64_RECORD.size)
+    if locator[0] != b"PK\x06\x07":  # a plain zip: its directory ends where the end record starts
+        return end[6] + end[5] == size - END_RECORD.size
+    record = ZIP64_RECORD.unpack_from(tail)
+    record_at = size - len(tail)
+    return record[0] == b"PK\x06\x06" and locator[2] == record_at and record[-1] + record[-2] == record_at
+
+
+class LightningCheckpoints:
+    """`*.ckpt` files of a ModelCheckpoint folder, complete ones only, by their `global_step`."""
+
+    def __init__(self, prefix: str = "model.") -> None:
+        self.prefix = prefix
+
+    def step_of(self, name: str | os.PathLike) -> int | None:
+        """The step of a complete `.ckpt` file at `name` (a path); None while it is written, or for other names.
+        A complete file that cannot be read is listed by its name's `step=` (and fails when evaluated)."""
+        path = Path(name)
+        if path.suffix != ".ckpt" or LAST_RE.match(path.name):
+            return None
+        try:
+            if not zip_is_complete(path):
+                return None
+            return _global_step(read_torch_file(path, foreign=True, mmap=True))
+        except (OSError, CheckpointError):
+            match = NAME_STEP_RE.search(path.name)
+            return int(match.group(1)) if match else None
+
+    def list(self, folder: Path) -> list[Checkpoint]:
+        return list_by_step(folder, self.step_of)
+
+    def restore(self, path: Path, model: nn.Module, within: Path | None = None) -> int:
+        """The file's state_dict, prefix stripped, into `model` (strictly); its `global_step`. Bounded as a
+        trainval checkpoint with its optimizer's state is (format.unpacked_size_bound)."""
+        state = guarded(path, within, lambda: read_torch_file(path, max_bytes=unpacked_size_bound(model), foreign=True))
+        weights = state.get("state_dict") if isinstance(state, dict) else None
+        if not isinstance(weights, dict):
+            raise CheckpointError("not a Lightning checkpoint: no 'state_dict' entry")
+        step = _global_step(state)
+        if self.prefix:
+            named = weights
+            weights = {k[len(self.prefix) :]: v for k, v in named.items() if k.startswith(self.prefix)}
+            if named and not weights:
+                raise CheckpointError(
+                    f"no weight's name starts with source.prefix {self.prefix!r} (they read like "
+                    f"{next(iter(named))!r}): set source.prefix to the LightningModule's attribute"
+                )
+        restore_model(model, {"model": weights})
+        return step
+
+
+def _global_step(state: Any) -> int:
+    step = state.get("global_step") if isinstance(state, dict) else None
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"not a Lightning checkpoint: its global_step {step!r} is not a non-negative integer")
+    return step
