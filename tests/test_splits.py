@@ -68,6 +68,23 @@ def test_train_split_and_max_examples_are_fixed_subsets() -> None:
     assert len(eval_splits(digits, ["val"], 0)["val"]) == len(digits.eval_data())
 
 
+@pytest.mark.parametrize(("val_fraction", "split_seed"), [(0.2, 0), (0.05, 1), (0.5, 7), (0.33, 12345)])
+def test_digits_holds_out_what_scikit_learns_stratified_split_chose(val_fraction: float, split_seed: int) -> None:
+    """digits splits without importing scikit-learn (seconds of every start), into the same examples, in
+    the same order, as `train_test_split(stratify=...)`: what every train_dir made before holds out."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from shared.tasks.digits import _split
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.tensor(digits.target, dtype=torch.long)
+    expected = train_test_split(images, labels, test_size=val_fraction, stratify=labels, random_state=split_seed)
+    for got, wanted in zip(_split(val_fraction, split_seed), expected, strict=True):
+        assert torch.equal(got, wanted)
+
+
 @pytest.mark.slow
 @pytest.mark.long
 def test_launch_cross_validates_and_eval_summarizes(tmp_path: Path, start) -> None:
