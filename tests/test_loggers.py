@@ -5,7 +5,7 @@ confusion-matrix image stops at its class cap, and its class names stay apart.""
 
 from __future__ import annotations
 
-import itertools
+import io
 import signal
 import subprocess
 import sys
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator, plugin_event_accumulator
 from tensorboard.util import tensor_util
 from torch.utils.tensorboard import summary as summaries
@@ -161,23 +162,28 @@ CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
     ids=["10 names", "10 digits", f"{IMAGE_MAX_CLASSES} names"],
 )
 def test_the_predicted_class_names_neither_overlap_nor_leave_the_image(names: list[str]) -> None:
-    """Neighbouring x labels, upright or slanted, are apart along the axis or across their own lines."""
+    """Neighbouring x labels, upright or slanted, share no pixel of ink, and each lies inside the image."""
     plot = ConfusionPlot(tuple(names))
-    renderer = plot.canvas.get_renderer()
-    labels = plot.axes.get_xticklabels()
-    column = plot.axes.transData.transform((1, 0))[0] - plot.axes.transData.transform((0, 0))[0]
-    for left, right in itertools.pairwise(labels):
-        angle = np.radians(left.get_rotation())
-        (width_left, height, _), (width_right, _, _) = (
-            renderer.get_text_width_height_descent(label.get_text(), label.get_fontproperties(), ismath=False)
-            for label in (left, right)
-        )
-        along, across = column * abs(np.cos(angle)), column * abs(np.sin(angle))
-        assert along >= (width_left + width_right) / 2 or across >= height, (left.get_text(), right.get_text())
-    image = plot.figure.bbox
-    for label in labels:
-        extent = label.get_window_extent(renderer)
-        assert image.x0 <= extent.x0 and extent.x1 <= image.x1 and image.y0 <= extent.y0, label.get_text()
+    height, width = plot.frame.shape[:2]
+    inked = np.zeros((height, width), dtype=int)
+    for label in plot.placed:
+        rows, columns = label.ink.shape
+        assert label.left >= 0 and label.left + columns <= width and label.top >= 0 and label.top + rows <= height
+        inked[label.top : label.top + rows, label.left : label.left + columns] += label.ink > 0
+    assert inked.max() == 1
+
+
+def test_an_image_reads_back_from_the_event_file_pixel_for_pixel(tmp_path: Path) -> None:
+    """The logger's own PNG encoder (faster than torch's summary.image) is one TensorBoard decodes."""
+    image = confusion_image(np.diag([36, 35, 37]).tolist(), ["cat", "dog", "emu"])
+    assert image is not None
+    with TensorBoardLogger(tmp_path / "run", purge_step=None) as logger:
+        logger.image("confusion_matrix", image, step=3)
+    accumulator = event_accumulator.EventAccumulator(str(tmp_path / "run"))
+    accumulator.Reload()
+    (written,) = accumulator.Images("confusion_matrix")
+    assert (written.step, written.height, written.width) == (3, *image.shape[:2])
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(written.encoded_image_string))), image)
 
 
 def test_a_pr_curve_from_bucket_counts_equals_tensorboards_own_from_the_examples(tmp_path: Path) -> None:

@@ -86,8 +86,8 @@ def write_artifact(logger: Logger, name: str, artifact: Artifact, step: int) -> 
 
 
 def prepare(build_metrics: Callable[[], Mapping[str, Metric]]) -> None:
-    """Draw, to nowhere, the confusion matrix that fresh metrics give (all zeros): matplotlib's import and the
-    figure's frame cost seconds of CPU once per process, which the recorder then pays at start-up, while
+    """Draw, to nowhere, the confusion matrix that fresh metrics give (all zeros): the frame of its class
+    names (and Pillow's import) is drawn once per process, which the recorder then pays at start-up, while
     train.py starts too, and not beside the trainer's steps at the first checkpoint."""
     try:
         artifacts = [m.compute() for m in build_metrics().values() if m.higher_is_better is None]

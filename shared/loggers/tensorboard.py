@@ -17,12 +17,14 @@ writes again) is not written a second time.
 
 from __future__ import annotations
 
+import struct
 import time
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from tensorboard.compat.proto import event_pb2
+from tensorboard.compat.proto import event_pb2, summary_pb2
 from torch.utils.tensorboard import summary as summaries
 
 from shared.loggers.base import HParam, Layout, Logger
@@ -30,6 +32,21 @@ from shared.loggers.event_files import EventFile, Point, settle
 from shared.protocol.files import make_folder
 
 MINIMUM_COUNT = 1e-7  # the PR-curve plugin's own floor under a precision's or recall's denominator
+PNG_LEVEL = 1  # zlib's fastest: 2 ms for a confusion image, against 10 ms for Pillow's default; a third larger
+
+
+def png(image: np.ndarray) -> bytes:
+    """An HWC uint8 RGB image as PNG: rows unfiltered, compressed at PNG_LEVEL (what TensorBoard decodes
+    from any encoder; Pillow's adaptive row filters cost more than they save on flat drawings)."""
+    height, width, _ = image.shape
+    rows = np.concatenate([np.zeros((height, 1), np.uint8), image.reshape(height, -1)], axis=1)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    idat = zlib.compress(rows.tobytes(), PNG_LEVEL)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 class TensorBoardLogger(Logger):
@@ -57,7 +74,12 @@ class TensorBoardLogger(Logger):
         self._write(summaries.text(tag, markdown), step)
 
     def image(self, tag: str, image: np.ndarray, step: int) -> None:
-        self._write(summaries.image(tag, image, dataformats="HWC"), step)
+        """An HWC uint8 RGB image, as the images plugin reads it (torch's summary.image, encoded faster)."""
+        height, width, channels = image.shape
+        encoded = summary_pb2.Summary.Image(
+            height=height, width=width, colorspace=channels, encoded_image_string=png(np.ascontiguousarray(image))
+        )
+        self._write(summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, image=encoded)]), step)
 
     def hparams(self, values: Mapping[str, HParam]) -> None:
         """Only the session-start record, into this run: the plugin then takes the run's scalars as its
