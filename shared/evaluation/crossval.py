@@ -14,7 +14,6 @@ from shared.protocol import numbers
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_results
 from shared.protocol.results import best_of
-from shared.tasks.loading import load_config
 
 FOLD_RE = re.compile(r"^fold-(\d+)$")
 
@@ -63,6 +62,8 @@ def summarize(folders: list[Path]) -> Summary:
 
     A folder that is not a train_dir or has no successful evaluation is a UsageError naming it.
     """
+    from shared.tasks.loading import load_config  # the task's classes, hence torch: only when summarizing
+
     steps: list[tuple[str, int]] = []
     values: dict[str, list[float]] = {}
     metric = ""

@@ -23,12 +23,9 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
-from torch import nn
 
 from shared import config as cfg
 from shared.errors import CheckpointError, RunAborted, UsageError
@@ -44,8 +41,12 @@ from shared.protocol.files import (
 )
 from shared.protocol.layout import BEST_VERSION_RE, TrainDir
 from shared.protocol.results import EvalResult, RecordError
-from shared.tasks import Task
-from shared.tasks.loading import build_task, load_config
+
+if TYPE_CHECKING:  # torch and the tasks are imported where they are used: launch.py reads best/ without them
+    import torch
+    from torch import nn
+
+    from shared.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,8 @@ def write_weights(model: nn.Module, path: Path) -> None:
     dict, and the others are recorded in the file's metadata as `{alias: stored name}`, as
     `safetensors.torch.save_model` records them, so read_weights (and safetensors' `load_model`) restore
     them. Views that only overlap are stored as copies."""
+    from safetensors.torch import save_file
+
     stored: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     names_by_view: dict[tuple, str] = {}
@@ -243,6 +246,8 @@ def _identity(folder: Path) -> tuple[int, int] | None:
 
 def load_best(train_dir: str | os.PathLike) -> nn.Module:
     """The best model of a train_dir, ready for inference: built from best/config.yaml, with its weights."""
+    from shared.tasks.loading import build_task, load_config
+
     root = TrainDir(Path(train_dir))
     model = build_task(load_config(best_folder(root) / CONFIG)).build_model()
     restore_best(model, root)

@@ -7,9 +7,10 @@ depends on the number of classes, never on the number of examples.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
+if TYPE_CHECKING:  # imported where it is used: launch.py and the ledger's readers need no torch
+    import torch
 
 PR_THRESHOLDS = 127  # TensorBoard's default number of PR-curve buckets
 
@@ -54,6 +55,8 @@ class PRCurves(Artifact):
 def pr_counts(probabilities: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per class, the positives and negatives whose probability for it fell in each of PR_THRESHOLDS
     buckets, as TensorBoard bins them: what PRCurves holds, summed over batches."""
+    import torch
+
     classes = probabilities.shape[-1]
     buckets = (probabilities.float().cpu() * (PR_THRESHOLDS - 1)).floor().long().clamp(0, PR_THRESHOLDS - 1)
     cells = (torch.arange(classes) * PR_THRESHOLDS + buckets).reshape(-1)

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from shared.protocol import artifacts, numbers
 from shared.protocol.claims import Silence
@@ -124,6 +123,8 @@ def _artifacts(
         "confusion_matrix": artifacts.ConfusionMatrix(names, counts),
     }
     if targets is not None and probabilities is not None:
+        import torch  # only for a file written before artifacts; the rest of the module needs none
+
         positives, negatives = artifacts.pr_counts(torch.from_numpy(probabilities), torch.from_numpy(targets))
         found["pr_curves"] = artifacts.PRCurves(names, positives.tolist(), negatives.tolist())
     return found

@@ -26,8 +26,6 @@ import contextlib
 import os
 from dataclasses import dataclass
 
-import torch
-
 from shared.errors import UsageError
 from shared.protocol.files import RECORD_BYTES, read_file
 from shared.protocol.layout import TrainDir
@@ -93,6 +91,8 @@ def apply(choice: ThreadChoice) -> str:
     """Set the intra- and inter-op thread counts and the niceness; the line for the log saying what this
     process took and why (its caller logs it once the command line's input is known to be good: a bad one
     is one line)."""
+    import torch  # here, not at the top: launch.py and the command-line parsers take --threads without torch
+
     if choice.count is not None:
         torch.set_num_threads(choice.count)
         with contextlib.suppress(RuntimeError):  # only possible before any inter-op work; intra-op matters most
