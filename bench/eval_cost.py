@@ -1,5 +1,5 @@
 """What eval.py spends per checkpoint besides evaluating it, part by part, against the bare evaluation of
-the same checkpoint; and what each way of loading the weights costs.
+the same checkpoint; what each way of loading the weights costs; and what eval.py's start costs.
 
     python -m bench.eval_cost --config configs/digits.yaml          # the CPU figures in docs/benchmarks.md
     python -m bench.eval_cost --config configs/synthetic.yaml --set data.eval_examples=1000 --set eval.batch_size=256
@@ -11,6 +11,12 @@ actions (the best/ export, the outcome file), and the recorder's turn (read the 
 the ledger line). best/ is cleared before each checkpoint, so every one is exported: the worst case. cProfile
 gives each part's share; the totals are timed again without the profiler. "Bare" is `Evaluator.evaluate` on
 the loaded weights, what an in-process validation costs.
+
+The start is measured in CPU-seconds (user + system, from the kernel's accounting of the child), which a
+loaded machine inflates far less than wall time: `eval.py --idle-timeout 0` on a train_dir holding only
+config.yaml does everything a daemon does before it first waits for a checkpoint (imports, the task's data
+and model, joining, the recorder's writers and the confusion image's frame), then exits. `python -c "import
+torch"` beside it is the floor no evaluator goes below.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import os
 import pstats
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -181,11 +189,39 @@ def measure_loads(config: cfg.Config, root: Path, repeats: int) -> list[list[obj
     return rows
 
 
+def cpu_seconds(command: list[str]) -> float:
+    """User + system CPU-seconds of a child process from its start to its exit (the kernel's rusage)."""
+    child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        assert child.stderr is not None
+        raise RuntimeError(f"{' '.join(command)} exited {child.returncode}: {child.stderr.read().decode()[-500:]}")
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure_startup(config: cfg.Config, root: Path, repeats: int) -> list[list[object]]:
+    """Median CPU-seconds of eval.py up to its first wait, and of importing torch alone, alternated."""
+    train_dir = root / "startup"
+    train_dir.mkdir()
+    cfg.save(config, train_dir / "config.yaml")  # a train_dir before its first checkpoint
+    daemon = [sys.executable, "eval.py", "--train-dir", str(train_dir), "--idle-timeout", "0"]
+    commands = {'python -c "import torch" (the floor)': [sys.executable, "-c", "import torch"], "eval.py": daemon}
+    spent: dict[str, list[float]] = {what: [] for what in commands}
+    for _ in range(repeats):
+        for what, command in commands.items():
+            spent[what].append(cpu_seconds(command))
+    return [
+        [what, f"{statistics.median(secs):.2f}", f"{min(secs):.2f}", f"{max(secs):.2f}"] for what, secs in spent.items()
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/digits.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--checkpoints", type=int, default=10, help="checkpoints profiled, and as many timed")
+    parser.add_argument("--starts", type=int, default=5, help="eval.py starts measured (and torch imports)")
     parser.add_argument("--smoke", action="store_true", help="a tiny synthetic model, 2 checkpoints: seconds")
     add_results_option(parser)
     args = parser.parse_args()
@@ -197,6 +233,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         rows, notes = measure_daemon(config, Path(folder) / "run", count)
         loads = measure_loads(config, Path(folder), count)
+        starts = measure_startup(config, Path(folder), 1 if args.smoke else args.starts)
     what = " ".join([args.config, *overrides])
     notes += [f"{what}; CPU, {torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.2f}."]
     title = "Evaluator cost per checkpoint" + (" (smoke)" if args.smoke else "")
@@ -211,6 +248,20 @@ def main() -> None:
         device,
         results_file(args),
         load_notes,
+    )
+    start_notes = [
+        f"eval.py: from its start to its first wait for a checkpoint (--idle-timeout 0, config.yaml alone); {what}; "
+        f"median of {1 if args.smoke else args.starts} runs each, alternated; "
+        f"load average {os.getloadavg()[0]:.2f} after them.",
+        "Target: eval.py <= 2.5 CPU-seconds.",
+    ]
+    report(
+        "Evaluator start-up" + (" (smoke)" if args.smoke else ""),
+        ["what", "CPU-seconds (user + system), median", "min", "max"],
+        starts,
+        device,
+        results_file(args),
+        "\n".join(f"- {n}" for n in start_notes),
     )
 
 

@@ -87,6 +87,7 @@ def test_eval_cost_smoke(tmp_path: Path) -> None:
         assert f"| {part} |" in text
     assert "not called" not in text, "a part names a function eval.py no longer calls"
     assert "| weights file beside it (now) | cold |" in text
+    assert "## Evaluator start-up (smoke)" in text and "| eval.py | " in text
 
 
 @pytest.mark.slow
