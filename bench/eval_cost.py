@@ -236,33 +236,26 @@ def main() -> None:
         starts = measure_startup(config, Path(folder), 1 if args.smoke else args.starts)
     what = " ".join([args.config, *overrides])
     notes += [f"{what}; CPU, {torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.2f}."]
-    title = "Evaluator cost per checkpoint" + (" (smoke)" if args.smoke else "")
-    device = torch.device("cpu")
-    header = ["part", "ms per checkpoint", "x bare"]
-    report(title, header, rows, device, results_file(args), "\n".join(f"- {n}" for n in notes))
-    load_notes = "- Median of the runs after one; cold: the file evicted from the page cache first (posix_fadvise)."
-    report(
-        "Checkpoint load options" + (" (smoke)" if args.smoke else ""),
-        ["how", "page cache", "file MiB", "ms to weights in the model"],
-        loads,
-        device,
-        results_file(args),
-        load_notes,
-    )
     start_notes = [
         f"eval.py: from its start to its first wait for a checkpoint (--idle-timeout 0, config.yaml alone); {what}; "
         f"median of {1 if args.smoke else args.starts} runs each, alternated; "
         f"load average {os.getloadavg()[0]:.2f} after them.",
         "Target: eval.py <= 2.5 CPU-seconds.",
     ]
-    report(
-        "Evaluator start-up" + (" (smoke)" if args.smoke else ""),
-        ["what", "CPU-seconds (user + system), median", "min", "max"],
-        starts,
-        device,
-        results_file(args),
-        "\n".join(f"- {n}" for n in start_notes),
-    )
+    tables = [
+        ("Evaluator cost per checkpoint", ["part", "ms per checkpoint", "x bare"], rows, notes),
+        (
+            "Checkpoint load options",
+            ["how", "page cache", "file MiB", "ms to weights in the model"],
+            loads,
+            ["Median of the runs after one; cold: the file evicted from the page cache first (posix_fadvise)."],
+        ),
+        ("Evaluator start-up", ["what", "CPU-seconds (user + system), median", "min", "max"], starts, start_notes),
+    ]
+    for title, header, table, table_notes in tables:
+        title += " (smoke)" if args.smoke else ""
+        lines = "\n".join(f"- {n}" for n in table_notes)
+        report(title, header, table, torch.device("cpu"), results_file(args), lines)
 
 
 if __name__ == "__main__":
