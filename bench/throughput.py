@@ -6,6 +6,13 @@ the bare loop.
 
     python -m bench.throughput                 # the H100 run: configs/synthetic.yaml
     python -m bench.throughput --smoke         # seconds on a CPU, so the script never rots
+    python -m bench.throughput --beside-evaluator --pairs 3   # as a user runs it (below)
+
+`--beside-evaluator` measures what an evaluator beside a trainer costs it, the way a user runs the two:
+configs/digits.yaml, 1,000 steps, a checkpoint every 50, every option as the config and the project set
+it (no --threads: eval.py finds the live trainer and takes its share). train.py alone (A) and train.py with
+eval.py started beside it (B) alternate, A B A B ..., so a drift in the machine's speed touches both; each
+pair gives B's steps/s over A's, and the table gives their median and spread, with eval.py's CPU-seconds.
 
 Steady steps/s are measured between step `--warmup` and the last step (from train.py's own TensorBoard
 events for the process variants), so start-up is excluded there. The wall columns include it: every
@@ -20,6 +27,7 @@ import dataclasses
 import json
 import math
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -53,6 +61,7 @@ SMOKE = [
     "train.warmup_steps=5",
     "eval.batch_size=128",
 ]
+SMOKE_DIGITS = ["train.warmup_steps=5"]
 
 
 @dataclass
@@ -61,6 +70,7 @@ class Result:
     wall_secs: float  # from the start to the last step
     done_secs: float = math.nan  # from the start to the final checkpoint's validation (none: nan)
     note: str = ""
+    eval_cpu_secs: float = math.nan  # eval.py's user + system CPU-seconds, from its start to its exit
 
 
 @dataclass
@@ -75,6 +85,7 @@ class Setup:
     train_threads: str  # train.py --threads beside eval.py (share: as launch.py and compose)
     eval_threads: str  # eval.py --threads beside the trainer
     eval_nice: int = 0  # eval.py's niceness beside the trainer (0: as launch.py and compose start it)
+    as_configured: bool = False  # no --threads, and the config's log.every_steps: as a user runs the two
 
     def argv(self) -> list[str]:
         """The command-line options that rebuild this setup in a child process."""
@@ -259,7 +270,7 @@ def run_train_py(setup: Setup, eval_device: str | None, launcher: list[str] | No
             f"train.steps={setup.steps}",
             f"checkpoint.every_steps={setup.every}",
             "checkpoint.every_secs=0",
-            f"log.every_steps={setup.warmup}",
+            *([] if setup.as_configured else [f"log.every_steps={setup.warmup}"]),
             # The trainer never waits on the evaluator (train.max_eval_lag unset), and retention keeps the
             # checkpoints it has not evaluated yet (max_unevaluated's default): it evaluates every one.
         ]
@@ -268,23 +279,28 @@ def run_train_py(setup: Setup, eval_device: str | None, launcher: list[str] | No
         started, evaluator = time.time(), None
         if eval_device:
             command = ["eval.py", "--train-dir", str(train_dir), "--device", eval_device, *args]
-            evaluator = spawn([*command, "--threads", setup.eval_threads], logs, nice=setup.eval_nice)
+            threads = [] if setup.as_configured else ["--threads", setup.eval_threads]
+            evaluator = spawn([*command, *threads], logs, nice=setup.eval_nice)
         device = "cuda" if launcher and setup.device.type == "cuda" else str(setup.device)  # torchrun: cuda:LOCAL_RANK
         command = [*(launcher or []), "train.py", "--train-dir", str(train_dir), "--device", device, *args]
-        trainer = spawn([*command, *(["--threads", setup.train_threads] if evaluator else [])], logs, "train.py")
+        threads = ["--threads", setup.train_threads] if evaluator and not setup.as_configured else []
+        trainer = spawn([*command, *threads], logs, "train.py")
         if trainer.wait() != 0:
             raise RuntimeError(f"train.py: {last_line(logs / 'train.py.log')}")
-        wall, done, note = time.time() - started, math.nan, ""
+        wall, done, note, eval_cpu = time.time() - started, math.nan, "", math.nan
         if evaluator:  # it exits by itself once every checkpoint is evaluated and training has finished
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             if evaluator.wait(timeout=600) != 0:
                 raise RuntimeError(f"eval.py: {last_line(logs / 'eval.py.log')}")
             done = time.time() - started
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the children waited for since: eval.py alone
+            eval_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
             note = f"eval.py evaluated {len(read_records(train_dir / 'eval' / 'results.jsonl'))} checkpoints"
         events = EventAccumulator(str(train_dir / "train"))
         events.Reload()
         points = {e.step: e.wall_time for e in events.Scalars("loss")}
         rate = (setup.steps - setup.warmup) / (points[setup.steps] - points[setup.warmup])
-        return Result(rate, wall, done, note)
+        return Result(rate, wall, done, note, eval_cpu)
 
 
 def last_line(log: Path) -> str:
@@ -361,13 +377,58 @@ VARIANTS: dict[str, tuple[str, Callable[[Setup], Result]]] = {
 }
 
 
+def beside_evaluator(setup: Setup, pairs: int, results: Path | None) -> None:
+    """A B A B ...: train.py alone, then with eval.py beside it, both as configured; the ratio per pair."""
+    load_before = os.getloadavg()[0]
+    rows, ratios = [], []
+    for pair in range(1, pairs + 1):
+        alone, beside = run_train_py(setup, None), run_train_py(setup, "cpu")
+        ratios.append(beside.steps_per_sec / alone.steps_per_sec)
+        after_training = beside.done_secs - beside.wall_secs
+        rows.append(
+            [
+                pair,
+                f"{alone.steps_per_sec:.1f}",
+                f"{beside.steps_per_sec:.1f}",
+                f"{ratios[-1]:.3f}",
+                f"{beside.eval_cpu_secs:.1f}",
+                f"{after_training:.1f}",
+                beside.note,
+            ]
+        )
+        print(f"pair {pair}: alone {alone}, beside eval.py {beside}", flush=True)
+    median = statistics.median(ratios)
+    notes = [
+        f"Ratio B / A: median **{median:.3f}**, spread {min(ratios):.3f} to {max(ratios):.3f} over {pairs} pair(s) "
+        "(target: median >= 0.90).",
+        f"{setup.config_path}, {setup.steps} steps, a checkpoint every {setup.every}; steps/s from step {setup.warmup} "
+        "to the last, from train.py's own events; no --threads: each process as the project sets it.",
+        f"Load average (1 min) {load_before:.2f} before the run, {os.getloadavg()[0]:.2f} after it.",
+    ]
+    header = [
+        "pair",
+        "(A) train.py alone, steps/s",
+        "(B) beside eval.py, steps/s",
+        "B / A",
+        "eval.py CPU-s",
+        "eval.py done after training (s)",
+        "note",
+    ]
+    title = "Training throughput beside an evaluator"
+    report(title, header, rows, setup.device, results, "\n".join(f"- {n}" for n in notes))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="configs/synthetic.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--config", help="default configs/synthetic.yaml; --beside-evaluator: configs/digits.yaml")
+    parser.add_argument("--steps", type=int, help="default 2000; --beside-evaluator: 1000")
     parser.add_argument("--warmup", type=int, default=100, help="steps before the steady rate is measured")
-    parser.add_argument("--every", type=int, default=500, help="checkpoint and validation cadence, in steps")
+    parser.add_argument("--every", type=int, help="checkpoint and validation cadence (default 500; beside: 50)")
+    parser.add_argument(
+        "--beside-evaluator", action="store_true", help="train.py alone and beside eval.py, as configured, in pairs"
+    )
+    parser.add_argument("--pairs", type=int, default=3, help="--beside-evaluator: A B pairs (default 3)")
     parser.add_argument("--variants", help="letters, a letter twice to run it twice (default abcdefg; smoke abce)")
     parser.add_argument("--train-threads", default="share", help="train.py --threads beside eval.py (c, d)")
     parser.add_argument("--eval-threads", default="share", help="eval.py --threads beside the trainer (c, d)")
@@ -376,12 +437,22 @@ def main() -> None:
     parser.add_argument("--child", choices=sorted(IN_PROCESS), help=argparse.SUPPRESS)  # one in-process loop
     add_results_option(parser)
     args = parser.parse_args()
-    overrides = [*(SMOKE if args.smoke else []), *args.overrides]
-    steps, warmup, every = (20, 5, 10) if args.smoke else (args.steps, args.warmup, args.every)
+    beside = args.beside_evaluator
+    args.config = args.config or ("configs/digits.yaml" if beside else "configs/synthetic.yaml")
+    # The smoke overrides shrink the synthetic model; digits is small already, but warms up for 100 steps.
+    overrides = [*((SMOKE_DIGITS if beside else SMOKE) if args.smoke else []), *args.overrides]
+    steps = args.steps or (1000 if beside else 2000)
+    every = args.every or (50 if beside else 500)
+    steps, warmup, every = ((20, 10, 10) if beside else (20, 5, 10)) if args.smoke else (steps, args.warmup, every)
     device = devices.resolve("auto")
     config = load_config(args.config, overrides)
-    threads = (args.train_threads, args.eval_threads, args.eval_nice)
+    threads = (args.train_threads, args.eval_threads, args.eval_nice, beside)
     setup = Setup(args.config, config, overrides, device, steps, warmup, every, *threads)
+    if beside and (warmup % config.log.every_steps or steps % config.log.every_steps):
+        parser.error(f"--warmup and --steps: give multiples of log.every_steps ({config.log.every_steps})")
+    if beside:
+        beside_evaluator(setup, 1 if args.smoke else args.pairs, results_file(args))
+        return
     if args.child:
         started = time.time()
         print(json.dumps({"started": started, **dataclasses.asdict(IN_PROCESS[args.child](setup))}))

@@ -28,9 +28,9 @@ def smoke(module: str, *options: str) -> str:
     return done.stdout
 
 
-def run_smoke(module: str, results: Path) -> str:
+def run_smoke(module: str, results: Path, *options: str) -> str:
     """The smoke run with `--results <results>`: the file's text."""
-    smoke(module, "--results", str(results))
+    smoke(module, "--results", str(results), *options)
     return results.read_text()
 
 
@@ -54,11 +54,22 @@ def test_eval_speed_smoke(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_throughput_smoke(tmp_path: Path) -> None:
-    text = run_smoke("bench.throughput", tmp_path / "results.md")
+    """The in-process loops here; train.py alone and beside eval.py in the next test (their processes cost the
+    most, so each runs once)."""
+    text = run_smoke("bench.throughput", tmp_path / "results.md", "--variants", "ae")
     assert "## Training throughput" in text
-    for variant in ("(a) bare loop", "(b) train.py, checkpoints", "(c) train.py + eval.py on the CPU", "(e) classic"):
+    for variant in ("(a) bare loop", "(e) classic"):
         row = next(line for line in text.splitlines() if line.startswith(f"| {variant}"))
         assert "nan" not in row and "failed" not in row, row
+
+
+@pytest.mark.slow
+def test_throughput_beside_an_evaluator_smoke(tmp_path: Path) -> None:
+    text = run_smoke("bench.throughput", tmp_path / "results.md", "--beside-evaluator")
+    assert "## Training throughput beside an evaluator" in text
+    (row,) = [line for line in text.splitlines() if line.startswith("| 1 |")]
+    assert "nan" not in row and "eval.py evaluated 2 checkpoints" in row, row
+    assert "Ratio B / A: median" in text
 
 
 def test_checkpoint_smoke(tmp_path: Path) -> None:
