@@ -103,6 +103,18 @@ class Proc:
 
 # The scripts the `start` fixture runs from the session's warm server (tests/warm_cli.py) unless told `cold`.
 WARM_SCRIPTS = ("train.py", "eval.py")
+# What they import only as they run, which every warm child would otherwise import again (measured: a warm
+# train.py of SHORT_RUN took 5.7 CPU-seconds without them, 1.2 with): the digits task (scikit-learn, read with
+# the config), torch's dynamo (the optimizer's first step), matplotlib and scikit-learn's metrics (eval.py's
+# confusion image).
+WARM_MODULES = (
+    "shared.tasks.digits",
+    "torch._dynamo",
+    "matplotlib",
+    "matplotlib.backends.backend_agg",
+    "matplotlib.figure",
+    "sklearn.metrics",
+)
 
 
 @contextmanager
@@ -153,7 +165,7 @@ def warm_scripts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WarmCli]:
     """One server per test session (per xdist worker) that has imported train.py and eval.py."""
     from tests.warm_cli import warm_cli  # it builds on Proc, defined here
 
-    with warm_cli(*WARM_SCRIPTS, log_dir=tmp_path_factory.mktemp("warm-server")) as warm:
+    with warm_cli(*WARM_SCRIPTS, log_dir=tmp_path_factory.mktemp("warm-server"), modules=WARM_MODULES) as warm:
         yield warm
 
 

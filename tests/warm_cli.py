@@ -1,12 +1,14 @@
 """Start the real train.py / eval.py command lines many times without paying their imports each time.
 
-A server process imports the scripts once (torch, TensorBoard, scikit-learn: about 4 CPU-seconds per start
-on this project's machine), then, per request, forks a child that runs the script file as `__main__`, as
-`python SCRIPT ARGS` would, with its stdout and stderr in a log file. The child is a real process in all but
-its imports: its own pid, argv, file descriptors, signal handlers, default logging and warnings; a test may
-SIGKILL it, and its exit code is the script's (negative for a signal, as subprocess reports it). What a cold
-interpreter prints while importing is not seen here, so a test that uses this keeps a cold start of each
-script too. The imports write nothing to disk, so a kill among them would test nothing a warm kill misses.
+A server process imports the scripts once (torch, TensorBoard), then the modules they import only as they run
+(`modules`: the digits task's scikit-learn, torch's dynamo under the optimizer, matplotlib for the confusion
+image): 5 to 8 CPU-seconds per start on this project's machine. Then, per request, it forks a child that runs
+the script file as `__main__`, as `python SCRIPT ARGS` would, with its stdout and stderr in a log file. The
+child is a real process in all but its imports: its own pid, argv, file descriptors, signal handlers, default
+logging and warnings; a test may SIGKILL it, and its exit code is the script's (negative for a signal, as
+subprocess reports it). What a cold interpreter prints while importing is not seen here, so a test that uses
+this keeps a cold start of each script too. The imports write nothing to disk, so a kill among them would
+test nothing a warm kill misses.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 from tests.conftest import ROOT, Proc
 
 _SERVER = r"""
-import atexit, json, os, runpy, select, sys, traceback
+import atexit, importlib, json, os, runpy, select, sys, traceback
 
 def run_child(request, log):
     os.dup2(log, 1)
@@ -44,8 +46,11 @@ def run_child(request, log):
     sys.stderr.flush()
     os._exit(code)
 
-for script in sys.argv[1:]:
+scripts, modules = json.loads(sys.argv[1])
+for script in scripts:
     runpy.run_path(script, run_name="__preload__")  # the imports only: nothing below `if __name__` runs
+for module in modules:
+    importlib.import_module(module)
 children, pending, reading = set(), b"", True
 while reading or children:
     if select.select([0] if reading else [], [], [], 0.05)[0]:  # a bounded poll, to reap children between
@@ -139,12 +144,12 @@ class WarmCli:
 
 
 @contextmanager
-def warm_cli(*scripts: str, log_dir: Path) -> Iterator[WarmCli]:
-    """A server that has imported these scripts, run from the repo root as the other tests run them; its
-    children still running at the end are killed."""
+def warm_cli(*scripts: str, log_dir: Path, modules: tuple[str, ...] = ()) -> Iterator[WarmCli]:
+    """A server that has imported these scripts, and then `modules` (what they import as they run), run from
+    the repo root as the other tests run them; its children still running at the end are killed."""
     with open(log_dir / "warm-server.log", "wb") as errors:
         server = subprocess.Popen(
-            [sys.executable, "-c", _SERVER, *scripts],
+            [sys.executable, "-c", _SERVER, json.dumps([scripts, modules])],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
