@@ -7,6 +7,11 @@ one of them, and one records them all (shared/evaluation/coordination.py):
 
     python eval.py --train-dir runs/digits [--device cpu|cuda:N] [--poll SECS]
 
+With --suite NAME it runs one of the config's other evaluation suites (`suites:`) into eval-NAME/, on that
+suite's data and schedule; a suite started late evaluates the retained checkpoints it selects, in step order:
+
+    python eval.py --train-dir runs/digits --suite NAME [--set suites.NAME.every_steps=500]
+
 Ad hoc it evaluates one checkpoint and prints the metrics (`--json` for one JSON object):
 
     python eval.py --train-dir runs/digits --checkpoint latest|best|STEP|PATH
@@ -39,6 +44,7 @@ import torch
 from shared import config as cfg
 from shared.checkpoints.source import SOURCES
 from shared.checkpoints.store import Checkpoint
+from shared.checkpoints.suites import find_suite, record_suite
 from shared.errors import CheckpointError, UsageError
 from shared.evaluation import actions, crossval, export, status
 from shared.evaluation.actions.export_best import ExportBest
@@ -54,12 +60,12 @@ from shared.protocol import numbers
 from shared.protocol.claims import this_evaluator
 from shared.protocol.files import refuse_linked_folders
 from shared.protocol.finished import MAX_WALL_TIME, read_finished
-from shared.protocol.layout import METADATA, TrainDir
+from shared.protocol.layout import DEFAULT_SUITE, METADATA, TrainDir
 from shared.protocol.presence import FolderGuard
 from shared.protocol.results import EvalResult, SplitResult
 from shared.runtime import cli, devices, threads
 from shared.runtime.signals import StopRequest
-from shared.tasks.loading import load_config
+from shared.tasks.loading import load_config, suite_config
 
 log = logging.getLogger("eval")
 seconds = cli.number(float, 0, cfg.MAX_SECS)
@@ -71,6 +77,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument(
         "--poll", type=seconds, metavar="SECS", help="poll every SECS, not inotify (NFS, Docker Desktop); 0: inotify"
+    )
+    parser.add_argument(
+        "--suite",
+        default=DEFAULT_SUITE,
+        metavar="NAME",
+        help=f"run this evaluation suite of the config's suites: (default: {DEFAULT_SUITE}, the eval section)",
     )
     parser.add_argument("--idle-timeout", type=seconds, metavar="SECS", help="exit 0 after SECS with no new checkpoint")
     parser.add_argument(
@@ -108,6 +120,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--json goes with --checkpoint, --status or --summarize")
     if not args.checkpoint and args.write_summary:
         parser.error("--write-summary goes with --checkpoint")
+    if args.suite != DEFAULT_SUITE and (args.checkpoint or args.summarize):
+        parser.error("--suite goes with the daemon; leave out --checkpoint and --summarize")
     return args
 
 
@@ -230,24 +244,33 @@ def run_daemon(args: argparse.Namespace, train_dir: TrainDir, device: torch.devi
         stop.on_stop = watcher.wake
         if not wait_for(train_dir.config.exists, watcher.wait, stop, deadline, hint):
             return 0
-        join_as_evaluator(train_dir)  # within a second of config.yaml, before retention may retire anything
+        if args.suite == DEFAULT_SUITE:  # at once; a named suite's folder is made once the config names it
+            join_as_evaluator(train_dir)  # within a second of config.yaml, before retention may retire anything
         took_threads = threads.apply(threads.choose("eval", args.threads, train_dir))  # train.py, if any, has its lock
-        config = read_config(args, train_dir)
+        given = read_config(args, train_dir)
+        suite = find_suite(train_dir, given, args.suite)
+        join_as_evaluator(suite.places)
+        record_suite(suite)  # a named suite's schedule, for train.py's retention
+        config = suite_config(given, suite.name)
         check_backends(config)
         evaluator = Evaluator.from_config(config, device)
         log.info(took_threads)
-        runs = {split: train_dir.split_run(split) for split in evaluator.splits}  # one writer per split's run
+        places = suite.places  # this suite's eval run, ledger, claims and pending outcomes
+        runs = {split: places.split_run(split) for split in evaluator.splits}  # one writer per split's run
         prepare = functools.partial(dashboards.prepare, evaluator.task.build_metrics)
-        after = after_evaluation(train_dir, evaluator, config)
-        with Coordinator(train_dir, config, write_summaries, runs, prepare) as shared:
+        after = after_evaluation(places, evaluator, config)
+        with Coordinator(places, config, write_summaries, runs, prepare, suite.schedule) as shared:
             return follow_checkpoints(args, shared, evaluator, after, config, watcher, stop)
 
 
 def after_evaluation(train_dir: TrainDir, evaluator: Evaluator, config: cfg.Config) -> list[actions.Action]:
-    """What happens to each result (evaluated, failed or skipped), in this order (shared/evaluation/actions)."""
+    """What happens to each result (evaluated, failed or skipped), in this order (shared/evaluation/actions);
+    `train_dir` is the suite's view: a named suite exports best-NAME/ only when asked (suites.NAME.export_best)."""
+    exports = not train_dir.named_suite or config.suites.by_name[train_dir.suite].export_best
+    best = ExportBest(train_dir, evaluator.task, evaluator.model, config)
     return [
         actions.When(actions.scored, log_metrics),
-        actions.When(actions.scored, ExportBest(train_dir, evaluator.task, evaluator.model, config)),
+        *([actions.When(actions.scored, best)] if exports else []),
         WriteOutcome(train_dir.pending),  # last: once it is recorded, retention may delete the checkpoint
     ]
 
@@ -264,7 +287,7 @@ def follow_checkpoints(
     train_dir, done = shared.train_dir, shared.scan.ledger.steps
     log.info(
         "evaluating %s on %s as %s; %d step(s) already recorded",
-        train_dir.root,
+        f"{train_dir.root} (suite {train_dir.suite})" if train_dir.named_suite else train_dir.root,
         evaluator.device,
         this_evaluator(),
         len(done),

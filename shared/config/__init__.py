@@ -40,6 +40,8 @@ from shared.config.schema import (
     Seconds,
     Section,
     Seed,
+    SuiteConfig,
+    Suites,
     TaskMetrics,
     TrainConfig,
 )
@@ -71,6 +73,8 @@ __all__ = [
     "Seconds",
     "Section",
     "Seed",
+    "SuiteConfig",
+    "Suites",
     "TaskMetrics",
     "TrainConfig",
     "apply_overrides",

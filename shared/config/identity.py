@@ -57,12 +57,13 @@ def check_same_identity(saved: Config, new: Config, what: str) -> dict[str, tupl
 
 
 def check_eval_only(saved: Config, new: Config, what: str) -> dict[str, tuple[Any, Any]]:
-    """eval.py: refuse any change outside the eval section (it would be ignored, or change the model)."""
+    """eval.py: refuse any change outside the eval section and the suites (it would be ignored, or change the
+    model)."""
     changed = check_same_identity(saved, new, what)
-    outside = {key: change for key, change in changed.items() if not key.startswith("eval.")}
+    outside = {key: change for key, change in changed.items() if not key.startswith(("eval.", "suites."))}
     if outside:
         raise ConfigError(
-            f"{what} may change the eval section only ({_listed(outside)}); the others come from the train_dir's "
-            "config.yaml: leave them out here (train.py takes them, and records them there)"
+            f"{what} may change the eval section only ({_listed(outside)}), and suites:; the others come from the "
+            "train_dir's config.yaml: leave them out here (train.py takes them, and records them there)"
         )
     return changed

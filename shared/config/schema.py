@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, ValidationInfo, model_validator
 
 from shared.errors import ConfigError
+from shared.protocol.layout import DEFAULT_SUITE, SUITE_NAME_RE
 
 # Upper bounds: beyond them a value is a typo, or breaks something below the config.
 MAX_COUNT = 2**31 - 1  # sizes and counts: C ints in torch and the DataLoader hold 31 bits
@@ -256,6 +257,53 @@ class EvalConfig(Watched):
         return section
 
 
+class SuiteConfig(Watched):
+    """An evaluation suite beside the default one (`eval`): its own data, schedule and results (eval-NAME/), run by
+    `eval.py --suite NAME` (docs/evaluation.md). Unset keys take the eval section's value."""
+
+    task: str | None = Field(
+        None,
+        description="a Task class (module:Class, or a built-in name) that builds the run's model from the same "
+        "model and data sections, with its own evaluation data and metrics; null: the run's own task",
+    )
+    splits: list[Split] = Field(
+        default_factory=lambda: ["val"],
+        description="evaluated at each selected checkpoint, each into its own TensorBoard run (eval-NAME, "
+        "eval-NAME_SPLIT); the first scores best_metric",
+    )
+    max_examples: Count = Field(0, description="> 0: a fixed subset of each split, for speed; 0: all")
+    batch_size: PositiveCount | None = Field(None, description="examples per evaluation batch; null: eval.batch_size")
+    every_steps: int = Field(
+        1, ge=1, le=MAX_STEP, description="evaluate the checkpoints whose step is a multiple of this (1: every one)"
+    )
+    start_step: int = Field(0, ge=0, le=MAX_STEP, description="evaluate no checkpoint before this step")
+    policy: Literal["all", "latest"] = Field(
+        "all", description="latest: when behind, skip to the newest selected checkpoint (recorded as skipped)"
+    )
+    max_unevaluated: Count | None = Field(
+        None,
+        description="train.py keeps up to this many selected checkpoints this suite has not reached; "
+        "null: checkpoint.max_unevaluated",
+    )
+    best_metric: Metric | None = Field(
+        None, description="the metric that ranks best-NAME/ and the policies fed by this suite; null: its task's own"
+    )
+    export_best: bool = Field(False, description="export this suite's best checkpoint to best-NAME/")
+
+
+class Suites(Section):
+    """suites: more evaluation suites, by name (lowercase letters, digits, `-`), each a suites.NAME section; the eval
+    section is the default suite. A section of its own rather than a dict, so every reader of the schema walks it
+    as any other section."""
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False, protected_namespaces=())
+    __pydantic_extra__: dict[str, SuiteConfig] = Field(init=False)
+
+    @property
+    def by_name(self) -> dict[str, SuiteConfig]:
+        return dict(self.__pydantic_extra__ or {})
+
+
 class Config(Section):
     """The whole config. The loader uses a subclass whose model and data are the task's own sections."""
 
@@ -267,6 +315,7 @@ class Config(Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    suites: Suites = Field(default_factory=Suites, description="more evaluation suites (docs/evaluation.md)")
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
@@ -291,6 +340,16 @@ class Config(Section):
             raise ConfigError(
                 f"eval.splits: list each split once, at least one (e.g. [val, train]); got {self.eval.splits}"
             )
+        for name, suite in self.suites.by_name.items():
+            if not SUITE_NAME_RE.match(name) or name == DEFAULT_SUITE:
+                raise ConfigError(
+                    f"suites.{name}: a suite's name is lowercase letters, digits and `-` (it names the folder "
+                    f"eval-NAME/), at most 40, and not {DEFAULT_SUITE!r} (the eval section's); rename it"
+                )
+            if not suite.splits or len(set(suite.splits)) < len(suite.splits):
+                raise ConfigError(
+                    f"suites.{name}.splits: list each split once, at least one (e.g. [val, test]); got {suite.splits}"
+                )
         folds, fold = self.data.folds, self.data.fold
         if fold >= max(folds, 1):
             fix = f"set data.fold between 0 and {folds - 1}" if folds > 1 else "set data.folds to 2 or more first"

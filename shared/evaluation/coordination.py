@@ -1,5 +1,8 @@
 """Several eval.py daemons on one train_dir: which checkpoint each evaluates, and who records the results.
 
+All of this is per evaluation suite: a TrainDir is one suite's view (eval/ for the default suite, eval-<name>/
+for another), and a suite's daemons look only at the checkpoints its schedule selects.
+
 Every daemon is an evaluator: it claims the oldest checkpoint nobody holds (shared/protocol/claims.py), evaluates
 it and leaves its outcome in `eval/pending/` (shared/protocol/outcomes.py). One of them, the one holding the
 flock on `eval/.eval.lock`, is also the *recorder*: the only process that appends to the `eval`
@@ -17,11 +20,11 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+from shared.checkpoints.schedule import POLICIES, Schedule
 from shared.checkpoints.source import SOURCES, CheckpointSource
 from shared.checkpoints.store import Checkpoint
 from shared.config import Config
 from shared.errors import UsageError
-from shared.evaluation.schedule import SCHEDULES
 from shared.loggers import dashboards
 from shared.loggers.backends import open_run
 from shared.loggers.base import Logger
@@ -38,15 +41,21 @@ Plot = Callable[[Logger, int, SplitResult], None]  # a split's summaries at a st
 
 
 class CheckpointScan:
-    """The checkpoints not yet in the ledger, kept up to date at a cost of one folder listing per call.
+    """The checkpoints the suite's schedule `selects` not yet in its ledger, kept up to date at a cost of one
+    folder listing per call.
 
     Only names new since the last listing are parsed and only ledger lines appended since the last
     call are read, so a folder of 10,000 checkpoints costs one `listdir` and a set difference per poll
     (bench/poll_cost.py); nothing is stat'ed, which is what makes polling cheap on NFS.
     """
 
-    def __init__(self, train_dir: TrainDir, source: CheckpointSource = SOURCES["trainval"]) -> None:
-        self.folder, self.source = train_dir.checkpoints, source
+    def __init__(
+        self,
+        train_dir: TrainDir,
+        source: CheckpointSource = SOURCES["trainval"],
+        selects: Callable[[int], bool] = lambda step: True,
+    ) -> None:
+        self.folder, self.source, self.selects = train_dir.checkpoints, source, selects
         self.ledger = LedgerTail(train_dir.results)
         self.unrecorded: dict[int, str] = {}  # step -> name (file, or FSDP folder): listed, not in the ledger
         self._listed: dict[str, int] = {}  # name -> step of every committed checkpoint listed
@@ -64,13 +73,13 @@ class CheckpointScan:
         for name in self._listed.keys() - names:  # deleted (retention)
             self.unrecorded.pop(self._listed.pop(name), None)
         for name in names - self._listed.keys():
-            if (step := self.source.step_of(name)) is not None:
+            if (step := self.source.step_of(name)) is not None and self.selects(step):
                 self._listed[name] = step
                 if step not in self.ledger.steps:
                     self.unrecorded[step] = name
         # After the listing: train.py notes a checkpoint before it retires it, so one gone from the listing
         # has its note here already.
-        self._noted.update((result.step, result) for result in self._notes.poll() or [])
+        self._noted.update((r.step, r) for r in self._notes.poll() or [] if self.selects(r.step))
         for step in self._noted.keys() & self.ledger.steps:
             del self._noted[step]
 
@@ -206,14 +215,17 @@ class Coordinator:
         plot: Plot,
         runs: dict[str, Path],
         prepare: Callable[[], None] = lambda: None,
+        schedule: Schedule | None = None,
     ) -> None:
         """`plot` writes a split's summaries at a step; `prepare`, once this process is elected recorder, does
-        the one-time work of the first `plot` (imports, a figure's frame) before any checkpoint is due."""
+        the one-time work of the first `plot` (imports, a figure's frame) before any checkpoint is due.
+        `schedule`: the suite's (shared.checkpoints.suites); by default eval.policy's over every checkpoint."""
         self.train_dir = train_dir
-        self.scan = CheckpointScan(train_dir)
+        self.schedule = schedule or POLICIES[config.eval.policy]()
+        self.scan = CheckpointScan(train_dir, selects=self.schedule.selects)
         self.claims = Claims(train_dir.claims, config.eval.claim_timeout_secs)
         self.recorder = Recorder(train_dir, config, plot, runs, prepare)
-        self.schedule, self.rescan_secs = SCHEDULES[config.eval.policy], config.eval.rescan_secs
+        self.rescan_secs = config.eval.rescan_secs
         self.scan.update()
 
     def __enter__(self) -> Coordinator:
@@ -240,7 +252,7 @@ class Coordinator:
             for c in self.scan.pending()
             if c.step not in waiting and (c.step not in claimed or self.claims.stale_reason(c.step))
         ]
-        plan = self.schedule(free)
+        plan = self.schedule.plan(free)
         skipped = [(c, why) for c, why in plan.skip if self._claim(c.step)]
         return skipped, next((c for c in plan.candidates if self._claim(c.step)), None)
 
@@ -260,5 +272,5 @@ class Coordinator:
         return not self.scan.unrecorded and not self.scan.retired() and not outcome_steps(self.train_dir.pending)
 
     def has_recorded(self, step: int | None) -> bool:
-        """`step` is in the ledger (None, a step not known, counts as recorded)."""
-        return step is None or step in self.scan.ledger.steps
+        """`step` is in the ledger (None, a step not known, and one the schedule does not select count as recorded)."""
+        return step is None or not self.schedule.selects(step) or step in self.scan.ledger.steps

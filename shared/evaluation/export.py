@@ -39,7 +39,7 @@ from shared.protocol.files import (
     remove_tree,
     write_synced,
 )
-from shared.protocol.layout import BEST_VERSION_RE, TrainDir
+from shared.protocol.layout import TrainDir
 from shared.protocol.results import EvalResult, RecordError
 
 if TYPE_CHECKING:  # torch and the tasks are imported where they are used: launch.py reads best/ without them
@@ -173,7 +173,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def _switch(train_dir: TrainDir, version: Path) -> None:
     """Point `best` at `version` with one rename (two without symlinks), then remove every other best folder."""
-    link = train_dir.root / ".best.link.tmp"
+    link = train_dir.best_link_temp
     link.unlink(missing_ok=True)
     try:
         link.symlink_to(version.name)  # relative: the train_dir can be moved or mounted elsewhere
@@ -187,7 +187,7 @@ def _switch(train_dir: TrainDir, version: Path) -> None:
         os.replace(link, train_dir.best)
     fsync_dir(train_dir.root)
     for entry in train_dir.root.iterdir():
-        if BEST_VERSION_RE.match(entry.name) and entry.name != version.name:
+        if train_dir.best_version_re.match(entry.name) and entry.name != version.name:
             remove_tree(entry)
 
 
@@ -200,7 +200,9 @@ def _finish_a_cut_switch(train_dir: TrainDir) -> None:
 
 def _complete_version(train_dir: TrainDir) -> Path | None:
     """The newest complete `.best-<step>` folder (a temp's name is never complete), or None."""
-    found = [entry for entry in train_dir.root.iterdir() if (m := BEST_VERSION_RE.match(entry.name)) and not m[2]]
+    found = [
+        entry for entry in train_dir.root.iterdir() if (m := train_dir.best_version_re.match(entry.name)) and not m[2]
+    ]
     return max(found, default=None)
 
 

@@ -1,6 +1,7 @@
 """The train_dir layout: every path the two processes share, named in one place.
 
-train.py owns `config.yaml`, `checkpoints/`, `train/` and `finished.json`; eval.py owns `eval/`.
+train.py owns `config.yaml`, `checkpoints/`, `train/` and `finished.json`; eval.py owns `eval/`, and each
+named evaluation suite's `eval-<suite>/` (a TrainDir is one suite's view: `TrainDir(root, suite)`).
 docs/protocol.md describes what each file means and who may write it.
 """
 
@@ -21,7 +22,11 @@ METADATA = ".metadata"  # DCP's index of a sharded checkpoint, written last
 SHARDED_STATE = "state.pt"  # the plain values of a sharded checkpoint (step, schedule, data position, RNG)
 # train.py's skipped record of each checkpoint it retired before the evaluator recorded it (append-only).
 RETIRED_NOTES = "retired.jsonl"
-BEST_VERSION_RE = re.compile(r"^\.best-(\d{9})(\.tmp)?$")  # complete folders, and temps being written
+# An evaluation suite's name (config `suites:`): it names folders (eval-<name>/, best-<name>/), so no `_`, which
+# joins a suite's run to its split (eval-<name>_train/), and no `/`; `eval` is the default suite's own.
+DEFAULT_SUITE = "eval"
+SUITE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+SUITE_FOLDER_PREFIX = "eval-"
 EVENTS_REPAIR_TEMP_RE = re.compile(r"^\.repair-\d+\.tmp$")  # an event file being rewritten after a restart
 
 
@@ -52,9 +57,31 @@ def checkpoint_step(path: str | os.PathLike) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def suite_of_folder(name: str) -> str | None:
+    """The suite whose run folder (eval-<suite>/) is `name`, or None for any other name."""
+    suite = name.removeprefix(SUITE_FOLDER_PREFIX)
+    return suite if suite != name and SUITE_NAME_RE.match(suite) and suite != DEFAULT_SUITE else None
+
+
 @dataclass(frozen=True)
 class TrainDir:
+    """The paths of a train_dir as one evaluation suite sees them: the default suite (`eval`) keeps eval/,
+    best/ and .best.lock; a named suite has eval-<suite>/ (its ledger, claims, pending, TensorBoard run),
+    best-<suite>/ and .best-<suite>.lock. Everything else is the same for every suite."""
+
     root: Path
+    suite: str = DEFAULT_SUITE
+
+    def for_suite(self, suite: str) -> TrainDir:
+        return TrainDir(self.root, suite)
+
+    @property
+    def named_suite(self) -> bool:
+        return self.suite != DEFAULT_SUITE
+
+    def _suited(self, base: str) -> str:
+        """`base` (eval, best) for the default suite, `base-<suite>` for a named one."""
+        return f"{base}-{self.suite}" if self.named_suite else base
 
     @property
     def config(self) -> Path:
@@ -81,8 +108,8 @@ class TrainDir:
 
     @property
     def eval_run(self) -> Path:
-        """TensorBoard run and evaluation ledger, written by the eval.py daemon only."""
-        return self.root / "eval"
+        """TensorBoard run and evaluation ledger of this suite, written by its eval.py daemons only."""
+        return self.root / self._suited("eval")
 
     @property
     def adhoc_run(self) -> Path:
@@ -106,15 +133,25 @@ class TrainDir:
     @property
     def best(self) -> Path:
         """The best evaluated weights: a relative symlink to a complete hidden folder, switched atomically."""
-        return self.root / "best"
+        return self.root / self._suited("best")
 
     @property
     def best_lock(self) -> Path:
         """flock(2) held by an evaluator while it compares with and replaces best/."""
-        return self.root / ".best.lock"
+        return self.root / f".{self._suited('best')}.lock"
+
+    @property
+    def best_link_temp(self) -> Path:
+        """The new symlink, renamed over best/."""
+        return self.root / f".{self._suited('best')}.link.tmp"
 
     def best_version(self, step: int, temp: bool = False) -> Path:
-        return self.root / f".best-{step:09d}{'.tmp' if temp else ''}"
+        return self.root / f".{self._suited('best')}-{step:09d}{'.tmp' if temp else ''}"
+
+    @property
+    def best_version_re(self) -> re.Pattern[str]:
+        """This suite's best version folders (`.best-<step>`, `.best-<suite>-<step>`): complete ones and temps."""
+        return re.compile(rf"^\.{re.escape(self._suited('best'))}-(\d{{9}})(\.tmp)?$")
 
     @property
     def finished(self) -> Path:
@@ -147,3 +184,6 @@ class TrainDir:
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / checkpoint_name(step)
+
+
+BEST_VERSION_RE = TrainDir(Path()).best_version_re  # the default suite's: `.best-<step>`, complete or `.tmp`

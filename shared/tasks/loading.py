@@ -188,6 +188,26 @@ def load_config(path: str | Path, overrides: list[str] = (), follow_links: bool 
     return resolve_config(cfg.read_with_overrides(path, overrides, follow_links))
 
 
+def suite_config(config: cfg.Config, suite: str) -> cfg.Config:
+    """The config an evaluator of `suite` runs: the run's, with the suite's task (built from the same model and
+    data sections) and its options in the eval section; the default suite's is the config itself. The train
+    section's policies are train.py's and are left out: they name the run's task's metrics. ConfigError when
+    the suite's task cannot take the run's sections, or has no metric best_metric names."""
+    if suite not in config.suites.by_name:
+        return config
+    options, raw = config.suites.by_name[suite], config.to_dict()
+    chosen = {"splits", "max_examples", "policy", "best_metric"}
+    given = options.model_dump(include=chosen) | ({"batch_size": options.batch_size} if options.batch_size else {})
+    raw["eval"] |= given
+    raw["task"] = options.task or config.task
+    for policy in ("on_plateau", "early_stop"):
+        raw["train"].pop(policy)
+    try:
+        return resolve_config(raw)
+    except ConfigError as err:
+        raise ConfigError(f"suites.{suite}: {err}") from None
+
+
 def build_task(config: cfg.Config) -> Task:
     cls = task_class(config.task)
     return cls(config.model, config.data, config.seed)

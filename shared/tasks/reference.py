@@ -135,6 +135,8 @@ def page() -> str:
         for sub, field in section.model_fields.items():
             if isinstance(field.annotation, type) and issubclass(field.annotation, cfg.Section):
                 tables.append(table(f"{name}.{sub}", field.annotation, f"{name}.{sub}.", summary(field.annotation)))
+    suite = "suites.NAME"  # a mapping of names to sections: one table for them all
+    tables.append(table(suite, cfg.SuiteConfig, f"{suite}.", summary(cfg.SuiteConfig)))
     generic = frozenset(cfg.DataConfig.model_fields)
     for task in BUILTIN_TASKS:
         cls = task_class(task)
