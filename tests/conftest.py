@@ -103,18 +103,10 @@ class Proc:
 
 # The scripts the `start` fixture runs from the session's warm server (tests/warm_cli.py) unless told `cold`.
 WARM_SCRIPTS = ("train.py", "eval.py")
-# What they import only as they run, which every warm child would otherwise import again (measured: a warm
-# train.py of SHORT_RUN took 5.7 CPU-seconds without them, 1.2 with): the digits task (scikit-learn, read with
-# the config), torch's dynamo (the optimizer's first step), matplotlib and scikit-learn's metrics (eval.py's
-# confusion image).
-WARM_MODULES = (
-    "shared.tasks.digits",
-    "torch._dynamo",
-    "matplotlib",
-    "matplotlib.backends.backend_agg",
-    "matplotlib.figure",
-    "sklearn.metrics",
-)
+# What they import only as they run, which every warm child would otherwise import again: torch's dynamo (under
+# the optimizer's first step: a warm 40-step SHORT_RUN train.py took 3.1 s with it to import, 0.5 s without) and
+# Pillow's drawing (eval.py's confusion image). Dependencies only: a fresh `make test` venv has nothing more.
+WARM_MODULES = ("torch._dynamo", "PIL.Image", "PIL.ImageDraw", "PIL.ImageFont")
 
 
 @contextmanager

@@ -1,14 +1,13 @@
 """Start the real train.py / eval.py command lines many times without paying their imports each time.
 
 A server process imports the scripts once (torch, TensorBoard), then the modules they import only as they run
-(`modules`: the digits task's scikit-learn, torch's dynamo under the optimizer, matplotlib for the confusion
-image): 5 to 8 CPU-seconds per start on this project's machine. Then, per request, it forks a child that runs
-the script file as `__main__`, as `python SCRIPT ARGS` would, with its stdout and stderr in a log file. The
-child is a real process in all but its imports: its own pid, argv, file descriptors, signal handlers, default
-logging and warnings; a test may SIGKILL it, and its exit code is the script's (negative for a signal, as
-subprocess reports it). What a cold interpreter prints while importing is not seen here, so a test that uses
-this keeps a cold start of each script too. The imports write nothing to disk, so a kill among them would
-test nothing a warm kill misses.
+(`modules`: torch's dynamo under the optimizer, Pillow for the confusion image): about 5 CPU-seconds per start
+on this project's machine. Then, per request, it forks a child that runs the script file as `__main__`, as
+`python SCRIPT ARGS` would, with its stdout and stderr in a log file. The child is a real process in all but
+its imports: its own pid, argv, file descriptors, signal handlers, default logging and warnings; a test may
+SIGKILL it, and its exit code is the script's (negative for a signal, as subprocess reports it). What a cold
+interpreter prints while importing is not seen here, so a test that uses this keeps a cold start of each
+script too. The imports write nothing to disk, so a kill among them would test nothing a warm kill misses.
 """
 
 from __future__ import annotations
