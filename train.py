@@ -211,7 +211,7 @@ def build_checkpointer(
     wait = None if lag is None else EvaluatorWait(train_dir, ledger, lag, stop, state.group, folders.check)
     when = save_policy.from_options(config.checkpoint, agreement)
     return Checkpointer(
-        when, writer, Retirer(train_dir, policy, ledger), guard,
+        when, writer, Retirer(train_dir, policy, ledger, config), guard,
         last_step=config.train.steps, before_save=(logger.flush, state.feedback.saving), wait=wait,
     )  # fmt: skip
 

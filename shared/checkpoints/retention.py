@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -21,7 +21,7 @@ from shared.config import CheckpointConfig
 from shared.protocol import numbers
 from shared.protocol.claims import this_evaluator
 from shared.protocol.files import append_line, fsync_dir
-from shared.protocol.layout import RETIRED_NOTES
+from shared.protocol.layout import DEFAULT_SUITE, RETIRED_NOTES
 from shared.protocol.results import EvalResult
 
 log = logging.getLogger(__name__)
@@ -29,14 +29,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EvaluatorProgress:
-    """What the ledger says about the evaluator; `newest` is None when no evaluator keeps a ledger."""
+    """What a suite's ledger says about its evaluators; `newest` is None when none keeps a ledger (none joined)."""
 
     newest: int | None  # the newest recorded step (-1: none yet), whatever its status
     results: Mapping[int, EvalResult] = field(default_factory=dict)  # the ok results by step (for KeepBest)
+    selects: Callable[[int], bool] = lambda step: True  # the suite's schedule: the steps it evaluates at all
+    name: str = DEFAULT_SUITE
+    limit: int = 0  # its max_unevaluated, for a named suite (the default suite's is the policy's)
 
     def unevaluated(self, steps: Sequence[int]) -> list[int]:
-        """The steps the evaluator has not reached yet (none without an evaluator: nobody waits for them)."""
-        return [] if self.newest is None else [s for s in steps if s > self.newest]
+        """The steps the suite selects and has not reached yet (none without an evaluator: nobody waits for them)."""
+        return [] if self.newest is None else [s for s in steps if s > self.newest and self.selects(s)]
 
 
 class Rule(Protocol):
@@ -85,11 +88,14 @@ class KeepBest:
 @dataclass(frozen=True)
 class KeepUnevaluated:
     """Up to `limit` of the oldest steps the evaluator has not reached and no other rule keeps, so a slower
-    evaluator still gets them; the limit bounds the disk a stalled or abandoned evaluator can cost."""
+    evaluator still gets them; the limit bounds the disk a stalled or abandoned evaluator can cost. Each named
+    suite has its own (`suite`: its progress, and its limit); without one, the default suite's."""
 
     limit: int
+    suite: EvaluatorProgress | None = None
 
     def keep(self, steps: Sequence[int], progress: EvaluatorProgress, kept: frozenset[int]) -> set[int]:
+        progress = self.suite or progress
         return set([s for s in progress.unevaluated(steps) if s not in kept][: self.limit])
 
 
@@ -118,18 +124,30 @@ class RetentionPolicy:
         return (latest, multiples, *([self.best] if self.best else []), KeepUnevaluated(self.max_unevaluated))
 
     def to_delete(
-        self, steps: Sequence[int], last_evaluated: int | None, results: Mapping[int, EvalResult] | None = None
+        self,
+        steps: Sequence[int],
+        last_evaluated: int | None,
+        results: Mapping[int, EvalResult] | None = None,
+        suites: Sequence[EvaluatorProgress] = (),
     ) -> tuple[list[int], list[int]]:
-        """(steps to delete, of those the ones the evaluator has not reached yet)."""
+        """(steps to delete, of those the ones the default suite, or a named one in `suites` that selects them,
+        has not reached yet). Each named suite keeps up to its own limit of the steps it has not reached."""
         steps, progress = sorted(steps), EvaluatorProgress(last_evaluated, results or {})
         kept: set[int] = set()
-        for rule in self.rules:
+        for rule in (*self.rules, *(KeepUnevaluated(suite.limit, suite) for suite in suites)):
             kept |= rule.keep(steps, progress, frozenset(kept))
         delete = [s for s in steps if s not in kept]
-        return delete, progress.unevaluated(delete)
+        lacking = {s for each in (progress, *suites) for s in each.unevaluated(delete)}
+        return delete, [s for s in delete if s in lacking]
 
-    def why_unrecorded(self, evaluator_joined: bool) -> str:
-        """The skipped record's reason for a checkpoint retired before the evaluator recorded it."""
+    def why_unrecorded(self, evaluator_joined: bool, suite: EvaluatorProgress | None = None) -> str:
+        """The skipped record's reason for a checkpoint retired before the evaluator (of `suite`, a named one
+        that lacks it, if given) recorded it."""
+        if suite is not None:
+            return (
+                f"retired by train.py before suite {suite.name} recorded it (suites.{suite.name}.max_unevaluated="
+                f"{suite.limit} reached): raise it, or run more of its evaluators"
+            )
         if not evaluator_joined:
             return (
                 f"retired by train.py before any evaluator joined (checkpoint.max_to_keep={self.max_to_keep}): "
@@ -142,29 +160,36 @@ class RetentionPolicy:
 
 
 def apply_retention(
-    folder: Path, policy: RetentionPolicy, last_evaluated: int | None, results: Mapping[int, EvalResult] | None = None
+    folder: Path,
+    policy: RetentionPolicy,
+    last_evaluated: int | None,
+    results: Mapping[int, EvalResult] | None = None,
+    suites: Sequence[EvaluatorProgress] = (),
 ) -> list[int]:
     """Retire what the policy lets go, after the newest checkpoint is committed; return the retired steps.
 
-    A checkpoint the evaluator has not recorded (none has joined: no ledger; or the max_unevaluated cap) is
-    first noted in `retired.jsonl` as a skipped record, whole and fsynced, so the step is never missing
-    from the ledger without a word (shared.evaluation.coordination records it)."""
+    A checkpoint an evaluator has not recorded (none has joined: no ledger; or the max_unevaluated cap; or a
+    named suite in `suites` that selects it, past its own cap) is first noted in `retired.jsonl` as a skipped
+    record, whole and fsynced, so the step is never missing from a ledger without a word (each suite's
+    recorder copies the notes of the steps it selects and lacks: shared.evaluation.coordination)."""
     checkpoints = list_checkpoints(folder)
-    delete, unevaluated = policy.to_delete([c.step for c in checkpoints], last_evaluated, results)
+    delete, unevaluated = policy.to_delete([c.step for c in checkpoints], last_evaluated, results, suites)
     if unevaluated:
         log.warning(
             "checkpoint.max_unevaluated=%d reached: deleting steps %s before the evaluator reached them",
             policy.max_unevaluated,
             unevaluated,
         )
+    default = EvaluatorProgress(last_evaluated)
     unrecorded = set(delete if last_evaluated is None else unevaluated)
-    reason = policy.why_unrecorded(evaluator_joined=last_evaluated is not None)
     deleted = []
     for checkpoint in checkpoints:
         if checkpoint.step in delete:
             try:
                 if checkpoint.step in unrecorded:
-                    note_retired(folder, checkpoint, reason)
+                    lacking = next((p for p in (default, *suites) if p.unevaluated([checkpoint.step])), default)
+                    named = None if lacking is default else lacking
+                    note_retired(folder, checkpoint, policy.why_unrecorded(last_evaluated is not None, named))
                 retire(checkpoint)
                 deleted.append(checkpoint.step)
             except OSError as err:  # a retention failure never costs a checkpoint; the next save tries again
