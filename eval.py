@@ -21,6 +21,11 @@ behind training and the best so far, reading only (`--json` for one JSON object)
 
     python eval.py --train-dir runs/digits --status
 
+Another trainer's run (Hugging Face, Lightning, DCP, files) is evaluated the same ways, with an eval.yaml that
+holds the task, its eval section and a `source:` (docs/foreign-runs.md):
+
+    python eval.py --train-dir hf-output --config eval.yaml [--results-dir DIR] [--checkpoint ...]
+
 With --summarize it prints the mean and standard deviation of each metric over train_dirs (folds):
 
     python eval.py --summarize runs/exp        # launch.py --folds' folder, or runs/exp/fold-*
@@ -42,7 +47,7 @@ from pathlib import Path
 import torch
 
 from shared import config as cfg
-from shared.checkpoints.source import SOURCES
+from shared.checkpoints.sources import TRAINVAL, CheckpointSource, SourceSection, resolve_source
 from shared.checkpoints.store import Checkpoint
 from shared.checkpoints.suites import find_suite, record_suite
 from shared.errors import CheckpointError, UsageError
@@ -56,16 +61,17 @@ from shared.evaluation.watch import CheckpointWatcher
 from shared.loggers import dashboards
 from shared.loggers.backends import check_backends, mark_run, open_run
 from shared.loggers.base import Logger
+from shared.loggers.mlflow_backend import tracking_uri
 from shared.protocol import numbers
 from shared.protocol.claims import this_evaluator
-from shared.protocol.files import refuse_linked_folders
+from shared.protocol.files import create_once, make_folder, refuse_linked_folders
 from shared.protocol.finished import MAX_WALL_TIME, read_finished
 from shared.protocol.layout import DEFAULT_SUITE, METADATA, TrainDir
 from shared.protocol.presence import FolderGuard
 from shared.protocol.results import EvalResult, SplitResult
 from shared.runtime import cli, devices, threads
 from shared.runtime.signals import StopRequest
-from shared.tasks.loading import load_config, suite_config
+from shared.tasks.loading import load_config, resolve_config, suite_config
 
 log = logging.getLogger("eval")
 seconds = cli.number(float, 0, cfg.MAX_SECS)
@@ -103,6 +109,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="print each suite's ok, failed, skipped and pending steps, its lag and best so far (reads only), exit",
     )
     parser.add_argument(
+        "--results-dir",
+        metavar="DIR",
+        help="another trainer's run (a source: in --config): write the results here, not into --train-dir "
+        "(read-only, say)",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="ad hoc, --status, --summarize: print one JSON object instead of a table"
     )
     parser.add_argument("--write-summary", action="store_true", help="ad hoc: also write to the eval_adhoc run")
@@ -123,6 +135,51 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.suite != DEFAULT_SUITE and (args.checkpoint or args.summarize):
         parser.error("--suite goes with the daemon; leave out --checkpoint and --summarize")
     return args
+
+
+@dataclasses.dataclass(frozen=True)
+class Foreign:
+    """Another trainer's run: the eval.yaml's config (task, eval) and `source:`, and the format's reader."""
+
+    config: cfg.Config
+    section: SourceSection
+    source: CheckpointSource
+
+
+def read_foreign(args: argparse.Namespace) -> Foreign | None:
+    """The eval.yaml of another trainer's run (its `source:` says so); None for train.py's own runs."""
+    raw = cfg.read_with_overrides(args.config, args.overrides) if args.config else None
+    if not (isinstance(raw, dict) and "source" in raw):
+        if args.results_dir:
+            raise UsageError("--results-dir goes with another trainer's run: a source: section in --config")
+        return None
+    section = resolve_source(raw.pop("source"))
+    return Foreign(resolve_config(raw), section, section.build())
+
+
+def foreign_train_dir(args: argparse.Namespace, foreign: Foreign) -> TrainDir:
+    """Results under --results-dir, else beside the checkpoints, in today's layout (eval/, best/)."""
+    source_root = Path(args.train_dir)
+    root = Path(args.results_dir) if args.results_dir else source_root
+    return TrainDir(root, source_root=source_root, source_checkpoints=foreign.source.folder(source_root))
+
+
+def eval_runs(train_dir: TrainDir, splits: list[str], foreign: Foreign | None) -> dict[str, Path]:
+    """Each split's TensorBoard run: in the train_dir, or beside the trainer's own runs (source.logdir,
+    relative to where the results go) so one `tensorboard --logdir` shows both."""
+    runs = {split: train_dir.split_run(split) for split in splits}
+    if foreign is None or foreign.section.logdir is None:
+        return runs
+    logdir = train_dir.root / Path(foreign.section.logdir).expanduser()
+    return {split: logdir / run.name for split, run in runs.items()}
+
+
+def use_trainers_mlflow_run(train_dir: TrainDir, foreign: Foreign | None, config: cfg.Config) -> None:
+    """source.mlflow_run_id: the evaluation logs into the trainer's MLflow run (mlflow_run.json names it)."""
+    if foreign is None or foreign.section.mlflow_run_id is None or "mlflow" not in config.log.backends:
+        return
+    record = {"run_id": foreign.section.mlflow_run_id, "tracking_uri": tracking_uri(config.log)}
+    create_once(train_dir.mlflow_run, (numbers.dumps(record) + "\n").encode())
 
 
 def read_config(args: argparse.Namespace, train_dir: TrainDir) -> cfg.Config:
@@ -151,9 +208,9 @@ def evaluate_checkpoint(checkpoint: Checkpoint, evaluator: Evaluator, train_dir:
     """Evaluate one checkpoint on every split into the result the recorder turns into TensorBoard points
     and a ledger line; the evaluator keeps its weights for the actions after it (export to best/)."""
     started, wall_time = time.perf_counter(), time.time()
-    file = str(checkpoint.path.relative_to(train_dir.root))
+    file = str(checkpoint.path.relative_to(train_dir.reads_within))
     try:
-        step = evaluator.load_checkpoint(checkpoint.path, within=train_dir.root)
+        step = evaluator.load_checkpoint(checkpoint.path, within=train_dir.reads_within)
         if step != checkpoint.step:
             raise CheckpointError(f"its name says step {checkpoint.step} but it holds step {step}")
     except FileNotFoundError:
@@ -186,7 +243,7 @@ def exception_line(err: BaseException) -> str:
 
 def skipped(checkpoint: Checkpoint, train_dir: TrainDir, reason: str) -> EvalResult:
     """A checkpoint deliberately not evaluated, recorded so it is accounted for rather than silently missing."""
-    relative = str(checkpoint.path.relative_to(train_dir.root))
+    relative = str(checkpoint.path.relative_to(train_dir.reads_within))
     log.warning("%s: skipped, %s", relative, reason)
     return EvalResult(checkpoint.step, relative, "skipped", time.time(), reason=reason, evaluator=this_evaluator())
 
@@ -218,8 +275,12 @@ def wait_for(
 
 def waiting_for_train_dir(train_dir: TrainDir, existed: bool, started: float) -> str:
     """What the daemon waits for, how long it has, and whether the folder was there to begin with."""
-    folder = train_dir.root.resolve()
+    folder = train_dir.reads_within.resolve()
     waited = f"waited {time.monotonic() - started:.0f}s"
+    if train_dir.foreign:
+        there = "exists" if folder.is_dir() else "does not exist yet"
+        checkpoints = train_dir.checkpoints.resolve()
+        return f"waiting for the first complete checkpoint in {checkpoints} ({waited}; {folder} {there})"
     if not folder.is_dir():
         return (
             f"waiting for train.py to create {folder} ({waited}; it did not exist when eval.py started: "
@@ -229,37 +290,44 @@ def waiting_for_train_dir(train_dir: TrainDir, existed: bool, started: float) ->
     return f"waiting for train.py to write {folder / train_dir.config.name} ({waited}; the folder {before} at start)"
 
 
-def run_daemon(args: argparse.Namespace, train_dir: TrainDir, device: torch.device) -> int:
+def run_daemon(args: argparse.Namespace, train_dir: TrainDir, device: torch.device, foreign: Foreign | None) -> int:
     """Several daemons may share a train_dir: each evaluates the checkpoints it claims, one records them all."""
-    started, existed, woken = time.monotonic(), train_dir.root.is_dir(), threading.Event()
+    started, existed, woken = time.monotonic(), train_dir.reads_within.is_dir(), threading.Event()
     deadline = started + (math.inf if args.idle_timeout is None else args.idle_timeout)
     hint = functools.partial(waiting_for_train_dir, train_dir, existed, started)
     stop = StopRequest(on_stop=woken.set)
+    source = foreign.source if foreign else TRAINVAL
     # The daemon may start before train.py, but writes nothing until the folder is a train_dir (config.yaml
-    # there): a mistyped --train-dir stays absent, and a folder that is not a train_dir stays as it was.
-    if not wait_for(train_dir.root.is_dir, woken.wait, stop, deadline, hint):
+    # there): a mistyped --train-dir stays absent, and a folder that is not a train_dir stays as it was. Another
+    # trainer's run writes no config.yaml: its folder and its first complete checkpoint are the signal.
+    if not wait_for(train_dir.reads_within.is_dir, woken.wait, stop, deadline, hint):
         return 0
     refuse_linked_folders(train_dir.checkpoints)  # eval/ and the split runs are checked as they are made
-    with CheckpointWatcher(train_dir, args.poll) as watcher:
+    if foreign and args.results_dir:
+        make_folder(train_dir.root)
+    with CheckpointWatcher(train_dir, args.poll, source) as watcher:
         stop.on_stop = watcher.wake
-        if not wait_for(train_dir.config.exists, watcher.wait, stop, deadline, hint):
+        joined = (lambda: bool(source.list(train_dir.checkpoints))) if foreign else train_dir.config.exists
+        if not wait_for(joined, watcher.wait, stop, deadline, hint):
             return 0
         if args.suite == DEFAULT_SUITE:  # at once; a named suite's folder is made once the config names it
             join_as_evaluator(train_dir)  # within a second of config.yaml, before retention may retire anything
         took_threads = threads.apply(threads.choose("eval", args.threads, train_dir))  # train.py, if any, has its lock
-        given = read_config(args, train_dir)
+        given = foreign.config if foreign else read_config(args, train_dir)
         suite = find_suite(train_dir, given, args.suite)
         join_as_evaluator(suite.places)
         record_suite(suite)  # a named suite's schedule, for train.py's retention
         config = suite_config(given, suite.name)
+        use_trainers_mlflow_run(train_dir, foreign, config)
         check_backends(config)
-        evaluator = Evaluator.from_config(config, device)
+        evaluator = Evaluator.from_config(config, device, source)
         log.info(took_threads)
         places = suite.places  # this suite's eval run, ledger, claims and pending outcomes
-        runs = {split: places.split_run(split) for split in evaluator.splits}  # one writer per split's run
+        runs = eval_runs(places, list(evaluator.splits), foreign)  # one writer per split's run
         prepare = functools.partial(dashboards.prepare, evaluator.task.build_metrics)
         after = after_evaluation(places, evaluator, config)
-        with Coordinator(places, config, write_summaries, runs, prepare, suite.schedule) as shared:
+        arrivals = watcher.arrivals
+        with Coordinator(places, config, write_summaries, runs, prepare, suite.schedule, source, arrivals) as shared:
             return follow_checkpoints(args, shared, evaluator, after, config, watcher, stop)
 
 
@@ -327,9 +395,9 @@ def follow_checkpoints(
     return 0
 
 
-def resolve_checkpoint(choice: str, train_dir: TrainDir) -> Path:
+def resolve_checkpoint(choice: str, train_dir: TrainDir, source: CheckpointSource = TRAINVAL) -> Path:
     """--checkpoint's checkpoint: latest, a step number (its checkpoint in checkpoints/), or a path."""
-    found = SOURCES["trainval"].list(train_dir.checkpoints)
+    found = source.list(train_dir.checkpoints)
     if choice == "latest":
         if not found:
             raise UsageError(f"--checkpoint latest: {train_dir.checkpoints} holds no checkpoint yet")
@@ -346,30 +414,37 @@ def resolve_checkpoint(choice: str, train_dir: TrainDir) -> Path:
             )
         return at_step[0]
     path = Path(choice)
-    if not (path.is_file() or (path / METADATA).is_file()):
+    if train_dir.foreign:
+        if source.step_of(path) is None:
+            raise UsageError(
+                f"--checkpoint {choice}: not a complete checkpoint of this source.format; give one, a step "
+                "number, latest or best"
+            )
+    elif not (path.is_file() or (path / METADATA).is_file()):
         raise UsageError(
             f"--checkpoint {choice}: no such file; give a checkpoint (file or sharded folder), a step number, "
             "latest or best"
         )
-    if not path.resolve().is_relative_to(train_dir.root.resolve()):
+    if not path.resolve().is_relative_to(train_dir.reads_within.resolve()):
         raise UsageError(
-            f"--checkpoint {choice} is outside --train-dir {train_dir.root}; copy it into "
+            f"--checkpoint {choice} is outside --train-dir {train_dir.reads_within}; copy it into "
             f"{train_dir.checkpoints} (under a temporary name, then rename) to evaluate it there"
         )
     return path
 
 
-def run_adhoc(args: argparse.Namespace, train_dir: TrainDir, device: torch.device) -> int:
+def run_adhoc(args: argparse.Namespace, train_dir: TrainDir, device: torch.device, foreign: Foreign | None) -> int:
     took_threads = threads.apply(threads.choose("eval", args.threads, train_dir))
-    config = read_config(args, train_dir)
+    config = foreign.config if foreign else read_config(args, train_dir)
+    source = foreign.source if foreign else TRAINVAL
     if args.write_summary:
         check_backends(config)
     best = args.checkpoint == "best"
     if best:
         export.best_folder(train_dir)  # refuses a train_dir with none yet
-    path = train_dir.best if best else resolve_checkpoint(args.checkpoint, train_dir)
+    path = train_dir.best if best else resolve_checkpoint(args.checkpoint, train_dir, source)
     shown = f"{path}/" if best else str(path)  # best/ by its own name, not the hidden folder it points at now
-    evaluator = Evaluator.from_config(config, device)
+    evaluator = Evaluator.from_config(config, device, source)
     log.info(took_threads)
     try:
         step = export.restore_best(evaluator.model, train_dir)["step"] if best else evaluator.load_checkpoint(path)
@@ -397,16 +472,19 @@ def main(argv: list[str]) -> int:
     if args.summarize:
         crossval.print_summary(args.summarize, args.json)
         return 0
-    train_dir = TrainDir(Path(args.train_dir))
+    foreign = read_foreign(args)
+    train_dir = foreign_train_dir(args, foreign) if foreign else TrainDir(Path(args.train_dir))
     device = devices.resolve(args.device)
     devices.use_fast_math(device, autotune=False)
-    if (args.checkpoint or args.status) and not train_dir.root.is_dir():
-        raise UsageError(f"--train-dir {train_dir.root} does not exist; check the path")
+    if (args.checkpoint or args.status) and not train_dir.reads_within.is_dir():
+        raise UsageError(f"--train-dir {train_dir.reads_within} does not exist; check the path")
     if args.status:
+        if foreign:
+            return status.show(train_dir, foreign.config, args.json, foreign.source)
         return status.show(train_dir, read_config(args, train_dir), args.json)
     if args.checkpoint:
-        return run_adhoc(args, train_dir, device)
-    return run_daemon(args, train_dir, device)
+        return run_adhoc(args, train_dir, device, foreign)
+    return run_daemon(args, train_dir, device, foreign)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.checkpoints.dcp import DcpCheckpoints
+from shared.checkpoints.sources.dcp import DcpCheckpoints
 from shared.errors import CheckpointError, ConfigError
 from tests.foreign_runs import digits, run_to_end
 

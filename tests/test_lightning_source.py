@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.checkpoints.lightning import LightningCheckpoints, zip_is_complete
+from shared.checkpoints.sources.lightning import LightningCheckpoints, zip_is_complete
 from shared.errors import CheckpointError
 from tests.foreign_runs import digits, run_to_end
 

@@ -17,18 +17,19 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from shared.checkpoints.schedule import POLICIES, Schedule
-from shared.checkpoints.source import SOURCES, CheckpointSource
+from shared.checkpoints.sources import TRAINVAL, CheckpointSource
 from shared.checkpoints.store import Checkpoint
 from shared.config import Config
 from shared.errors import UsageError
 from shared.loggers import dashboards
 from shared.loggers.backends import open_run
 from shared.loggers.base import Logger
-from shared.protocol.claims import Claims, Silence
+from shared.protocol.claims import Claims, Silence, this_evaluator
 from shared.protocol.files import make_folder, release_lock, touch, try_lock
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import Ledger, LedgerTail
@@ -46,19 +47,25 @@ class CheckpointScan:
 
     Only names new since the last listing are parsed and only ledger lines appended since the last
     call are read, so a folder of 10,000 checkpoints costs one `listdir` and a set difference per poll
-    (bench/poll_cost.py); nothing is stat'ed, which is what makes polling cheap on NFS.
+    (bench/poll_cost.py); nothing is stat'ed, which is what makes polling cheap on NFS. A format whose
+    names appear before they are complete (a foreign trainer's) asks its source again about each name not
+    yet listed, at every call. A foreign trainer notes nothing it deletes: a complete checkpoint this
+    scan listed, or the watcher saw completed (`arrivals`), that is gone unrecorded gets a skipped note here.
     """
 
     def __init__(
         self,
         train_dir: TrainDir,
-        source: CheckpointSource = SOURCES["trainval"],
+        source: CheckpointSource = TRAINVAL,
         selects: Callable[[int], bool] = lambda step: True,
+        arrivals: Callable[[], Mapping[int, str]] = dict,
     ) -> None:
-        self.folder, self.source, self.selects = train_dir.checkpoints, source, selects
+        self.folder, self.source, self.selects, self.arrivals = train_dir.checkpoints, source, selects, arrivals
+        self.within = train_dir.reads_within
         self.ledger = LedgerTail(train_dir.results)
         self.unrecorded: dict[int, str] = {}  # step -> name (file, or FSDP folder): listed, not in the ledger
-        self._listed: dict[str, int] = {}  # name -> step of every committed checkpoint listed
+        self._listed: dict[str, int] = {}  # name -> step of every complete checkpoint listed
+        self._asked: set[str] = set()  # names that were no checkpoint when asked (a format named when complete)
         self._notes = LedgerTail(train_dir.retired)
         self._noted: dict[int, EvalResult] = {}  # train.py's skipped records of retired steps not in the ledger
 
@@ -71,17 +78,32 @@ class CheckpointScan:
         except FileNotFoundError:
             names = set()
         for name in self._listed.keys() - names:  # deleted (retention)
-            self.unrecorded.pop(self._listed.pop(name), None)
-        for name in names - self._listed.keys():
-            if (step := self.source.step_of(name)) is not None and self.selects(step):
+            step = self._listed.pop(name)
+            if self.unrecorded.pop(step, None) is not None and not self.source.trainer_notes_deletions:
+                self._note_deleted(step, name)
+        unlisted = names - self._listed.keys()
+        if self.source.named_when_complete:  # a name not a checkpoint now never becomes one: ask new names once
+            unlisted -= self._asked
+            self._asked = names - self._listed.keys()
+        for name in unlisted:
+            if (step := self.source.step_of(self.folder / name)) is not None and self.selects(step):
                 self._listed[name] = step
                 if step not in self.ledger.steps:
                     self.unrecorded[step] = name
+        if not self.source.trainer_notes_deletions:
+            for step, name in self.arrivals().items():  # completed and deleted between two listings
+                if name not in names and self.selects(step) and step not in self.ledger.steps | self._noted.keys():
+                    self._note_deleted(step, name)
         # After the listing: train.py notes a checkpoint before it retires it, so one gone from the listing
         # has its note here already.
         self._noted.update((r.step, r) for r in self._notes.poll() or [] if self.selects(r.step))
         for step in self._noted.keys() & self.ledger.steps:
             del self._noted[step]
+
+    def _note_deleted(self, step: int, name: str) -> None:
+        file = str((self.folder / name).relative_to(self.within))
+        reason = "deleted by its trainer before it was evaluated (its save_total_limit or retention)"
+        self._noted[step] = EvalResult(step, file, "skipped", time.time(), reason=reason, evaluator=this_evaluator())
 
     def retired(self) -> dict[int, EvalResult]:
         """train.py's skipped records of the checkpoints it retired unrecorded that are gone and not in the
@@ -200,6 +222,7 @@ def join_as_evaluator(train_dir: TrainDir) -> None:
         raise UsageError(
             f"{train_dir.root}: this user may not write there, and eval.py writes best/ and .best.lock there "
             "(beside eval/); give it write access (chmod g+w, or chown), or run eval.py as train.py's user"
+            + ("; or pass --results-dir DIR to write the results elsewhere" if train_dir.foreign else "")
         )
     make_folder(train_dir.eval_run)
     touch(train_dir.results)
@@ -216,13 +239,16 @@ class Coordinator:
         runs: dict[str, Path],
         prepare: Callable[[], None] = lambda: None,
         schedule: Schedule | None = None,
+        source: CheckpointSource = TRAINVAL,
+        arrivals: Callable[[], Mapping[int, str]] = dict,
     ) -> None:
         """`plot` writes a split's summaries at a step; `prepare`, once this process is elected recorder, does
         the one-time work of the first `plot` (imports, a figure's frame) before any checkpoint is due.
-        `schedule`: the suite's (shared.checkpoints.suites); by default eval.policy's over every checkpoint."""
+        `schedule`: the suite's (shared.checkpoints.suites); by default eval.policy's over every checkpoint.
+        `source` reads the checkpoints' format; `arrivals` gives the steps the watcher saw completed."""
         self.train_dir = train_dir
         self.schedule = schedule or POLICIES[config.eval.policy]()
-        self.scan = CheckpointScan(train_dir, selects=self.schedule.selects)
+        self.scan = CheckpointScan(train_dir, source, self.schedule.selects, arrivals)
         self.claims = Claims(train_dir.claims, config.eval.claim_timeout_secs)
         self.recorder = Recorder(train_dir, config, plot, runs, prepare)
         self.rescan_secs = config.eval.rescan_secs

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from shared.checkpoints.source import SOURCES, CheckpointSource
+from shared.checkpoints.sources import TRAINVAL, CheckpointSource
 from shared.config import Config
 from shared.metrics.base import LOSS, value_of
 from shared.protocol.artifacts import Artifact
@@ -39,7 +39,7 @@ class Evaluator:
         precision: str = "fp32",
         on_device: bool = False,
         splits: dict[str, Dataset] | None = None,
-        source: CheckpointSource = SOURCES["trainval"],
+        source: CheckpointSource = TRAINVAL,
     ) -> None:
         self.task, self.device, self.precision, self.batch_size = task, device, precision, batch_size
         self.source = source
@@ -58,12 +58,13 @@ class Evaluator:
         return data
 
     @classmethod
-    def from_config(cls, config: Config, device: torch.device) -> Evaluator:
-        """The evaluator eval.py uses: the config's task, splits, batch size, precision and data placement."""
+    def from_config(cls, config: Config, device: torch.device, source: CheckpointSource = TRAINVAL) -> Evaluator:
+        """The evaluator eval.py uses: the config's task, splits, batch size, precision and data placement;
+        checkpoints read by `source`."""
         precision = devices.precision_for(device, config.eval.precision)
         task = build_task(config)
         named = eval_splits(task, config.eval.splits, config.eval.max_examples)
-        return cls(task, device, config.eval.batch_size, precision, config.data.on_device, named)
+        return cls(task, device, config.eval.batch_size, precision, config.data.on_device, named, source)
 
     def load_checkpoint(self, path: Path, within: Path | None = None) -> int:
         """Load a checkpoint's weights into the model and return its step.

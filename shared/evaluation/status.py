@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from shared import config as cfg
-from shared.checkpoints.source import SOURCES
+from shared.checkpoints.sources import TRAINVAL, CheckpointSource
 from shared.protocol import numbers
 from shared.protocol.claims import claim_step
 from shared.protocol.finished import read_finished
@@ -122,9 +122,9 @@ class Status:
         }
 
 
-def read_status(train_dir: TrainDir, suites: list[Suite]) -> Status:
+def read_status(train_dir: TrainDir, suites: list[Suite], source: CheckpointSource = TRAINVAL) -> Status:
     marker = read_finished(train_dir)
-    checkpoints = {c.step: c.path for c in SOURCES["trainval"].list(train_dir.checkpoints)}
+    checkpoints = {c.step: c.path for c in source.list(train_dir.checkpoints)}
     retired = {r.step for r in read_results(train_dir.retired)}  # the recorder turns each into a skipped record
     return Status(
         train_dir,
@@ -238,8 +238,8 @@ def _lag_text(each: SuiteStatus) -> str:
     return f"{each.lag_steps} steps (recorded up to {each.newest_recorded}; {newest})"
 
 
-def show(train_dir: TrainDir, config: cfg.Config, as_json: bool) -> int:
+def show(train_dir: TrainDir, config: cfg.Config, as_json: bool, source: CheckpointSource = TRAINVAL) -> int:
     """Print the status (a table, or one JSON object); it reads only, and always exits 0."""
-    status = read_status(train_dir, suites_of(train_dir, config))
+    status = read_status(train_dir, suites_of(train_dir, config), source)
     print(numbers.dumps(status.to_json()) if as_json else table(status))
     return 0

@@ -6,6 +6,11 @@ the checkpoints folder. Temp files never wake it. A created event can fire befor
 for such a name means a complete checkpoint. inotify sees nothing on NFS/CIFS or across Docker Desktop
 bind mounts: use polling there. A sharded checkpoint is a folder renamed into place: a directory event.
 
+Another trainer's checkpoint (docs/foreign-runs.md) is complete by its format's own rule, often a file
+written inside its folder last (HF's trainer_state.json): any event under a candidate's name wakes the
+evaluator, and the watcher notes each candidate it finds complete then (`arrivals`), so one that its trainer
+deletes before the next scan is still recorded as skipped.
+
 Polling is our own, not watchdog's PollingObserver: that one stats every file under the train_dir on
 each poll, which with thousands of checkpoints on NFS costs more than the poll interval. Ours lists the
 two folders whose new names matter (checkpoints/, and eval/pending/ where other evaluators leave their
@@ -21,42 +26,67 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from shared.checkpoints.sources import TRAINVAL, CheckpointSource
 from shared.errors import RunAborted
-from shared.protocol.layout import CHECKPOINT_RE, TrainDir
+from shared.protocol.layout import TrainDir
 from shared.protocol.outcomes import OUTCOME_RE
 
+Names = re.Pattern[str] | Callable[[Path], object]  # what wakes the evaluator: a name matched, or a path a step
 
-def _arrivals(train_dir: TrainDir) -> dict[Path, re.Pattern[str]]:
-    """Folders whose new names wake the evaluator: committed checkpoints, and outcomes for the recorder."""
-    return {train_dir.checkpoints: CHECKPOINT_RE, train_dir.pending: OUTCOME_RE}
+
+def _arrivals(train_dir: TrainDir, source: CheckpointSource) -> dict[Path, Names]:
+    """Folders whose new names wake the evaluator: checkpoints, and outcomes for the recorder."""
+    return {train_dir.checkpoints: source.step_of, train_dir.pending: OUTCOME_RE}
+
+
+def _wakes(names: Names, path: Path) -> bool:
+    return bool(names.match(path.name) if isinstance(names, re.Pattern) else names(path) is not None)
 
 
 class _WakeOnArrival(FileSystemEventHandler):
-    def __init__(self, train_dir: TrainDir, wake: threading.Event) -> None:
-        self.wake = wake
-        self.arrivals = _arrivals(train_dir)
+    def __init__(self, train_dir: TrainDir, source: CheckpointSource, wake: threading.Event) -> None:
+        self.wake, self.source, self.folder = wake, source, train_dir.checkpoints
+        self.arrivals = _arrivals(train_dir, source)
         self.markers = {train_dir.config, train_dir.finished}
+        self.completed: dict[int, str] = {}  # step -> name of each foreign candidate seen complete
+        self.lock = threading.Lock()
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type not in ("created", "moved", "closed"):
             return
         path = Path(event.dest_path if event.event_type == "moved" else event.src_path)
         # A final name only ever appears by rename, so even a created event for it means it is complete.
-        pattern = self.arrivals.get(path.parent)
-        if path in self.markers or (pattern is not None and pattern.match(path.name)):
+        names = self.arrivals.get(path.parent)
+        if path in self.markers or (names is not None and _wakes(names, path)):
             self.wake.set()
+        if not self.source.trainer_notes_deletions:
+            self._note_completed(path)
+
+    def _note_completed(self, path: Path) -> None:
+        """A foreign checkpoint is completed by a write inside it or under its name: note it if complete now."""
+        if not path.is_relative_to(self.folder) or path == self.folder:
+            return
+        name = path.relative_to(self.folder).parts[0]
+        step = self.source.step_of(self.folder / name)
+        if step is not None:
+            self.wake.set()
+            with self.lock:
+                self.completed[step] = name
 
 
 class FolderPoll:
-    """One look at the train_dir per poll: which arrival names and markers are new since the last look."""
+    """One look at the train_dir per poll: which arrival names and markers are new since the last look, and
+    (a foreign format's) which candidates became complete."""
 
-    def __init__(self, train_dir: TrainDir) -> None:
-        self.arrivals = _arrivals(train_dir)
+    def __init__(self, train_dir: TrainDir, source: CheckpointSource) -> None:
+        self.source, self.folder = source, train_dir.checkpoints
+        self.arrivals = _arrivals(train_dir, source)
         self.markers = (train_dir.config, train_dir.finished)
         self.names: dict[Path, set[str]] = {folder: set() for folder in self.arrivals}
         self.present = {marker: False for marker in self.markers}
@@ -70,8 +100,10 @@ class FolderPoll:
                 names = set(os.listdir(folder))
             except FileNotFoundError:
                 names = set()
-            arrived |= any(pattern.match(name) for name in names - self.names[folder])
-            self.names[folder] = names
+            new = {name for name in names - self.names[folder] if _wakes(pattern, folder / name)}
+            asked_again = folder == self.folder and not self.source.named_when_complete  # until it is complete
+            self.names[folder] = new | (self.names[folder] & names) if asked_again else names
+            arrived |= bool(new)
         for marker in self.markers:
             exists = marker.exists()
             arrived |= exists and not self.present[marker]
@@ -82,19 +114,28 @@ class FolderPoll:
 class CheckpointWatcher:
     """Watch a train_dir (recursively) with watchdog's native observer, or by polling every `poll_secs`."""
 
-    def __init__(self, train_dir: TrainDir, poll_secs: float | None = None) -> None:
-        self.train_dir, self.poll_secs = train_dir, poll_secs
+    def __init__(
+        self, train_dir: TrainDir, poll_secs: float | None = None, source: CheckpointSource = TRAINVAL
+    ) -> None:
+        self.train_dir, self.poll_secs, self.source = train_dir, poll_secs, source
         self._wake = threading.Event()
         self._observer: Observer | None = None
         self._poll: FolderPoll | None = None
+        self._handler = _WakeOnArrival(train_dir, source, self._wake)
+
+    def arrivals(self) -> dict[int, str]:
+        """The foreign checkpoints (step -> name) the watcher saw complete (inotify only), gone since or not."""
+        with self._handler.lock:
+            return dict(self._handler.completed)
 
     def __enter__(self) -> CheckpointWatcher:
         if self.poll_secs:
-            self._poll = FolderPoll(self.train_dir)
+            self._poll = FolderPoll(self.train_dir, self.source)
         else:
             try:  # inotify's instance and watch limits are met here, when creating and watching
                 observer = Observer()
-                observer.schedule(_WakeOnArrival(self.train_dir, self._wake), str(self.train_dir.root), recursive=True)
+                for folder in {self.train_dir.root, self.train_dir.reads_within}:  # the results' and the source's
+                    observer.schedule(self._handler, str(folder), recursive=True)
                 observer.start()
                 self._observer = observer
             except OSError as err:

@@ -7,6 +7,7 @@ docs/protocol.md describes what each file means and who may write it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -67,13 +68,19 @@ def suite_of_folder(name: str) -> str | None:
 class TrainDir:
     """The paths of a train_dir as one evaluation suite sees them: the default suite (`eval`) keeps eval/,
     best/ and .best.lock; a named suite has eval-<suite>/ (its ledger, claims, pending, TensorBoard run),
-    best-<suite>/ and .best-<suite>.lock. Everything else is the same for every suite."""
+    best-<suite>/ and .best-<suite>.lock. Everything else is the same for every suite.
+
+    For another trainer's run (eval.py --config with a `source:`), `root` is where the results go (that run's
+    folder, or --results-dir) and `source_root` that run's folder, which eval.py only reads: its checkpoints
+    are in `source_checkpoints` (docs/foreign-runs.md)."""
 
     root: Path
     suite: str = DEFAULT_SUITE
+    source_root: Path | None = None
+    source_checkpoints: Path | None = None
 
     def for_suite(self, suite: str) -> TrainDir:
-        return TrainDir(self.root, suite)
+        return dataclasses.replace(self, suite=suite)
 
     @property
     def named_suite(self) -> bool:
@@ -84,12 +91,22 @@ class TrainDir:
         return f"{base}-{self.suite}" if self.named_suite else base
 
     @property
+    def foreign(self) -> bool:
+        """Whether the checkpoints are another trainer's (no config.yaml, no train.py files)."""
+        return self.source_root is not None
+
+    @property
+    def reads_within(self) -> Path:
+        """The folder every checkpoint must resolve inside, and that the ledger's `file` is relative to."""
+        return self.source_root or self.root
+
+    @property
     def config(self) -> Path:
         return self.root / "config.yaml"
 
     @property
     def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
+        return self.source_checkpoints or self.root / "checkpoints"
 
     @property
     def retired(self) -> Path:

@@ -18,46 +18,22 @@ from __future__ import annotations
 
 import os
 import re
-import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field
 from torch import nn
 
 from shared.checkpoints.format import guarded, read_torch_file, restore_model, unpacked_size_bound
-from shared.checkpoints.store import Checkpoint, list_by_step
+from shared.checkpoints.sources.base import CheckpointSource, SourceSection
+from shared.checkpoints.sources.files import zip_is_complete
 from shared.errors import CheckpointError
 
 LAST_RE = re.compile(r"^last(-v\d+)?\.ckpt$")  # ModelCheckpoint.CHECKPOINT_NAME_LAST, and its versions
 NAME_STEP_RE = re.compile(r"step=(\d+)")  # the default file name's step, used only when the file is unreadable
 
-END_RECORD = struct.Struct("<4s4H2LH")  # the zip's end-of-central-directory record, 22 bytes, last
-ZIP64_LOCATOR = struct.Struct("<4sLQL")  # right before it: where the zip64 end record is (torch writes both)
-ZIP64_RECORD = struct.Struct("<4sQ2H2L4Q")  # the zip64 end record: the central directory's size and offset
 
-
-def zip_is_complete(path: Path) -> bool:
-    """Whether the file ends with a zip's end records (no comment: torch writes none) placed right after the
-    central directory they point to: a file still being written (copied into place) does not. Reads the
-    file's last 98 bytes, no more."""
-    with open(path, "rb") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size < ZIP64_RECORD.size + ZIP64_LOCATOR.size + END_RECORD.size:
-            return False
-        f.seek(size - ZIP64_RECORD.size - ZIP64_LOCATOR.size - END_RECORD.size)
-        tail = f.read()
-    end = END_RECORD.unpack_from(tail, len(tail) - END_RECORD.size)
-    if end[0] != b"PK\x05\x06" or end[-1] != 0:
-        return False
-    locator = ZIP64_LOCATOR.unpack_from(tail, ZIP64_RECORD.size)
-    if locator[0] != b"PK\x06\x07":  # a plain zip: its directory ends where the end record starts
-        return end[6] + end[5] == size - END_RECORD.size
-    record = ZIP64_RECORD.unpack_from(tail)
-    record_at = size - len(tail)
-    return record[0] == b"PK\x06\x06" and locator[2] == record_at and record[-1] + record[-2] == record_at
-
-
-class LightningCheckpoints:
+class LightningCheckpoints(CheckpointSource):
     """`*.ckpt` files of a ModelCheckpoint folder, complete ones only, by their `global_step`."""
 
     def __init__(self, prefix: str = "model.") -> None:
@@ -76,9 +52,6 @@ class LightningCheckpoints:
         except (OSError, CheckpointError):
             match = NAME_STEP_RE.search(path.name)
             return int(match.group(1)) if match else None
-
-    def list(self, folder: Path) -> list[Checkpoint]:
-        return list_by_step(folder, self.step_of)
 
     def restore(self, path: Path, model: nn.Module, within: Path | None = None) -> int:
         """The file's state_dict, prefix stripped, into `model` (strictly); its `global_step`. Bounded as a
@@ -105,3 +78,16 @@ def _global_step(state: Any) -> int:
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise CheckpointError(f"not a Lightning checkpoint: its global_step {step!r} is not a non-negative integer")
     return step
+
+
+class LightningSource(SourceSection):
+    """source.format lightning: a ModelCheckpoint folder (--train-dir) of `.ckpt` files."""
+
+    format: Literal["lightning"]
+    prefix: str = Field("model.", description="the LightningModule's attribute prefix stripped from the weights' names")
+    logdir: str | None = Field(
+        None, description="the folder (relative to where the results go) of the trainer's TensorBoard runs"
+    )
+
+    def build(self) -> LightningCheckpoints:
+        return LightningCheckpoints(self.prefix)

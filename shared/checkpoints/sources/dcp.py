@@ -19,17 +19,19 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from shared.checkpoints.format import guarded, restore_model
-from shared.checkpoints.store import Checkpoint, list_by_step
+from shared.checkpoints.sources.base import CheckpointSource, SourceSection
 from shared.errors import CheckpointError, ConfigError
 from shared.protocol.layout import METADATA
 
 
-class DcpCheckpoints:
+class DcpCheckpoints(CheckpointSource):
     """Step folders named by `pattern` (`step-{step}`; `step{step}/model_and_optim` when the DCP folder is
     inside the step's), each complete once DCP's `.metadata` is in its DCP folder."""
 
@@ -47,9 +49,6 @@ class DcpCheckpoints:
         if match and os.path.exists(Path(name, self.inside, METADATA)):
             return int(match.group(1))
         return None
-
-    def list(self, folder: Path) -> list[Checkpoint]:
-        return list_by_step(folder, self.step_of)
 
     def restore(self, path: Path, model: nn.Module, within: Path | None = None) -> int:
         """The model's weights (its names under the prefix) read from the folder into `model`, strictly; the
@@ -84,3 +83,19 @@ class DcpCheckpoints:
             weights[fqn] = torch.empty(item.size, dtype=item.properties.dtype)
         sharded.read_tensors(weights, reader, folder)
         return {fqn[len(self.prefix) :]: tensor for fqn, tensor in weights.items()}
+
+
+class DcpSource(SourceSection):
+    """source.format dcp: step folders written with torch.distributed.checkpoint (torchtitan, OLMo-core)."""
+
+    format: Literal["dcp"]
+    pattern: str = Field(
+        "step-{step}", description="the step folders' names, {step} once (step{step}/model_and_optim: DCP's inside)"
+    )
+    prefix: str = Field("model.", description="the model's key prefix in the saved state dict; empty: top-level")
+    logdir: str | None = Field(
+        None, description="the folder (relative to where the results go) of the trainer's TensorBoard runs"
+    )
+
+    def build(self) -> DcpCheckpoints:
+        return DcpCheckpoints(self.pattern, self.prefix)
