@@ -215,3 +215,38 @@ def test_weights_files_are_evaluated_once_complete_and_ad_hoc_agrees(tmp_path: P
     assert [r["step"] for r in records(TrainDir(results_dir).results)] == [10, 20, 30]
     assert [r["step"] for r in records(results)] == [10, 20, 30]  # the run's own ledger as it was
     shutil.rmtree(results_dir)
+
+
+# --- hf: the weights layouts save_pretrained writes, in process ---------------------------------------------
+
+
+def test_hf_folders_are_complete_with_their_trainer_state_and_load_every_weights_layout(tmp_path: Path) -> None:
+    """Sharded safetensors (with their index) and pytorch_model.bin load strictly, tied lm_head and all, into
+    the model or into a wrapper holding it as `model.`; a folder is listed only once trainer_state.json is
+    whole."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from shared.checkpoints.sources.hf import HFCheckpoints
+
+    config = GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=16, bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    trained, source = GPT2LMHeadModel(config), HFCheckpoints()
+    sharded, binary = tmp_path / "checkpoint-3", tmp_path / "checkpoint-5"
+    trained.save_pretrained(sharded, max_shard_size="5KB")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    binary.mkdir()
+    torch.save(trained.state_dict(), binary / "pytorch_model.bin")
+    state = json.dumps({"global_step": 5})
+    (binary / "trainer_state.json").write_text(state[:-1])  # cut short: still being written
+    assert source.list(tmp_path) == []
+    (sharded / "trainer_state.json").write_text(json.dumps({"global_step": 3}))
+    (binary / "trainer_state.json").write_text(state)
+    assert [c.step for c in source.list(tmp_path)] == [3, 5]
+
+    wrapper = torch.nn.Module()
+    wrapper.model = GPT2LMHeadModel(config)
+    for folder, model in ((sharded, GPT2LMHeadModel(config)), (binary, wrapper)):
+        assert source.restore(folder, model, within=tmp_path) == int(folder.name.split("-")[1])
+        loaded = model.model if model is wrapper else model
+        assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in trained.state_dict().items())
+        assert loaded.lm_head.weight is loaded.transformer.wte.weight  # still tied
