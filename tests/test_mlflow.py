@@ -184,3 +184,29 @@ def test_an_unusable_mlflow_is_one_line_and_exit_2_at_start(tmp_path: Path, prob
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("train.py: error: log.") and expected in lines[0], done.stderr
     assert not list((tmp_path / "run").glob("checkpoints/*")), "refused before any training"
+
+
+def test_another_trainers_run_is_evaluated_into_its_own_mlflow_run(
+    tmp_path: Path, tracking_uri: str, warm_scripts: WarmCli
+) -> None:
+    """source.mlflow_run_id: the eval curves of a foreign run (weights files here) go into the trainer's run."""
+    from tests.test_foreign_runs import save_weights
+
+    client = MlflowClient(tracking_uri)
+    trainer_run = client.create_run("0", run_name="someone-elses-trainer").info.run_id
+    client.log_metric(trainer_run, "train/loss", 1.0, step=10)
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (10, 20):
+        (run / f"model_{step}.safetensors").write_bytes(save_weights(run, step))
+    source = {"format": "files", "pattern": "model_{step}.safetensors", "mlflow_run_id": trainer_run}
+    log = {"backends": ["tensorboard", "mlflow"], "mlflow_tracking_uri": tracking_uri}
+    (tmp_path / "eval.yaml").write_text(json.dumps({"task": "regression", "log": log, "source": source}))
+    with process_starter(tmp_path, warm_scripts) as start:
+        config = str(tmp_path / "eval.yaml")
+        daemon = start("eval.py", "--train-dir", str(run), "--config", config, "--idle-timeout", "1")
+        assert daemon.wait() == 0, daemon.output()
+    records = read_records(run / "eval" / "results.jsonl")
+    history = sorted(client.get_metric_history(trainer_run, "eval/r2"), key=lambda point: point.step)
+    assert [(p.step, p.value) for p in history] == [(r["step"], pytest.approx(r["metrics"]["r2"])) for r in records]
+    assert steps(client, trainer_run, "train/loss") == [10]
