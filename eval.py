@@ -132,8 +132,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--json goes with --checkpoint, --status or --summarize")
     if not args.checkpoint and args.write_summary:
         parser.error("--write-summary goes with --checkpoint")
-    if args.suite != DEFAULT_SUITE and (args.checkpoint or args.summarize):
-        parser.error("--suite goes with the daemon; leave out --checkpoint and --summarize")
+    if args.suite != DEFAULT_SUITE and (args.summarize or args.write_summary):
+        parser.error("--suite goes with the daemon or --checkpoint (without --write-summary); leave out the others")
     return args
 
 
@@ -435,8 +435,10 @@ def resolve_checkpoint(choice: str, train_dir: TrainDir, source: CheckpointSourc
 
 def run_adhoc(args: argparse.Namespace, train_dir: TrainDir, device: torch.device, foreign: Foreign | None) -> int:
     took_threads = threads.apply(threads.choose("eval", args.threads, train_dir))
-    config = foreign.config if foreign else read_config(args, train_dir)
+    given = foreign.config if foreign else read_config(args, train_dir)
     source = foreign.source if foreign else TRAINVAL
+    train_dir = find_suite(train_dir, given, args.suite).places  # --checkpoint best: the suite's best-NAME/
+    config = suite_config(given, args.suite)
     if args.write_summary:
         check_backends(config)
     best = args.checkpoint == "best"

@@ -32,7 +32,7 @@ from shared.loggers.backends import check_backends, mark_run, open_run, running
 from shared.loggers.base import Logger
 from shared.protocol.files import exclusive_lock, refuse_linked_folders, write_atomic
 from shared.protocol.finished import mark_finished, retract_finished
-from shared.protocol.layout import TrainDir
+from shared.protocol.layout import DEFAULT_SUITE, TrainDir
 from shared.protocol.presence import FolderGuard
 from shared.runtime import cli, devices, health, seeding, threads
 from shared.runtime.devices import place
@@ -132,6 +132,7 @@ def train(
     agreement = Agreement(group, device, config.log.every_steps)  # what one rank decides alone, agreed by all
     # The evaluator's results, for retention (which ranks them under checkpoint.keep_best), feedback and eval_lag.
     ledger = LedgerReader(train_dir, group, keep_results=config.checkpoint.keep_best > 0)
+    heard = feedback_ledger(config, train_dir, group, ledger)
     guard = NonFiniteGuard(options.nan_policy, device, not state.scaler.is_enabled(), group, state.step)
     progress = Progress(state.step, options.steps, shown=group.is_main)
     feedback.begin()
@@ -152,7 +153,9 @@ def train(
             if train_log.due(state.step):
                 folders.check()
                 train_log.write(state.step, result.lr, result.grad_norm)
-                follow_evaluator(state.step, ledger, feedback, state.scheduler, logger)  # may cut the LR, or stop
+                follow_evaluator(
+                    state.step, ledger, heard, feedback, state.scheduler, logger
+                )  # may cut the LR, or stop
                 write_heartbeat(train_dir, state.step, group)
             stopping = agreement.any(state.step, bool(stop))
             if checkpointer.due(state.step):
@@ -168,15 +171,30 @@ def train(
             mark_run(config, train_dir, "FINISHED" if finished else "KILLED")
 
 
+def feedback_ledger(config: cfg.Config, train_dir: TrainDir, group: Distributed, ledger: LedgerReader) -> LedgerReader:
+    """The ledger the feedback policies act on: train.feedback_suite's (the default suite's is `ledger` itself)."""
+    suite = config.train.feedback_suite
+    return ledger if suite == DEFAULT_SUITE else LedgerReader(train_dir.for_suite(suite), group)
+
+
 def follow_evaluator(
-    step: int, ledger: LedgerReader, feedback: Feedback, scheduler: torch.optim.lr_scheduler.LambdaLR, logger: Logger
+    step: int,
+    ledger: LedgerReader,
+    heard: LedgerReader,
+    feedback: Feedback,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    logger: Logger,
 ) -> None:
-    """At a log step: what eval.py recorded since the last one, as `eval_lag` and for the feedback policies."""
+    """At a log step: what the default suite recorded since the last one, as `eval_lag`, and what the feedback
+    suite (`heard`: train.feedback_suite's ledger, or the same) recorded, for the feedback policies."""
     ledger.poll()
     if (lag := ledger.lag(step)) is not None:
         logger.scalar("eval_lag", lag, step)
-    feedback.at_log_step(step, ledger.take(), scheduler, logger)
-    feedback.expect_evaluator(ledger.newest)
+    if heard is not ledger:
+        ledger.take()  # the default suite's results feed nothing else here
+        heard.poll()
+    feedback.at_log_step(step, heard.take(), scheduler, logger)
+    feedback.expect_evaluator(heard.newest)
 
 
 def finish(train_dir: TrainDir, step: int, finished: bool, feedback: Feedback) -> None:

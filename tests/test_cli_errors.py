@@ -31,6 +31,7 @@ CASES = [
     ("eval.py", "--train-dir {tmp}/run --suite nope", "--suite nope: no such suite in the config (its suites: eval)"),
     ("eval.py", "--train-dir {tmp}/run --suite d --set suites.d.every_steps=0", "suites.d.every_steps: "),
     ("train.py", "--train-dir {tmp}/t20 --config configs/digits.yaml --set suites.Big.policy=all", "suites.Big: a"),
+    ("train.py", "--train-dir {tmp}/t21 --config configs/digits.yaml --set train.feedback_suite=x", "suite: 'x'"),
     ("train.py", "--train-dir {tmp}/t15 --config {tmp}/typo.yaml", "unknown key 'trian' (did you mean train?)"),
     ("train.py", "--train-dir {tmp}/t16 --config {tmp}/misplaced.yaml", "(did you mean data.batch_size or eval.batch"),
     ("train.py", "--train-dir {tmp}/t5 --config configs/digits.yaml --set task=nope.mod:Task", "cannot import module"),

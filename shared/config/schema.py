@@ -159,6 +159,11 @@ class TrainConfig(Section):
     early_stop: EarlyStopConfig = Field(
         default_factory=EarlyStopConfig, description="stop when an evaluation metric stops improving"
     )
+    feedback_suite: str = Field(
+        DEFAULT_SUITE,
+        description="the evaluation suite whose results on_plateau and early_stop act on: eval (the eval section), "
+        "or one of suites: that evaluates with the run's own task",
+    )
     max_eval_lag: Count | None = Field(
         None,
         description="wait at a save while more than this many checkpoints are not evaluated yet "
@@ -325,11 +330,12 @@ class Config(Section):
         """Options that are fine alone but not together; ConfigError passes through pydantic as it is."""
         for section in ("on_plateau", "early_stop"):
             policy = getattr(self.train, section)
-            if policy.patience and policy.split not in self.eval.splits:
+            if policy.patience and policy.split not in self.eval.splits and self.train.feedback_suite == DEFAULT_SUITE:
                 raise ConfigError(
                     f"train.{section}.split: {policy.split!r} is not one of eval.splits {self.eval.splits}; "
                     f"set train.{section}.split to one of them, or add {policy.split} to eval.splits"
                 )
+        self._check_feedback_suite()
         plateau = self.train.on_plateau
         if plateau.patience and plateau.min_lr >= self.train.lr:
             raise ConfigError(
@@ -359,6 +365,27 @@ class Config(Section):
                 f"train.warmup_steps: must be <= train.steps ({self.train.steps}), got {self.train.warmup_steps}"
             )
         return self
+
+    def _check_feedback_suite(self) -> None:
+        """train.feedback_suite names a suite that exists and evaluates each policy's split with the run's task
+        (the policies' metrics are checked against it)."""
+        name = self.train.feedback_suite
+        if name == DEFAULT_SUITE:
+            return
+        suite = self.suites.by_name.get(name)
+        if suite is None or suite.task is not None:
+            why = "no such suite in suites:" if suite is None else "it has a task of its own"
+            raise ConfigError(
+                f"train.feedback_suite: {name!r}: {why}; name eval or a suite of suites: that evaluates with the "
+                "run's own task"
+            )
+        for section in ("on_plateau", "early_stop"):
+            policy = getattr(self.train, section)
+            if policy.patience and policy.split not in suite.splits:
+                raise ConfigError(
+                    f"train.{section}.split: {policy.split!r} is not one of suites.{name}.splits {suite.splits}; "
+                    f"set train.{section}.split to one of them, or add {policy.split} to suites.{name}.splits"
+                )
 
     @model_validator(mode="after")
     def _resolve_metrics(self, info: ValidationInfo) -> Config:
