@@ -61,7 +61,7 @@ def hf_run(tmp_path_factory: pytest.TempPathFactory, warm_scripts: WarmCli) -> I
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     folder = tmp_path_factory.mktemp("hf-foreign")
-    data = {**write_texts(folder), "context": 32, "vocab_size": 400}
+    data = {**write_texts(folder, train_chars=20_000, eval_chars=3_000), "context": 32, "vocab_size": 400}
     config = {"task": "tests.foreign_tasks:GatedHFTask", "model": MODEL, "data": data, "source": {"format": "hf"}}
     eval_yaml = folder / "eval.yaml"
     eval_yaml.write_text(json.dumps(config))
@@ -107,11 +107,13 @@ def hf_run(tmp_path_factory: pytest.TempPathFactory, warm_scripts: WarmCli) -> I
             trainer.train()
         finally:
             torch.set_num_threads(threads)
+        ad_hoc = start("eval.py", *daemon_args, "--checkpoint", f"{output}/checkpoint-{STEPS}", "--json")
         wait_until(recorded(results, *range(SAVE_STEPS, STEPS + 1, SAVE_STEPS)), WAIT, "every step recorded")
-        ad_hoc = adhoc(start, *daemon_args, "--checkpoint", f"{output}/checkpoint-{STEPS}")
+        assert ad_hoc.wait() == 0, ad_hoc.output()
         daemons[-1].signal(signal.SIGTERM)
         assert daemons[-1].wait() == 0, daemons[-1].output()
-        yield {"output": output, "results": results, "saved_at": saved_at, "adhoc": ad_hoc, "daemons": daemons}
+        printed = json.loads(ad_hoc.output().strip().splitlines()[-1])
+        yield {"output": output, "results": results, "saved_at": saved_at, "adhoc": printed, "daemons": daemons}
 
 
 def test_a_trainer_run_is_evaluated_once_per_checkpoint_in_step_order(hf_run: dict[str, Any]) -> None:

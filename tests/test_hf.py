@@ -32,10 +32,10 @@ RUN = [
 ]  # fmt: skip
 
 
-def write_texts(folder: Path) -> dict[str, list[str]]:
+def write_texts(folder: Path, train_chars: int = 60_000, eval_chars: int = 6_000) -> dict[str, list[str]]:
     """Training and held-out text files, a sentence a line: data.train_files and data.eval_files."""
     files = {}
-    for split, seed, characters in (("train", 1, 60_000), ("eval", 2, 6_000)):
+    for split, seed, characters in (("train", 1, train_chars), ("eval", 2, eval_chars)):
         path = folder / f"{split}.txt"
         path.write_text(grammar_text(characters, seed).replace(". ", ".\n"))
         files[f"{split}_files"] = [str(path)]
