@@ -19,6 +19,7 @@ import yaml
 from pydantic.fields import FieldInfo
 
 from shared import config as cfg
+from shared.checkpoints.sources import FORMATS
 from shared.tasks.loading import BUILTIN_TASKS, task_class
 
 COMMAND = ".venv/bin/python -m shared.tasks.reference > docs/config-reference.md"
@@ -89,6 +90,8 @@ def kind_and_range(annotation: object, metadata: list[object]) -> tuple[str, str
 
 
 def default(field: FieldInfo) -> str:
+    if field.is_required():
+        return "required"
     value = field.default_factory() if field.default_factory else field.default
     return "see below" if isinstance(value, cfg.Section) else f"`{yaml_value(value)}`"
 
@@ -137,6 +140,8 @@ def page() -> str:
                 tables.append(table(f"{name}.{sub}", field.annotation, f"{name}.{sub}.", summary(field.annotation)))
     suite = "suites.NAME"  # a mapping of names to sections: one table for them all
     tables.append(table(suite, cfg.SuiteConfig, f"{suite}.", summary(cfg.SuiteConfig)))
+    for name, section in FORMATS.items():  # eval.yaml's source: for another trainer's run
+        tables.append(table(f"source, format: {name}", section, "source.", summary(section)))
     generic = frozenset(cfg.DataConfig.model_fields)
     for task in BUILTIN_TASKS:
         cls = task_class(task)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from shared.checkpoints.format import restore_model
@@ -48,12 +49,21 @@ class CheckpointSource(ABC):
         CheckpointError for one that cannot be used (or resolves outside `within`), FileNotFoundError if gone."""
 
 
+FORMAT = "the checkpoints' format (docs/foreign-runs.md)"
+
+
 class SourceSection(Section):
     """The `source:` section of an eval.yaml: `format` chooses the subclass; `logdir` where the eval curves go."""
 
-    format: str
-    logdir: str | None = None
-    mlflow_run_id: str | None = None
+    format: str = Field(description=FORMAT)
+    logdir: str | None = Field(
+        None,
+        description="the folder of the trainer's TensorBoard runs (relative to where the results go): the eval runs "
+        "go beside them; null: eval/ beside the ledger",
+    )
+    mlflow_run_id: str | None = Field(
+        None, description="the trainer's MLflow run, which the evaluation then logs into (log.backends: mlflow)"
+    )
 
     def build(self) -> CheckpointSource:
         raise NotImplementedError

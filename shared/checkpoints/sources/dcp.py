@@ -26,7 +26,7 @@ from pydantic import Field
 from torch import nn
 
 from shared.checkpoints.format import guarded, restore_model
-from shared.checkpoints.sources.base import CheckpointSource, SourceSection
+from shared.checkpoints.sources.base import FORMAT, CheckpointSource, SourceSection
 from shared.errors import CheckpointError, ConfigError
 from shared.protocol.layout import METADATA
 
@@ -88,14 +88,11 @@ class DcpCheckpoints(CheckpointSource):
 class DcpSource(SourceSection):
     """source.format dcp: step folders written with torch.distributed.checkpoint (torchtitan, OLMo-core)."""
 
-    format: Literal["dcp"]
+    format: Literal["dcp"] = Field(description=FORMAT)
     pattern: str = Field(
         "step-{step}", description="the step folders' names, {step} once (step{step}/model_and_optim: DCP's inside)"
     )
     prefix: str = Field("model.", description="the model's key prefix in the saved state dict; empty: top-level")
-    logdir: str | None = Field(
-        None, description="the folder (relative to where the results go) of the trainer's TensorBoard runs"
-    )
 
     def build(self) -> DcpCheckpoints:
         return DcpCheckpoints(self.pattern, self.prefix)

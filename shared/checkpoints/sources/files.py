@@ -20,7 +20,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from shared.checkpoints.format import guarded, read_torch_file, unpacked_size_bound
-from shared.checkpoints.sources.base import CheckpointSource, SourceSection, restore_fitted
+from shared.checkpoints.sources.base import FORMAT, CheckpointSource, SourceSection, restore_fitted
 from shared.errors import CheckpointError, ConfigError
 
 END_RECORD = struct.Struct("<4s4H2LH")  # the zip's end-of-central-directory record, 22 bytes, last
@@ -136,13 +136,10 @@ class FilesCheckpoints(CheckpointSource):
 class FilesSource(SourceSection):
     """source.format files: a weights file per checkpoint, found by a name pattern."""
 
-    format: Literal["files"]
+    format: Literal["files"] = Field(description=FORMAT)
     pattern: str = Field(
         description="the file names, relative to --train-dir, with {step} once: model_{step}.safetensors, "
         "ckpt/{step}.pt"
-    )
-    logdir: str | None = Field(
-        None, description="the folder (relative to --train-dir) of the trainer's TensorBoard runs; null: --train-dir"
     )
 
     @field_validator("pattern")

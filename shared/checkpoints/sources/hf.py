@@ -21,7 +21,7 @@ from pydantic import Field
 from torch import nn
 
 from shared.checkpoints.format import guarded
-from shared.checkpoints.sources.base import CheckpointSource, SourceSection, restore_fitted
+from shared.checkpoints.sources.base import FORMAT, CheckpointSource, SourceSection, restore_fitted
 from shared.checkpoints.sources.files import read_weights_file
 from shared.errors import CheckpointError
 
@@ -84,11 +84,11 @@ class HFCheckpoints(CheckpointSource):
 class HFSource(SourceSection):
     """source.format hf: a transformers Trainer's output_dir (--train-dir) and its checkpoint-<N>/ folders."""
 
-    format: Literal["hf"]
+    format: Literal["hf"] = Field(description=FORMAT)
     logdir: str | None = Field(
         "runs",
-        description="the folder (relative to --train-dir) of the Trainer's TensorBoard runs (its logging_dir's "
-        "parent; transformers' default: output_dir/runs); the eval curves go beside them, in eval/",
+        description="the folder of the Trainer's TensorBoard runs (relative to where the results go; its "
+        "logging_dir's parent, transformers' default: output_dir/runs): the eval runs go beside them",
     )
 
     def build(self) -> HFCheckpoints:

@@ -25,7 +25,7 @@ from pydantic import Field
 from torch import nn
 
 from shared.checkpoints.format import guarded, read_torch_file, restore_model, unpacked_size_bound
-from shared.checkpoints.sources.base import CheckpointSource, SourceSection
+from shared.checkpoints.sources.base import FORMAT, CheckpointSource, SourceSection
 from shared.checkpoints.sources.files import zip_is_complete
 from shared.errors import CheckpointError
 
@@ -83,11 +83,8 @@ def _global_step(state: Any) -> int:
 class LightningSource(SourceSection):
     """source.format lightning: a ModelCheckpoint folder (--train-dir) of `.ckpt` files."""
 
-    format: Literal["lightning"]
+    format: Literal["lightning"] = Field(description=FORMAT)
     prefix: str = Field("model.", description="the LightningModule's attribute prefix stripped from the weights' names")
-    logdir: str | None = Field(
-        None, description="the folder (relative to where the results go) of the trainer's TensorBoard runs"
-    )
 
     def build(self) -> LightningCheckpoints:
         return LightningCheckpoints(self.prefix)
