@@ -38,11 +38,16 @@ import dataclasses
 import functools
 import logging
 import math
+import os
 import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+# Read once, when torch loads OpenMP: its threads then sleep while they wait, instead of spinning on a core
+# that another process needs (shared/runtime/threads.py says what spinning cost beside an evaluator).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 

@@ -20,6 +20,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+# Read once, when torch loads OpenMP: its threads then sleep while they wait, instead of spinning on a core
+# that another process needs (shared/runtime/threads.py says what spinning cost beside an evaluator).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import torch
 
 from shared import config as cfg

@@ -8,6 +8,13 @@ leaves idle between checkpoints (it works in bursts); so the trainer keeps every
 takes a quarter of them at niceness +10, which lets the kernel run it mostly on what the trainer leaves
 (docs/benchmarks.md has the measurements).
 
+Waiting OpenMP threads sleep: train.py and eval.py set `OMP_WAIT_POLICY=PASSIVE` before torch loads
+(unless it is set). By default GNU OpenMP spins a waiting thread for 300,000 rounds (milliseconds here)
+before it sleeps; when the host runs more threads than it has cores (an evaluator, anything else), a
+thread spins at each of the step's barriers on the core its teammate needs, and every op then costs a
+scheduler time slice: a digits trainer dropped to 2-4 steps/s from 30 at a load average of 6 for as long as
+the load lasted (docs/benchmarks.md, "The slow trainer"). `OMP_WAIT_POLICY=` (empty) gives the spinning back.
+
 Each process takes its count from the first of these that is given:
 
 1. `--threads N`, or `--threads share` for this process's share of the host (what launch.py and the
