@@ -3,6 +3,7 @@ keeps its results, and which suites train.py's retention honours."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -16,8 +17,10 @@ from shared.checkpoints.retention import EvaluatorProgress, RetentionPolicy
 from shared.checkpoints.schedule import EveryCheckpoint, Latest
 from shared.checkpoints.store import Checkpoint, list_checkpoints
 from shared.checkpoints.suites import SUITE_RECORD, find_suite, record_suite, suites
+from shared.protocol import numbers
 from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_results
+from shared.protocol.results import EvalResult, SplitResult
 from shared.tasks.loading import load_config, suite_config
 from tests.conftest import SHORT_RUN, Proc, kill_trainer_at_some_moment, scalar_points, wait_while_progressing
 
@@ -153,3 +156,21 @@ def test_retention_keeps_what_a_selecting_suite_lacks_up_to_its_own_limit() -> N
     absent = EvaluatorProgress(None, {}, EveryCheckpoint(10).selects, "absent", limit=20)
     assert policy.to_delete([10, 20, 30, 40, 50], 50, suites=[down, absent]) == ([10, 30, 40], [40])
     assert "suite down recorded it (suites.down.max_unevaluated=1" in policy.why_unrecorded(True, down)
+
+
+@pytest.mark.slow
+def test_the_feedback_policies_act_on_the_suite_they_name(start: Callable[..., Proc], tmp_path: Path) -> None:
+    """train.feedback_suite=down: early stopping reads eval-down/'s ledger (two evaluations, the second no better:
+    patience 1 is spent) and stops training at the first log step; the default suite has no ledger at all."""
+    train_dir = TrainDir(tmp_path / "run")
+    down = train_dir.for_suite("down")
+    down.eval_run.mkdir(parents=True)
+    records = [EvalResult(s, f"checkpoints/ckpt-{s:09d}.pt", "ok", splits={"val": SplitResult({"accuracy": a})})
+               for s, a in ((1, 0.5), (2, 0.4))]  # fmt: skip
+    down.results.write_text("".join(numbers.dumps(r.to_record()) + "\n" for r in records))
+    policy = ["--set", "train.feedback_suite=down", "--set", "train.early_stop.patience=1", "--set", "suites.down={}"]
+    trainer = start("train.py", "--train-dir", str(train_dir.root), *SHORT_RUN, *policy)
+    assert trainer.wait_while_logging() == 0, trainer.output()
+    finished = json.loads(train_dir.finished.read_text())
+    assert (finished["reason"], finished["step"]) == ("early_stop", 10), trainer.output()
+    assert not train_dir.results.exists()
