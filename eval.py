@@ -387,7 +387,8 @@ def follow_checkpoints(
             again = "" if worked else "; nothing was left to do: if train.py is to train on, start eval.py once it has"
             done = "training finished and every checkpoint is evaluated"
             log.info("finished.json names step %s: %s%s", finished.step, done, again)
-            mark_run(config, train_dir, "FINISHED")  # the run's last point is in: MLflow's run ends here
+            if not train_dir.named_suite:  # the default suite's last point is in: MLflow's run ends here
+                mark_run(config, train_dir, "FINISHED")
             return 0
         idle = time.monotonic() - idle_since
         if args.idle_timeout is not None and idle >= args.idle_timeout:

@@ -174,13 +174,21 @@ def apply_retention(
     recorder copies the notes of the steps it selects and lacks: shared.evaluation.coordination)."""
     checkpoints = list_checkpoints(folder)
     delete, unevaluated = policy.to_delete([c.step for c in checkpoints], last_evaluated, results, suites)
-    if unevaluated:
+    default = EvaluatorProgress(last_evaluated)
+    if lacking := default.unevaluated(delete):
         log.warning(
             "checkpoint.max_unevaluated=%d reached: deleting steps %s before the evaluator reached them",
             policy.max_unevaluated,
-            unevaluated,
+            lacking,
         )
-    default = EvaluatorProgress(last_evaluated)
+    for suite in suites:
+        if lacking := suite.unevaluated(delete):
+            log.warning(
+                "suites.%s.max_unevaluated=%d reached: deleting steps %s before that suite reached them",
+                suite.name,
+                suite.limit,
+                lacking,
+            )
     unrecorded = set(delete if last_evaluated is None else unevaluated)
     deleted = []
     for checkpoint in checkpoints:
