@@ -33,9 +33,14 @@ TRAIN = [*SHORT_RUN, "--set", "checkpoint.every_steps=10", "--set", "checkpoint.
 GUARD = 300  # a hang guard for runs of seconds
 
 
+# A second suite, added by eval.py's --set alone (so only its eval-sparse/suite.json tells of it), ranked by loss.
+SPARSE = ["--suite", "sparse", "--set", "suites.sparse.every_steps=20", "--set", "suites.sparse.best_metric=loss"]
+
+
 @dataclass(frozen=True)
 class Runs:
-    train_dir: TrainDir  # 10, 20 skipped, 30 failed, 40 ok, 50 evaluated not recorded, 60 being evaluated
+    # eval: 10, 20 skipped, 30 failed, 40 ok, 50 evaluated not recorded, 60 being evaluated; sparse: every 20th
+    train_dir: TrainDir
     never_evaluated: TrainDir  # checkpoints 30 and 40, 10 and 20 retired; no evaluator ever ran
     seen_while_training: list[Status]  # read again and again while train.py trained from 40 to 60
 
@@ -51,8 +56,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory, warm_scripts: WarmCli) -> Run
         shutil.copytree(train_dir.root, never.root, symlinks=True)
         for path in (train_dir.checkpoint(30), train_dir.checkpoints / weights_name(30)):
             os.truncate(path, path.stat().st_size // 2)  # a real corrupt checkpoint: step 30 fails
-        evaluator = start("eval.py", "--train-dir", root)
-        assert evaluator.wait() == 0, evaluator.output()
+        for suite in ([], SPARSE):
+            evaluator = start("eval.py", "--train-dir", root, *suite)
+            assert evaluator.wait() == 0, evaluator.output()
         second = start("train.py", "--train-dir", root, "--set", "train.steps=60", "--set", "checkpoint.max_to_keep=3")
         seen = statuses_until_exit(train_dir, second)
     # An evaluator (this process) claims 50 and 60, and has evaluated 50: its outcome waits to be recorded.
@@ -88,18 +94,18 @@ def table_made_here(train_dir: TrainDir) -> str:
 
 
 def test_the_status_shows_each_step_once_with_the_lag_and_the_best(runs: Runs, start: Callable[..., Proc]) -> None:
-    train_dir = runs.train_dir
+    train_dir, sparse = runs.train_dir, runs.train_dir.for_suite("sparse")
     best = next(r for r in read_records(train_dir.results) if r["step"] == 40)["metrics"]["accuracy"]
+    least_loss = next(r for r in read_records(sparse.results) if r["step"] == 40)["metrics"]["loss"]
     mtimes = {step: train_dir.checkpoint(step).stat().st_mtime for step in (40, 60)}
     lag_seconds = round(mtimes[60] - mtimes[40], 1)
-    schedule = "every checkpoint, eval.policy all"
     assert json.loads(run_status(start, train_dir, "--json")) == {
         "train_dir": str(train_dir.root),
         "finished": {"step": 60},
         "newest_checkpoint": 60,
         "suites": {
             "eval": {
-                "schedule": schedule,
+                "schedule": {"policy": "all", "every_steps": 1, "start_step": 0},
                 "ok": [40],
                 "failed": [30],
                 "skipped": [10, 20],
@@ -110,19 +116,40 @@ def test_the_status_shows_each_step_once_with_the_lag_and_the_best(runs: Runs, s
                 "newest_recorded": 40,
                 "lag": {"steps": 20, "seconds": lag_seconds},
                 "best": {"metric": "accuracy", "step": 40, "value": best},
-            }
+            },
+            "sparse": {
+                "schedule": {"policy": "all", "every_steps": 20, "start_step": 0},
+                "ok": [40],
+                "failed": [],
+                "skipped": [20],
+                "pending": [60],
+                "claimed": [],
+                "evaluated": [],
+                "newest_checkpoint": 60,
+                "newest_recorded": 40,
+                "lag": {"steps": 20, "seconds": lag_seconds},
+                "best": {"metric": "loss", "step": 40, "value": least_loss},
+            },
         },
     }
     assert run_status(start, train_dir).splitlines() == [
         f"{train_dir.root}: newest checkpoint 60; training finished at step 60",
         "",
-        f"eval ({schedule})",
+        "eval (policy all)",
         "  ok           1  40",
         "  failed       1  30",
         "  skipped      2  10, 20",
         "  pending      2  50, 60 (being evaluated: 60; evaluated, not yet recorded: 50)",
         f"  lag      20 steps (recorded up to 40; 60 committed {lag_seconds:.1f} s after it)",
         f"  best     accuracy {best:.4f} at step 40",
+        "",
+        "sparse (policy all, every_steps 20)",
+        "  ok           1  40",
+        "  failed       0  none",
+        "  skipped      1  20",
+        "  pending      1  60",
+        f"  lag      20 steps (recorded up to 40; 60 committed {lag_seconds:.1f} s after it)",
+        f"  best     loss {least_loss:.4f} at step 40",
     ]
 
 
@@ -172,18 +199,27 @@ def test_before_any_evaluator_every_committed_checkpoint_is_pending(runs: Runs, 
     assert tree(never.root) == before and not never.eval_run.exists()
 
 
+KINDS = ("ok", "failed", "skipped", "pending")
+
+
 def test_the_status_read_while_train_py_writes_never_loses_a_step(runs: Runs) -> None:
-    """Each reading holds each step once, and every step a reading showed is in every later one: recorded steps
-    as they were, checkpoints committed since as pending."""
+    """Each reading holds each step of a suite once, and every step a reading showed is in every later one:
+    recorded steps as they were, checkpoints committed since as pending."""
     assert len(runs.seen_while_training) > 1
-    shown: dict[int, str] = {}
+    shown: dict[tuple[str, int], str] = {}
     for status in runs.seen_while_training:
-        (suite,) = status.suites
-        now = {step: name for name in ("ok", "failed", "skipped", "pending") for step in getattr(suite, name)}
-        assert sum(len(getattr(suite, name)) for name in ("ok", "failed", "skipped", "pending")) == len(now)
+        lists = [(suite.suite.name, name, getattr(suite, name)) for suite in status.suites for name in KINDS]
+        now = {(suite, step): name for suite, name, steps in lists for step in steps}
+        listed = sum(len(steps) for *_, steps in lists)
+        assert listed == len(now)
         assert shown.keys() <= now.keys() and {s: now[s] for s in shown} == shown, (shown, now)
         shown = now
-    assert shown == {10: "skipped", 20: "skipped", 30: "failed", 40: "ok", 50: "pending", 60: "pending"}
+    steps = {10: "skipped", 20: "skipped", 30: "failed", 40: "ok", 50: "pending", 60: "pending"}
+    assert shown == {("eval", step): name for step, name in steps.items()} | {
+        ("sparse", 20): "skipped",
+        ("sparse", 40): "ok",
+        ("sparse", 60): "pending",
+    }
 
 
 def test_steps_text_keeps_long_lists_short() -> None:

@@ -11,14 +11,16 @@ ledger has not recorded; of those, `claimed` ones are being evaluated and `evalu
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shared import config as cfg
+from shared.checkpoints.schedule import POLICIES, Schedule
 from shared.checkpoints.sources import TRAINVAL, CheckpointSource
+from shared.checkpoints.suites import Suite, suites
 from shared.protocol import numbers
 from shared.protocol.claims import claim_step
 from shared.protocol.finished import read_finished
@@ -26,37 +28,47 @@ from shared.protocol.layout import TrainDir
 from shared.protocol.ledger import read_results
 from shared.protocol.outcomes import outcome_steps
 from shared.protocol.results import EvalResult, best_of
+from shared.tasks.loading import suite_config
 
 
 @dataclass(frozen=True)
-class Suite:
-    """What the status reads of one suite: its ledger, claims and outcomes, which steps it evaluates, and how
-    it scores the best."""
+class Ranked:
+    """A suite, and the metric that ranks its best with the way it improves (its task's, or best_metric)."""
 
-    name: str
-    schedule: str  # in words, for the table
-    results: Path
-    claims: Path
-    pending: Path
-    selects: Callable[[int], bool]
+    suite: Suite
     best_metric: str
     best_higher_is_better: bool
 
 
-def suites_of(train_dir: TrainDir, config: cfg.Config) -> list[Suite]:
-    """The default suite `eval`: eval.policy selects every checkpoint (`latest` records those it passes as skipped)."""
-    return [
-        Suite(
-            name="eval",
-            schedule=f"every checkpoint, eval.policy {config.eval.policy}",
-            results=train_dir.results,
-            claims=train_dir.claims,
-            pending=train_dir.pending,
-            selects=lambda step: True,
-            best_metric=config.eval.best_metric,
-            best_higher_is_better=config.eval.best_higher_is_better,
+def suites_of(train_dir: TrainDir, config: cfg.Config) -> list[Ranked]:
+    """Every suite of the train_dir (the default first), each ranked by the options it runs."""
+    return [Ranked(suite, *_ranking(config, suite)) for suite in suites(train_dir, config).values()]
+
+
+def _ranking(config: cfg.Config, suite: Suite) -> tuple[str, bool]:
+    """The suite's best_metric and its direction. A named suite is ranked by the options its daemon runs, which
+    for a suite added by eval.py's --set are only in the record it left (eval-NAME/suite.json)."""
+    if suite.options is not None:
+        config = config.model_copy(
+            update={"suites": cfg.Suites.model_validate({suite.name: suite.options.model_dump()})}
         )
-    ]
+    section = suite_config(config, suite.name).eval
+    return section.best_metric, section.best_higher_is_better
+
+
+def schedule_options(schedule: Schedule) -> dict[str, Any]:
+    """A schedule as its policy's name and its options (every_steps, start_step): its dataclass fields."""
+    policy = next((name for name, kind in POLICIES.items() if type(schedule) is kind), type(schedule).__name__)
+    fields = dataclasses.fields(schedule) if dataclasses.is_dataclass(schedule) else ()
+    return {"policy": policy, **{f.name: getattr(schedule, f.name) for f in fields if f.name != "key"}}
+
+
+def _schedule_text(schedule: Schedule) -> str:
+    """The policy, and each option that is not its default: `policy all, every_steps 5`."""
+    defaults = {f.name: f.default for f in dataclasses.fields(schedule)} if dataclasses.is_dataclass(schedule) else {}
+    options = schedule_options(schedule)
+    changed = [f"{key} {value}" for key, value in options.items() if key != "policy" and value != defaults.get(key)]
+    return ", ".join([f"policy {options['policy']}", *changed])
 
 
 @dataclass(frozen=True)
@@ -91,7 +103,7 @@ class SuiteStatus:
         lag = {"steps": self.lag_steps, "seconds": self.lag_seconds}
         best = None if self.best is None else vars(self.best)
         return {
-            "schedule": self.suite.schedule,
+            "schedule": schedule_options(self.suite.schedule),
             "ok": self.ok,
             "failed": self.failed,
             "skipped": self.skipped,
@@ -122,7 +134,7 @@ class Status:
         }
 
 
-def read_status(train_dir: TrainDir, suites: list[Suite], source: CheckpointSource = TRAINVAL) -> Status:
+def read_status(train_dir: TrainDir, ranked: list[Ranked], source: CheckpointSource = TRAINVAL) -> Status:
     marker = read_finished(train_dir)
     checkpoints = {c.step: c.path for c in source.list(train_dir.checkpoints)}
     retired = {r.step for r in read_results(train_dir.retired)}  # the recorder turns each into a skipped record
@@ -131,20 +143,22 @@ def read_status(train_dir: TrainDir, suites: list[Suite], source: CheckpointSour
         None if marker is None else marker.step,
         marker is not None,
         max(checkpoints, default=None),
-        [suite_status(suite, checkpoints, retired) for suite in suites],
+        [suite_status(each, checkpoints, retired) for each in ranked],
     )
 
 
-def suite_status(suite: Suite, checkpoints: dict[int, Path], retired: set[int]) -> SuiteStatus:
-    claimed = {step for name in _names(suite.claims) if (step := claim_step(name)) is not None}
-    evaluated = set(outcome_steps(suite.pending))
-    recorded = {result.step: result for result in read_results(suite.results)}  # read last: it wins
-    selected = [step for step in checkpoints if suite.selects(step)]
-    in_hand = {step for step in claimed | evaluated if suite.selects(step)} - recorded.keys()
-    noted = {step for step in retired if suite.selects(step)} - recorded.keys() - in_hand
+def suite_status(ranked: Ranked, checkpoints: dict[int, Path], retired: set[int]) -> SuiteStatus:
+    suite, selects, places = ranked.suite, ranked.suite.schedule.selects, ranked.suite.places
+    claimed = {step for name in _names(places.claims) if (step := claim_step(name)) is not None}
+    evaluated = set(outcome_steps(places.pending))
+    recorded = {result.step: result for result in read_results(places.results)}  # read last: it wins
+    selected = [step for step in checkpoints if selects(step)]
+    in_hand = {step for step in claimed | evaluated if selects(step)} - recorded.keys()
+    noted = {step for step in retired if selects(step)} - recorded.keys() - in_hand  # its recorder copies them
     pending = (set(selected) - recorded.keys() - noted) | in_hand
     newest_recorded = max(recorded, default=None)
-    best = best_of(recorded.values(), suite.best_metric, suite.best_higher_is_better)
+    metric = ranked.best_metric
+    best = best_of(recorded.values(), metric, ranked.best_higher_is_better)
     return SuiteStatus(
         suite,
         ok=_with_status(recorded, "ok"),
@@ -156,7 +170,7 @@ def suite_status(suite: Suite, checkpoints: dict[int, Path], retired: set[int]) 
         newest_checkpoint=max(selected, default=None),
         newest_recorded=newest_recorded,
         lag_seconds=_seconds_between(checkpoints, newest_recorded, max(selected, default=None)),
-        best=None if best is None else Best(suite.best_metric, best.step, best.metrics[suite.best_metric]),
+        best=None if best is None else Best(metric, best.step, best.metrics[metric]),
     )
 
 
@@ -213,7 +227,7 @@ def table(status: Status) -> str:
         training = "training finished" + ("" if status.finished_step is None else f" at step {status.finished_step}")
     lines = [f"{status.train_dir.root}: {newest}; {training}"]
     for each in status.suites:
-        lines += ["", f"{each.suite.name} ({each.suite.schedule})"]
+        lines += ["", f"{each.suite.name} ({_schedule_text(each.suite.schedule)})"]
         for name in ("ok", "failed", "skipped"):
             steps = getattr(each, name)
             lines.append(f"  {name:<9}{len(steps):>5}  {steps_text(steps)}")
