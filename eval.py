@@ -310,7 +310,8 @@ def run_daemon(args: argparse.Namespace, train_dir: TrainDir, device: torch.devi
     refuse_linked_folders(train_dir.checkpoints)  # eval/ and the split runs are checked as they are made
     if foreign and args.results_dir:
         make_folder(train_dir.root)
-    with CheckpointWatcher(train_dir, args.poll, source) as watcher:
+    # The suite's pending/ wakes its recorder: known by the name alone, before the config says the suite exists.
+    with CheckpointWatcher(train_dir.for_suite(args.suite), args.poll, source) as watcher:
         stop.on_stop = watcher.wake
         joined = (lambda: bool(source.list(train_dir.checkpoints))) if foreign else train_dir.config.exists
         if not wait_for(joined, watcher.wait, stop, deadline, hint):

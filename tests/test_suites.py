@@ -87,8 +87,8 @@ def assert_settled(train_dir: TrainDir) -> None:
 def test_two_suites_beside_a_trainer_record_each_selected_step_once_through_kills(
     start: Callable[..., Proc], tmp_path: Path
 ) -> None:
-    """The default suite and a downstream one (its own task: other data, other metrics) on every other
-    checkpoint, beside train.py; the trainer and the downstream evaluator are each SIGKILLed once and started
+    """The default suite and a downstream one (its own task: other data, other metrics; two evaluators) on every
+    other checkpoint, beside train.py; the trainer and a downstream evaluator are each SIGKILLed once and started
     again. Each suite records each step it selects once, in its own ledger and TensorBoard run, at the
     checkpoints' steps."""
     train_dir = TrainDir(tmp_path / "run")
@@ -96,7 +96,7 @@ def test_two_suites_beside_a_trainer_record_each_selected_step_once_through_kill
     downstream = ["--set", "suites.down.every_steps=80", "--set", "suites.down.task=tests.suite_task:FlippedDigits"]
     trainer = start("train.py", *args, *SHORT_RUN, *downstream)
     default = start("eval.py", *args)
-    down = start("eval.py", *args, "--suite", "down")
+    down, other = (start("eval.py", *args, "--suite", "down") for _ in range(2))  # two evaluators of one suite
     kill_trainer_at_some_moment(trainer, train_dir, random.Random(23))
     trainer = start("train.py", *args)  # resumes from config.yaml, its suites included
     down_dir = train_dir.for_suite("down")
@@ -104,7 +104,7 @@ def test_two_suites_beside_a_trainer_record_each_selected_step_once_through_kill
     down.signal(signal.SIGKILL)
     down.wait()
     down = start("eval.py", *args, "--suite", "down")
-    for proc in (trainer, default, down):
+    for proc in (trainer, default, down, other):
         assert proc.wait_while_logging() == 0, proc.output()
     assert ledger_steps(train_dir) == dict.fromkeys([40, 80, 120, 160, 200], "ok")
     assert ledger_steps(down_dir) == {80: "ok", 160: "ok"}
