@@ -63,6 +63,11 @@ CASES = [
     ("train.py", "--train-dir {tmp}/run --set seed=1", "seed: 0 -> 1"),
     ("eval.py", "--train-dir {tmp}/run --checkpoint latest --set train.lr=0.1", "eval section only (train.lr: 0.003"),
     ("eval.py", "--train-dir {tmp}/run --poll -1", "argument --poll: must be between 0 and 2592000, got '-1'"),
+    # another trainer's run: eval.yaml's source: section (docs/foreign-runs.md)
+    ("eval.py", "--train-dir {tmp}/empty --config {tmp}/foreign.yaml --set source.format=hff", "source.format: one of"),
+    ("eval.py", "--train-dir {tmp}/empty --config {tmp}/foreign.yaml --set source.pattern=a.pt", "{step} once"),
+    ("eval.py", "--train-dir {tmp}/empty --config {tmp}/foreign.yaml --set source.patern=x", "(did you mean pattern?)"),
+    ("eval.py", "--train-dir {tmp}/run --results-dir {tmp}/results", "--results-dir goes with another trainer's run"),
 ]
 
 
@@ -75,6 +80,7 @@ def folder(tmp_path: Path) -> Path:
     (tmp_path / "latin1.yaml").write_bytes("train:\n  lr: 0.1  # caf\xe9\n".encode("latin-1"))
     (tmp_path / "typo.yaml").write_text("trian: {lr: 0.1}\n")
     (tmp_path / "misplaced.yaml").write_text("train: {batch_size: 8}\n")
+    (tmp_path / "foreign.yaml").write_text("task: regression\nsource: {format: files, pattern: 'model_{step}.pt'}\n")
     for name, steps in (("run", ()), ("stepped", (100, 200))):
         train_dir = TrainDir(tmp_path / name)
         train_dir.checkpoints.mkdir(parents=True)
