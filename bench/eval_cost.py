@@ -35,6 +35,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as eval.py sets it
+
 import torch
 
 from bench.common import ROOT, add_results_option, report, results_file

@@ -128,11 +128,22 @@ def _write_version(
         with open(written, "rb") as f:
             os.fsync(f.fileno())
     # Plain writes, each fsynced, and one fsync of the folder: it is renamed into place whole.
-    write_synced(temp / CONFIG, cfg.to_yaml(config).encode())
+    write_synced(temp / CONFIG, config_yaml(config))
     write_synced(temp / METRICS, (numbers.dumps(summary, indent=2) + "\n").encode())
     fsync_dir(temp)
     os.replace(temp, final)
     return final
+
+
+# An evaluator exports one config all its life; YAML's pure-Python writer costs milliseconds at each export.
+_CONFIG_YAML: dict[int, tuple[cfg.Config, bytes]] = {}
+
+
+def config_yaml(config: cfg.Config) -> bytes:
+    """best/config.yaml's bytes, written once per config object (kept here, so its id is not reused)."""
+    if id(config) not in _CONFIG_YAML:
+        _CONFIG_YAML[id(config)] = (config, cfg.to_yaml(config).encode())
+    return _CONFIG_YAML[id(config)][1]
 
 
 def write_weights(model: nn.Module, path: Path) -> None:

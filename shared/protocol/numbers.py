@@ -23,8 +23,12 @@ def encodable(value: Any) -> Any:
 
 
 def dumps(value: Any, **options: Any) -> str:
-    """json.dumps that writes valid JSON: non-finite floats as strings (never a bare NaN)."""
-    return json.dumps(encodable(value), allow_nan=False, **options)
+    """json.dumps that writes valid JSON: non-finite floats as strings (never a bare NaN). Walked for them
+    only when there are some: the walk copies every number (milliseconds for an outcome's PR curves)."""
+    try:
+        return json.dumps(value, allow_nan=False, **options)
+    except ValueError:  # a non-finite float somewhere
+        return json.dumps(encodable(value), allow_nan=False, **options)
 
 
 def is_number(value: Any) -> bool:
