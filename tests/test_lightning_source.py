@@ -1,28 +1,62 @@
-"""The `lightning` checkpoint source on the checkpoints of a real Lightning Trainer (ModelCheckpoint every 5
-steps, keeping all), made once for the module: listed by their global_step, complete ones only (a real
-file cut short at any length is not), the model's weights loaded strictly with the attribute prefix stripped,
-the program's own objects in the file read as inert stand-ins, code in the file never run."""
+"""`source.format: lightning` on a real Lightning Trainer run (ModelCheckpoint every 5 steps, keeping all), made
+once for the module with the eval.py daemon beside it (tests/foreign_runs.py): every checkpoint recorded once,
+the daemon SIGKILLed mid-run and started again, a growing `.ckpt` never evaluated until whole, ad hoc equal to
+the daemon's record. Then the source itself on those files: listed by their global_step, complete ones only (a
+real file cut at any length is not), the model's weights loaded strictly with the attribute prefix stripped, the
+program's own objects in the file read as inert stand-ins, code in it never run."""
 
 from __future__ import annotations
 
+import io
 import pickle
 import shutil
+import statistics
 import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-from shared.checkpoints.sources.lightning import LightningCheckpoints, zip_is_complete
+from shared.checkpoints.sources.files import zip_is_complete
+from shared.checkpoints.sources.lightning import LightningCheckpoints
 from shared.errors import CheckpointError
-from tests.foreign_runs import digits, run_to_end
+from tests.conftest import process_starter
+from tests.foreign_runs import DaemonBeside, assert_each_recorded_once, digits, run_beside_the_daemon
+from tests.warm_cli import WarmCli
 
-STEPS, EVERY = 20, 5
+pytestmark = pytest.mark.slow
+
+STEPS, EVERY = 30, 5
+SOURCE = LightningCheckpoints("model.")
+
+
+def plant_a_growing_file(checkpoints: Path, complete: Path, step: int) -> tuple[Path, Callable[[], None]]:
+    """A real checkpoint saved again as step `step`, half written, as a copy into place leaves it while it grows."""
+    state = torch.load(complete, weights_only=False)  # the test's own file
+    state["global_step"] = step
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data, path = buffer.getvalue(), checkpoints / f"epoch=9-step={step}.ckpt"
+    path.write_bytes(data[: len(data) // 2])
+
+    def finish() -> None:
+        with open(path, "ab") as f:
+            f.write(data[len(data) // 2 :])
+
+    return path, finish
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return run_to_end("lightning", tmp_path_factory.mktemp("lightning"), STEPS, EVERY)
+def run(tmp_path_factory: pytest.TempPathFactory, warm_scripts: WarmCli) -> Iterator[DaemonBeside]:
+    folder = tmp_path_factory.mktemp("lightning")
+    with process_starter(folder, warm_scripts) as start:
+        yield run_beside_the_daemon(start, folder, {"format": "lightning"}, STEPS, EVERY, plant_a_growing_file)
+
+
+def test_the_daemon_beside_a_lightning_trainer_records_each_checkpoint_once(run: DaemonBeside) -> None:
+    lags = assert_each_recorded_once(run, STEPS, EVERY)
+    print(f"lightning: completion to record, median {statistics.median(lags):.2f}s of {lags}")
 
 
 def trusted_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -30,51 +64,49 @@ def trusted_weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=False)["state_dict"]
 
 
-def test_checkpoints_are_listed_by_global_step_and_load_strictly_without_the_prefix(run: Path, tmp_path: Path) -> None:
-    source, model = LightningCheckpoints(), digits().build_model()
-    found = source.list(run)
-    assert [c.step for c in found] == list(range(EVERY, STEPS + 1, EVERY))
-    for checkpoint in found:
-        assert source.restore(checkpoint.path, model) == checkpoint.step
+def test_checkpoints_listed_by_global_step_load_strictly_without_the_prefix(run: DaemonBeside, tmp_path: Path) -> None:
+    model = digits().build_model()
+    found = SOURCE.list(run.checkpoints)
+    assert [c.step for c in found] == [*range(EVERY, STEPS + 1, EVERY), run.planted]
+    for checkpoint in found[:2]:
+        assert SOURCE.restore(checkpoint.path, model) == checkpoint.step
         expected = trusted_weights(checkpoint.path)
         assert all(torch.equal(value, expected[f"model.{name}"]) for name, value in model.state_dict().items())
-    # The step is the file's: a name without one, and last.ckpt (a copy of another step), change nothing.
-    shutil.copy(found[0].path, tmp_path / "renamed.ckpt")
-    shutil.copy(found[1].path, tmp_path / "last.ckpt")
-    assert [(c.step, c.path.name) for c in source.list(tmp_path)] == [(EVERY, "renamed.ckpt")]
-    # Weights under another attribute are named in the one line.
+    # The step is the file's global_step, whatever the name; last.ckpt (a copy of another step) is not listed.
+    for name in ("last.ckpt", f"epoch=0-step={STEPS + 1}.ckpt"):
+        shutil.copy(found[0].path, tmp_path / name)
+    assert [(c.step, c.path.name) for c in SOURCE.list(tmp_path)] == [(EVERY, f"epoch=0-step={STEPS + 1}.ckpt")]
     with pytest.raises(CheckpointError, match=r"source.prefix 'net\.' .*'model\.0\.weight'"):
-        LightningCheckpoints(prefix="net.").restore(found[0].path, model)
+        LightningCheckpoints("net.").restore(found[0].path, model)
 
 
-def test_a_growing_file_is_never_listed_and_ad_hoc_it_is_refused(run: Path, tmp_path: Path) -> None:
-    """A real checkpoint cut at every length a copy in progress may have (each 1% and the last 100 bytes):
-    not listed; the same bytes completed are."""
-    source, checkpoint = LightningCheckpoints(), LightningCheckpoints().list(run)[-1]
+def test_a_file_cut_at_any_length_is_incomplete_and_ad_hoc_it_is_refused(run: DaemonBeside, tmp_path: Path) -> None:
+    """A real checkpoint cut at every length a copy in progress may have (each 1% and the last 100 bytes)."""
+    checkpoint = SOURCE.list(run.checkpoints)[-2]
     data, growing = checkpoint.path.read_bytes(), tmp_path / checkpoint.path.name
-    cuts = sorted({*range(0, len(data), len(data) // 100), *range(len(data) - 100, len(data))})
-    for cut in cuts:
+    for cut in sorted({*range(0, len(data), len(data) // 100), *range(len(data) - 100, len(data))}):
         growing.write_bytes(data[:cut])
-        assert source.step_of(growing) is None, f"cut at {cut} of {len(data)} bytes was listed"
+        assert SOURCE.step_of(growing) is None, f"cut at {cut} of {len(data)} bytes counted as complete"
     assert not zip_is_complete(growing)
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        source.restore(growing, digits().build_model())
+        SOURCE.restore(growing, digits().build_model())
     growing.write_bytes(data)
-    assert source.step_of(growing) == checkpoint.step
+    assert SOURCE.step_of(growing) == checkpoint.step
 
 
-def test_the_programs_own_objects_load_as_stand_ins_and_no_code_in_the_file_runs(run: Path, tmp_path: Path) -> None:
-    path = LightningCheckpoints().list(run)[0].path
+def test_the_programs_own_objects_load_as_stand_ins_and_no_code_in_the_file_runs(
+    run: DaemonBeside, tmp_path: Path
+) -> None:
+    path = SOURCE.list(run.checkpoints)[0].path
     # Lightning's own file is refused by weights_only=True alone: its hyper-parameters hold a Namespace and a Path.
     with pytest.raises(pickle.UnpicklingError, match=r"argparse\.Namespace|PosixPath"):
         torch.load(path, weights_only=True)
     state = torch.load(path, weights_only=False)
     marker = tmp_path / "ran"
     state["hyper_parameters"]["payload"] = RunsSubprocess(marker)
-    planted = tmp_path / "epoch=0-step=5.ckpt"
+    planted = tmp_path / f"epoch=0-step={state['global_step']}.ckpt"
     torch.save(state, planted)
-    model = digits().build_model()
-    assert LightningCheckpoints().restore(planted, model) == state["global_step"]
+    assert SOURCE.restore(planted, digits().build_model()) == state["global_step"]
     assert not marker.exists()
 
 

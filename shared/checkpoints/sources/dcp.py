@@ -27,6 +27,7 @@ from torch import nn
 
 from shared.checkpoints.format import guarded, restore_model
 from shared.checkpoints.sources.base import FORMAT, CheckpointSource, SourceSection
+from shared.checkpoints.sources.lightning import under_prefix
 from shared.errors import CheckpointError, ConfigError
 from shared.protocol.layout import METADATA
 
@@ -41,6 +42,11 @@ class DcpCheckpoints(CheckpointSource):
             raise ConfigError(f"source.pattern {pattern!r}: its first folder's name holds `{{step}}` once")
         self.name_re = re.compile("^" + re.escape(name).replace(re.escape("{step}"), r"(\d+)") + "$")
         self.prefix = prefix
+        # DCP's reader, imported now (a second or more of start-up, while a daemon waits) rather than at the
+        # first checkpoint, whose record it would delay; not at module level: every eval.py start would pay it.
+        from shared.checkpoints import sharded
+
+        self.sharded = sharded
 
     def step_of(self, name: str | os.PathLike) -> int | None:
         """The step of the complete DCP checkpoint at `name` (a path); None while DCP writes it, or for other
@@ -63,16 +69,9 @@ class DcpCheckpoints(CheckpointSource):
         return step
 
     def _read(self, folder: Path, model: nn.Module) -> dict[str, torch.Tensor]:
-        from shared.checkpoints import sharded  # imports torch.distributed.checkpoint: half a second
-
-        reader, metadata = sharded.read_metadata(folder)
+        reader, metadata = self.sharded.read_metadata(folder)
         entries = metadata.state_dict_metadata
-        named = [key for key in entries if key.startswith(self.prefix)] if self.prefix else []
-        if self.prefix and not named:
-            raise CheckpointError(
-                f"no entry's name starts with source.prefix {self.prefix!r} (they read like "
-                f"{next(iter(entries), '')!r}): set source.prefix"
-            )
+        named = under_prefix(entries, self.prefix) if self.prefix else []  # empty: top-level, among others
         # Beside the model's own names, those under the prefix that it lacks: restore_model names them.
         wanted = {self.prefix + key for key in model.state_dict()} | set(named)
         weights: dict[str, torch.Tensor] = {}
@@ -81,7 +80,7 @@ class DcpCheckpoints(CheckpointSource):
             if not hasattr(item, "properties"):  # BytesStorageMetadata: a pickled object, not a tensor
                 raise CheckpointError(f"entry {fqn!r} is not a tensor in {folder / METADATA}")
             weights[fqn] = torch.empty(item.size, dtype=item.properties.dtype)
-        sharded.read_tensors(weights, reader, folder)
+        self.sharded.read_tensors(weights, reader, folder)
         return {fqn[len(self.prefix) :]: tensor for fqn, tensor in weights.items()}
 
 

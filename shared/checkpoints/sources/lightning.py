@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +50,8 @@ class LightningCheckpoints(CheckpointSource):
             if not zip_is_complete(path):
                 return None
             return _global_step(read_torch_file(path, foreign=True, mmap=True))
+        except (FileNotFoundError, IsADirectoryError):  # deleted meanwhile; a folder named *.ckpt
+            return None
         except (OSError, CheckpointError):
             match = NAME_STEP_RE.search(path.name)
             return int(match.group(1)) if match else None
@@ -61,16 +64,22 @@ class LightningCheckpoints(CheckpointSource):
         if not isinstance(weights, dict):
             raise CheckpointError("not a Lightning checkpoint: no 'state_dict' entry")
         step = _global_step(state)
-        if self.prefix:
-            named = weights
-            weights = {k[len(self.prefix) :]: v for k, v in named.items() if k.startswith(self.prefix)}
-            if named and not weights:
-                raise CheckpointError(
-                    f"no weight's name starts with source.prefix {self.prefix!r} (they read like "
-                    f"{next(iter(named))!r}): set source.prefix to the LightningModule's attribute"
-                )
+        weights = {name[len(self.prefix) :]: weights[name] for name in under_prefix(weights, self.prefix)}
         restore_model(model, {"model": weights})
         return step
+
+
+def under_prefix(names: Iterable[str], prefix: str) -> list[str]:
+    """The names that start with `prefix` (source.prefix: the model's, in another trainer's checkpoint; all of
+    them when it is empty); CheckpointError showing one name when none does."""
+    names = list(names)
+    named = [name for name in names if name.startswith(prefix)]
+    if names and not named:
+        raise CheckpointError(
+            f"no weight's name starts with source.prefix {prefix!r} (they read like {names[0]!r}): set "
+            "source.prefix to the model's (a LightningModule's attribute holding it, and a dot)"
+        )
+    return named
 
 
 def _global_step(state: Any) -> int:
