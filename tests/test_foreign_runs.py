@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import safetensors.torch
 import torch
 
 from shared.protocol.layout import TrainDir
@@ -147,13 +148,11 @@ def test_ad_hoc_equals_the_daemons_record(hf_run: dict[str, Any]) -> None:
 FILES_CONFIG = {"task": "regression", "source": {"format": "files", "pattern": "weights/model_{step}.safetensors"}}
 
 
-def save_weights(path: Path, step: int) -> bytes:
+def save_weights(step: int) -> bytes:
     """A regression model's weights (random, by step) as safetensors, keyed with a wrapper's `model.` prefix."""
-    from safetensors.torch import save
-
     torch.manual_seed(step)
     model = build_task(resolve_config({"task": "regression"})).build_model()
-    return save({f"model.{name}": tensor.contiguous() for name, tensor in model.state_dict().items()})
+    return safetensors.torch.save({f"model.{name}": tensor.contiguous() for name, tensor in model.state_dict().items()})
 
 
 @contextmanager
@@ -184,21 +183,24 @@ def test_weights_files_are_evaluated_once_complete_and_ad_hoc_agrees(tmp_path: P
     (tmp_path / "eval.yaml").write_text(json.dumps(FILES_CONFIG))
     args = ("--train-dir", str(run), "--config", str(tmp_path / "eval.yaml"))
     for step in (10, 20):
-        (weights / f"model_{step}.safetensors").write_bytes(save_weights(weights, step))
-    growing = save_weights(weights, 30)
+        (weights / f"model_{step}.safetensors").write_bytes(save_weights(step))
+    another_models = safetensors.torch.save({"model.0.weight": torch.zeros(3, 3)})
+    (weights / "model_5.safetensors").write_bytes(another_models)
+    growing = save_weights(30)
     with open(weights / "model_30.safetensors", "wb") as f:  # written in place, as a loop may
         f.write(growing[: len(growing) // 2])
         f.flush()
         results = run / "eval" / "results.jsonl"
         daemon = start("eval.py", *args)
-        wait_until(recorded(results, 10, 20), WAIT, "steps 10 and 20 recorded")
+        wait_until(recorded(results, 5, 10, 20), WAIT, "steps 5 to 20 recorded")
         written_at = time.time()
         f.write(growing[len(growing) // 2 :])
     wait_until(recorded(results, 30), WAIT, "step 30 recorded once whole")
     found = records(results)
     assert [(r["step"], r["status"], r["file"]) for r in found] == [
-        (step, "ok", f"weights/model_{step}.safetensors") for step in (10, 20, 30)
+        (step, "failed" if step == 5 else "ok", f"weights/model_{step}.safetensors") for step in (5, 10, 20, 30)
     ]
+    assert "does not fit this model" in found[0]["reason"], found[0]
     print(f"files: completion to record {found[-1]['wall_time'] + found[-1]['seconds'] - written_at:.2f}s")
     daemon.signal(signal.SIGKILL)
     daemon.wait()
@@ -214,8 +216,8 @@ def test_weights_files_are_evaluated_once_complete_and_ad_hoc_agrees(tmp_path: P
             assert refused.wait() == 2, refused.output()
             assert "--results-dir" in refused.output().strip().splitlines()[-1]
     assert printed(ad_hoc)["metrics"] == found[-1]["metrics"]
-    assert [r["step"] for r in records(TrainDir(results_dir).results)] == [10, 20, 30]
-    assert [r["step"] for r in records(results)] == [10, 20, 30]  # the run's own ledger as it was
+    assert [r["step"] for r in records(TrainDir(results_dir).results)] == [5, 10, 20, 30]
+    assert [r["step"] for r in records(results)] == [5, 10, 20, 30]  # the run's own ledger as it was
     shutil.rmtree(results_dir)
 
 

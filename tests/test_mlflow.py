@@ -198,7 +198,7 @@ def test_another_trainers_run_is_evaluated_into_its_own_mlflow_run(
     run = tmp_path / "run"
     run.mkdir()
     for step in (10, 20):
-        (run / f"model_{step}.safetensors").write_bytes(save_weights(run, step))
+        (run / f"model_{step}.safetensors").write_bytes(save_weights(step))
     source = {"format": "files", "pattern": "model_{step}.safetensors", "mlflow_run_id": trainer_run}
     log = {"backends": ["tensorboard", "mlflow"], "mlflow_tracking_uri": tracking_uri}
     (tmp_path / "eval.yaml").write_text(json.dumps({"task": "regression", "log": log, "source": source}))
