@@ -108,6 +108,15 @@ def test_the_programs_own_objects_load_as_stand_ins_and_no_code_in_the_file_runs
     torch.save(state, planted)
     assert SOURCE.restore(planted, digits().build_model()) == state["global_step"]
     assert not marker.exists()
+    # What torch's weights-only unpickler cannot fill: a dict type of the program's own, as one line.
+    state["hyper_parameters"]["settings"] = Settings(lr=0.1)
+    torch.save(state, planted)
+    with pytest.raises(CheckpointError, match=r"a dict or list type of the training program's own.*Settings"):
+        SOURCE.restore(planted, digits().build_model())
+
+
+class Settings(dict):
+    """A program's own dict type (an AttributeDict, an EasyDict)."""
 
 
 class RunsSubprocess:

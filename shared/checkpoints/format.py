@@ -270,6 +270,8 @@ def _unpickling_reason(err: pickle.UnpicklingError) -> str:
     detail = " ".join(line for line in lines if not line.startswith(boilerplate)) or "unpickling failed"
     if "GLOBAL" in detail:  # the file asks to import something: the way pickles run code
         return f"refused to load: it holds objects other than tensors and plain values ({detail})"
+    if detail.startswith("Can only"):  # a stand-in (Opaque) filled item by item: the program's own dict or list
+        return f"refused to load: it holds a dict or list type of the training program's own, not read ({detail})"
     return f"not a readable checkpoint (truncated or corrupt?): {detail}"
 
 
