@@ -79,8 +79,8 @@ def options(task: str, model: type[BaseModel] | None = None, prefix: str = "") -
         if isinstance(kind, type) and issubclass(kind, BaseModel):
             yield from options(task, kind, f"{prefix}{name}.")
         # Which task: tests/test_config.py and tests/test_cli_errors.py; which metric (any name the task
-        # declares, checked against it): tests/test_tasks.py.
-        elif name not in ("task", "metric", "best_metric"):
+        # declares, checked against it): tests/test_tasks.py; which suite (one of suites:): tests/test_cli_errors.py.
+        elif name not in ("task", "metric", "best_metric", "feedback_suite"):
             default = field.get_default(call_default_factory=True)
             yield Option(task, f"{prefix}{name}", kind, bounds, default)
 
