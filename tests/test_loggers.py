@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator, plugin_event_accumulator
+from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
 from tensorboard.util import tensor_util
 from torch.utils.tensorboard import summary as summaries
 
 from shared.errors import UsageError
-from shared.loggers import dashboards
+from shared.loggers import crc32c, dashboards
 from shared.loggers.base import Fanout, LogsHParams, LogsLayout, LogsPRCurves, NullLogger
 from shared.loggers.confusion import IMAGE_MAX_CLASSES, ConfusionPlot, confusion_image
 from shared.loggers.mlflow_backend import MlflowLogger
@@ -184,6 +185,14 @@ def test_an_image_reads_back_from_the_event_file_pixel_for_pixel(tmp_path: Path)
     (written,) = accumulator.Images("confusion_matrix")
     assert (written.step, written.height, written.width) == (3, *image.shape[:2])
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(written.encoded_image_string))), image)
+
+
+def test_the_event_records_crc_is_tensorboards_own() -> None:
+    """Each record's masked CRC-32C (NumPy lanes for long records) equals TensorBoard's byte-by-byte one."""
+    rng = np.random.default_rng(0)
+    for size in [*range(0, 1200, 7), 3_048, 28_523, 100_003]:
+        data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        assert crc32c.masked_crc32c(data) == pywrap_tensorflow.masked_crc32c(data), size
 
 
 def test_a_pr_curve_from_bucket_counts_equals_tensorboards_own_from_the_examples(tmp_path: Path) -> None:

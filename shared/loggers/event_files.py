@@ -28,9 +28,9 @@ from pathlib import Path
 
 from google.protobuf.message import DecodeError
 from tensorboard.compat.proto import event_pb2, summary_pb2
-from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 
 from shared.errors import UsageError
+from shared.loggers.crc32c import masked_crc32c
 from shared.protocol.files import atomic_file, fsync_dir, naming, open_nofollow, read_file, write_all
 from shared.protocol.layout import EVENTS_REPAIR_TEMP_RE, is_event_file
 
