@@ -12,7 +12,8 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -127,7 +128,7 @@ def run_beside_the_daemon(
     completed; the daemon is stopped once it recorded it."""
     from shared.checkpoints.sources import resolve_source
     from shared.protocol.ledger import read_records
-    from tests.conftest import HANG_GUARD, Proc, wait_until, wait_while_progressing
+    from tests.conftest import HANG_GUARD, wait_until, wait_while_progressing
 
     raw = read_with_overrides("configs/digits.yaml", TINY)
     config = {key: raw[key] for key in ("task", "seed", "model", "data", "eval")} | {"source": source}
@@ -141,20 +142,18 @@ def run_beside_the_daemon(
     daemons = [start("eval.py", *args)]
     wait_until(lambda: "waiting for the first complete checkpoint" in daemons[0].output(), HANG_GUARD, "eval.py")
     command = [sys.executable, "-m", "tests.foreign_runs", source["format"], str(checkpoints), str(steps), str(every)]
-    with open(folder / "trainer.log", "wb") as log:
-        popen = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    trainer = Proc(popen, folder / "trainer.log")
-    wait_while_progressing(lambda: bool(reader.list(checkpoints)), trainer, "the first complete checkpoint")
-    os.killpg(popen.pid, signal.SIGSTOP)  # training waits while the daemon is killed and started again
-    first = reader.list(checkpoints)[0]
-    planted, complete_planted = plant(checkpoints, first.path, steps * 10)
-    wait_until(lambda: first.step in recorded(), HANG_GUARD, f"step {first.step} recorded")
-    daemons[0].signal(signal.SIGKILL)
-    assert daemons[0].wait() == -signal.SIGKILL
-    daemons.append(start("eval.py", *args))
-    wait_until(lambda: "recording results" in daemons[1].output(), HANG_GUARD, "the restarted daemon to record")
-    os.killpg(popen.pid, signal.SIGCONT)
-    assert trainer.wait_while_logging() == 0, trainer.output()
+    with trainer_group(command, folder / "trainer.log") as trainer:
+        wait_while_progressing(lambda: bool(reader.list(checkpoints)), trainer, "the first complete checkpoint")
+        os.killpg(trainer.popen.pid, signal.SIGSTOP)  # training waits while the daemon is killed and restarted
+        first = reader.list(checkpoints)[0]
+        planted, complete_planted = plant(checkpoints, first.path, steps * 10)
+        wait_until(lambda: first.step in recorded(), HANG_GUARD, f"step {first.step} recorded")
+        daemons[0].signal(signal.SIGKILL)
+        assert daemons[0].wait() == -signal.SIGKILL
+        daemons.append(start("eval.py", *args))
+        wait_until(lambda: "recording results" in daemons[1].output(), HANG_GUARD, "the restarted daemon to record")
+        os.killpg(trainer.popen.pid, signal.SIGCONT)
+        assert trainer.wait_while_logging() == 0, trainer.output()
     wait_until(lambda: set(range(every, steps + 1, every)) <= recorded(), HANG_GUARD, "every trained step recorded")
     refused = start("eval.py", *args, "--checkpoint", str(planted))
     assert refused.wait() != 0, refused.output()
@@ -170,6 +169,21 @@ def run_beside_the_daemon(
         checkpoints, read_records(results), completed, steps * 10, refused.output().strip().splitlines()[-1],
         json.loads(adhoc.output().strip().splitlines()[-1]),
     )  # fmt: skip
+
+
+@contextmanager
+def trainer_group(command: list[str], log: Path) -> Iterator[Proc]:
+    """The trainer in a process group of its own (its ranks too), SIGKILLed whole if the test ends before it."""
+    from tests.conftest import Proc
+
+    with open(log, "wb") as out:
+        popen = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield Proc(popen, log)
+    finally:
+        with suppress(ProcessLookupError):  # none left: the usual end
+            os.killpg(popen.pid, signal.SIGKILL)
+        popen.wait()
 
 
 def assert_each_recorded_once(run: DaemonBeside, steps: int, every: int) -> list[float]:
