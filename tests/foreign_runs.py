@@ -8,10 +8,12 @@ from __future__ import annotations
 import faulthandler
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -173,17 +175,26 @@ def run_beside_the_daemon(
 
 @contextmanager
 def trainer_group(command: list[str], log: Path) -> Iterator[Proc]:
-    """The trainer in a process group of its own (its ranks too), SIGKILLed whole if the test ends before it."""
+    """The trainer in a process group of its own (its ranks too), SIGKILLed whole if the test ends before it.
+    Its $TMPDIR is on another file system than its checkpoints where the machine has one (/dev/shm): Lightning
+    then copies each checkpoint into place, growing under its name, as in a container with a mounted folder."""
     from tests.conftest import Proc
 
+    elsewhere = Path("/dev/shm")
+    other_fs = elsewhere.is_dir() and elsewhere.stat().st_dev != log.parent.stat().st_dev
+    temp = Path(tempfile.mkdtemp(dir=elsewhere if other_fs else log.parent))
+    env = {**os.environ, "TMPDIR": str(temp)}
     with open(log, "wb") as out:
-        popen = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        popen = subprocess.Popen(
+            command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
     try:
         yield Proc(popen, log)
     finally:
         with suppress(ProcessLookupError):  # none left: the usual end
             os.killpg(popen.pid, signal.SIGKILL)
         popen.wait()
+        shutil.rmtree(temp)
 
 
 def assert_each_recorded_once(run: DaemonBeside, steps: int, every: int) -> list[float]:
