@@ -12,6 +12,7 @@ import pickle
 import shutil
 import statistics
 import subprocess
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pytest
 import torch
 
 from shared.checkpoints.sources.files import zip_is_complete
-from shared.checkpoints.sources.lightning import LightningCheckpoints
+from shared.checkpoints.sources.lightning import MAX_INDEX_BYTES, LightningCheckpoints
 from shared.errors import CheckpointError
 from tests.conftest import process_starter
 from tests.foreign_runs import DaemonBeside, assert_each_recorded_once, digits, run_beside_the_daemon
@@ -92,6 +93,23 @@ def test_a_file_cut_at_any_length_is_incomplete_and_ad_hoc_it_is_refused(run: Da
         SOURCE.restore(growing, digits().build_model())
     growing.write_bytes(data)
     assert SOURCE.step_of(growing) == checkpoint.step
+
+
+def test_an_inflating_index_is_not_read_to_find_the_step(run: DaemonBeside, tmp_path: Path) -> None:
+    """A complete file whose data.pkl unpacks to more than MAX_INDEX_BYTES (deflated zeros after the pickle): its
+    step is its name's, unread; evaluated, the file's bound refuses it from the central directory."""
+    real, inflating = SOURCE.list(run.checkpoints)[0].path, tmp_path / "epoch=0-step=77.ckpt"
+    with zipfile.ZipFile(real) as source, zipfile.ZipFile(inflating, "w") as out:
+        for entry in source.infolist():
+            data = source.read(entry)
+            if entry.filename.endswith("data.pkl"):
+                out.writestr(entry.filename, data + bytes(MAX_INDEX_BYTES + 1), zipfile.ZIP_DEFLATED)
+            else:
+                out.writestr(entry, data)
+    assert inflating.stat().st_size < 2 * real.stat().st_size
+    assert SOURCE.step_of(inflating) == 77
+    with pytest.raises(CheckpointError, match="unpacks to"):
+        SOURCE.restore(inflating, digits().build_model())
 
 
 def test_the_programs_own_objects_load_as_stand_ins_and_no_code_in_the_file_runs(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +33,9 @@ from shared.errors import CheckpointError
 
 LAST_RE = re.compile(r"^last(-v\d+)?\.ckpt$")  # ModelCheckpoint.CHECKPOINT_NAME_LAST, and its versions
 NAME_STEP_RE = re.compile(r"step=(\d+)")  # the default file name's step, used only when the file is unreadable
+# The pickle indexing a checkpoint's tensors (a few hundred bytes per tensor), read whole to find global_step
+# before any model bounds the file: one larger than this is not read there (a compressed one may inflate).
+MAX_INDEX_BYTES = 64 << 20
 
 
 class LightningCheckpoints(CheckpointSource):
@@ -49,10 +53,14 @@ class LightningCheckpoints(CheckpointSource):
         try:
             if not zip_is_complete(path):
                 return None
+            with zipfile.ZipFile(path) as archive:
+                index = max((e.file_size for e in archive.infolist() if e.filename.endswith("data.pkl")), default=0)
+            if index > MAX_INDEX_BYTES:
+                raise CheckpointError(f"its data.pkl unpacks to {index} bytes")
             return _global_step(read_torch_file(path, foreign=True, mmap=True))
         except (FileNotFoundError, IsADirectoryError):  # deleted meanwhile; a folder named *.ckpt
             return None
-        except (OSError, CheckpointError):
+        except (OSError, CheckpointError, zipfile.BadZipFile):
             match = NAME_STEP_RE.search(path.name)
             return int(match.group(1)) if match else None
 
