@@ -29,6 +29,7 @@ from watchdog.utils.dirsnapshot import DirectorySnapshot
 
 from bench.common import ROOT, add_results_option, report, results_file
 from shared import config as cfg
+from shared.checkpoints.sources import TRAINVAL
 from shared.evaluation.coordination import Coordinator, join_as_evaluator
 from shared.evaluation.watch import FolderPoll
 from shared.protocol.layout import TrainDir, checkpoint_name
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
         train_dir = make_train_dir(Path(folder) / "run", args.checkpoints)
         config = load_config(train_dir.config)
-        watcher = FolderPoll(train_dir)
+        watcher = FolderPoll(train_dir, TRAINVAL)
         runs = {"val": train_dir.eval_run}
         with Coordinator(train_dir, config, plot=lambda writer, evaluation: None, runs=runs) as shared:
 

@@ -7,6 +7,7 @@ the bare loop.
     python -m bench.throughput                 # the H100 run: configs/synthetic.yaml
     python -m bench.throughput --smoke         # seconds on a CPU, so the script never rots
     python -m bench.throughput --beside-evaluator --pairs 3   # as a user runs it (below)
+    python -m bench.throughput --beside-evaluator --config configs/digits-suites.yaml --suite sampled  # two suites
 
 `--beside-evaluator` measures what an evaluator beside a trainer costs it, the way a user runs the two:
 configs/digits.yaml, 1,000 steps, a checkpoint every 50, every option as the config and the project set
@@ -39,6 +40,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as train.py and eval.py set it: the loops compare alike
 
+import numpy as np
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.flop_counter import FlopCounterMode
@@ -73,6 +75,7 @@ class Result:
     done_secs: float = math.nan  # from the start to the final checkpoint's validation (none: nan)
     note: str = ""
     eval_cpu_secs: float = math.nan  # eval.py's user + system CPU-seconds, from its start to its exit
+    lags: str = ""  # each suite's seconds from a checkpoint's step to its record, median / max
 
 
 @dataclass
@@ -88,6 +91,7 @@ class Setup:
     eval_threads: str  # eval.py --threads beside the trainer
     eval_nice: int = 0  # eval.py's niceness beside the trainer (0: as launch.py and compose start it)
     as_configured: bool = False  # no --threads, and the config's log.every_steps: as a user runs the two
+    suites: tuple[str, ...] = ()  # --beside-evaluator: an eval.py --suite NAME beside the default suite's, each
 
     def argv(self) -> list[str]:
         """The command-line options that rebuild this setup in a child process."""
@@ -278,31 +282,52 @@ def run_train_py(setup: Setup, eval_device: str | None, launcher: list[str] | No
         ]
         args = ["--config", setup.config_path, *(a for s in sets for a in ("--set", s))]
         logs = Path(folder)
-        started, evaluator = time.time(), None
+        started, evaluators = time.time(), {}
         if eval_device:
             command = ["eval.py", "--train-dir", str(train_dir), "--device", eval_device, *args]
             threads = [] if setup.as_configured else ["--threads", setup.eval_threads]
-            evaluator = spawn([*command, *threads], logs, nice=setup.eval_nice)
+            for suite in ("eval", *setup.suites):
+                chosen = [] if suite == "eval" else ["--suite", suite]
+                evaluators[suite] = spawn([*command, *threads, *chosen], logs, f"eval.py-{suite}", setup.eval_nice)
         device = "cuda" if launcher and setup.device.type == "cuda" else str(setup.device)  # torchrun: cuda:LOCAL_RANK
         command = [*(launcher or []), "train.py", "--train-dir", str(train_dir), "--device", device, *args]
-        threads = ["--threads", setup.train_threads] if evaluator and not setup.as_configured else []
+        threads = ["--threads", setup.train_threads] if evaluators and not setup.as_configured else []
         trainer = spawn([*command, *threads], logs, "train.py")
         if trainer.wait() != 0:
             raise RuntimeError(f"train.py: {last_line(logs / 'train.py.log')}")
         wall, done, note, eval_cpu = time.time() - started, math.nan, "", math.nan
-        if evaluator:  # it exits by itself once every checkpoint is evaluated and training has finished
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            if evaluator.wait(timeout=600) != 0:
-                raise RuntimeError(f"eval.py: {last_line(logs / 'eval.py.log')}")
-            done = time.time() - started
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the children waited for since: eval.py alone
-            eval_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-            note = f"eval.py evaluated {len(read_records(train_dir / 'eval' / 'results.jsonl'))} checkpoints"
         events = EventAccumulator(str(train_dir / "train"))
         events.Reload()
         points = {e.step: e.wall_time for e in events.Scalars("loss")}
         rate = (setup.steps - setup.warmup) / (points[setup.steps] - points[setup.warmup])
-        return Result(rate, wall, done, note, eval_cpu)
+        if not evaluators:
+            return Result(rate, wall)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        for suite, evaluator in evaluators.items():  # each exits by itself once its checkpoints are recorded
+            if evaluator.wait(timeout=600) != 0:
+                raise RuntimeError(f"eval.py --suite {suite}: {last_line(logs / f'eval.py-{suite}.log')}")
+        done = time.time() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the children waited for since: the eval.py's alone
+        eval_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        ledgers = {
+            suite: read_records(train_dir / ("eval" if suite == "eval" else f"eval-{suite}") / "results.jsonl")
+            for suite in evaluators
+        }
+        note = "evaluated: " + ", ".join(f"{suite} {len(records)}" for suite, records in ledgers.items())
+        lags = ", ".join(f"{suite} {record_lags(records, points)}" for suite, records in ledgers.items())
+        return Result(rate, wall, done, note, eval_cpu, lags)
+
+
+def record_lags(records: list[dict], points: dict[int, float]) -> str:
+    """Seconds from each checkpoint's step (its time interpolated between train.py's logged steps) to the end
+    of its evaluation, median / max: how far the suite's record trails training."""
+    steps = sorted(points)
+    lags = [
+        r["wall_time"] + r["seconds"] - float(np.interp(r["step"], steps, [points[s] for s in steps]))
+        for r in records
+        if r["status"] == "ok"
+    ]
+    return f"{statistics.median(lags):.2f} / {max(lags):.2f} s" if lags else "none"
 
 
 def last_line(log: Path) -> str:
@@ -395,6 +420,7 @@ def beside_evaluator(setup: Setup, pairs: int, results: Path | None) -> None:
                 f"{ratios[-1]:.3f}",
                 f"{beside.eval_cpu_secs:.1f}",
                 f"{after_training:.1f}",
+                beside.lags,
                 beside.note,
             ]
         )
@@ -414,6 +440,7 @@ def beside_evaluator(setup: Setup, pairs: int, results: Path | None) -> None:
         "B / A",
         "eval.py CPU-s",
         "eval.py done after training (s)",
+        "record after its step, median / max",
         "note",
     ]
     title = "Training throughput beside an evaluator"
@@ -431,6 +458,9 @@ def main() -> None:
         "--beside-evaluator", action="store_true", help="train.py alone and beside eval.py, as configured, in pairs"
     )
     parser.add_argument("--pairs", type=int, default=3, help="--beside-evaluator: A B pairs (default 3)")
+    parser.add_argument(
+        "--suite", dest="suites", action="append", default=[], help="--beside-evaluator: also eval.py --suite NAME"
+    )
     parser.add_argument("--variants", help="letters, a letter twice to run it twice (default abcdefg; smoke abce)")
     parser.add_argument("--train-threads", default="share", help="train.py --threads beside eval.py (c, d)")
     parser.add_argument("--eval-threads", default="share", help="eval.py --threads beside the trainer (c, d)")
@@ -448,7 +478,7 @@ def main() -> None:
     steps, warmup, every = ((20, 10, 10) if beside else (20, 5, 10)) if args.smoke else (steps, args.warmup, every)
     device = devices.resolve("auto")
     config = load_config(args.config, overrides)
-    threads = (args.train_threads, args.eval_threads, args.eval_nice, beside)
+    threads = (args.train_threads, args.eval_threads, args.eval_nice, beside, tuple(args.suites))
     setup = Setup(args.config, config, overrides, device, steps, warmup, every, *threads)
     if beside and (warmup % config.log.every_steps or steps % config.log.every_steps):
         parser.error(f"--warmup and --steps: give multiples of log.every_steps ({config.log.every_steps})")

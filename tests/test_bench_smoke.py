@@ -65,10 +65,13 @@ def test_throughput_smoke(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_throughput_beside_an_evaluator_smoke(tmp_path: Path) -> None:
-    text = run_smoke("bench.throughput", tmp_path / "results.md", "--beside-evaluator")
+    """With a second suite's daemon beside the default one (issue 23's measurement), each suite's lag reported."""
+    suites = ["--config", "configs/digits-suites.yaml", "--suite", "sampled", "--set", "suites.sampled.every_steps=20"]
+    text = run_smoke("bench.throughput", tmp_path / "results.md", "--beside-evaluator", *suites)
     assert "## Training throughput beside an evaluator" in text
     (row,) = [line for line in text.splitlines() if line.startswith("| 1 |")]
-    assert "nan" not in row and "eval.py evaluated 2 checkpoints" in row, row
+    assert "nan" not in row and "evaluated: eval 2, sampled 1" in row, row
+    assert re.search(r"eval [\d.]+ / [\d.]+ s, sampled [\d.]+ / [\d.]+ s", row), row
     assert "Ratio B / A: median" in text
 
 
