@@ -12,6 +12,7 @@ import pickle
 import shutil
 import statistics
 import subprocess
+import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -131,6 +132,27 @@ def test_the_programs_own_objects_load_as_stand_ins_and_no_code_in_the_file_runs
     torch.save(state, planted)
     with pytest.raises(CheckpointError, match=r"a dict or list type of the training program's own.*Settings"):
         SOURCE.restore(planted, digits().build_model())
+
+
+def test_the_watchers_reads_and_the_evaluations_loads_at_once_never_refuse_a_file(run: DaemonBeside) -> None:
+    """The daemon's watcher thread asks a file's step while its main thread loads another: both read with stand-ins
+    in torch's one allowlist per process (a restarted daemon in CI once recorded a good file failed, "Unsupported
+    global: argparse.Namespace"). Two real threads, each reading 60 times."""
+    first, second = (c.path for c in SOURCE.list(run.checkpoints)[:2])
+    errors: list[BaseException] = []
+
+    def reads(read: Callable[[], object]) -> None:
+        try:
+            for _ in range(60):
+                read()
+        except BaseException as err:  # to the test's thread, which asserts none came
+            errors.append(err)
+
+    watcher = threading.Thread(target=reads, args=(lambda: SOURCE.step_of(first),))
+    watcher.start()
+    reads(lambda: SOURCE.restore(second, digits().build_model()))
+    watcher.join()
+    assert not errors, errors[0]
 
 
 class Settings(dict):

@@ -14,6 +14,7 @@ import logging
 import os
 import pickle
 import stat
+import threading
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,11 @@ from shared.protocol.layout import checkpoint_step, weights_name
 FORMAT_VERSION = 1
 
 T = TypeVar("T")
+
+# torch's allowlist for weights-only loads is one per process, and safe_globals() sets it and restores it on exit:
+# two threads reading at once (the watcher asking a foreign file's step, the evaluation loading one) would each
+# see and then undo the other's stand-ins, and a file would be refused for a global it was given a stand-in for.
+_ALLOWLIST = threading.Lock()
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +136,7 @@ def read_torch_file(
     if max_bytes is not None:
         check_unpacked_size(path, max_bytes)
     try:
-        with torch.serialization.safe_globals(_stand_ins(path) if foreign else []):
+        with _ALLOWLIST, torch.serialization.safe_globals(_stand_ins(path) if foreign else []):
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         raise CheckpointError(_unpickling_reason(err)) from None
