@@ -157,9 +157,8 @@ def train(
             if train_log.due(state.step):
                 folders.check()
                 train_log.write(state.step, result.lr, result.grad_norm)
-                follow_evaluator(
-                    state.step, ledger, heard, feedback, state.scheduler, logger
-                )  # may cut the LR, or stop
+                # What the evaluator recorded since: may cut the LR, or stop.
+                follow_evaluator(state.step, ledger, heard, feedback, state.scheduler, logger)
                 write_heartbeat(train_dir, state.step, group)
             stopping = agreement.any(state.step, bool(stop))
             if checkpointer.due(state.step):

@@ -48,6 +48,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.common import ROOT, add_results_option, report, results_file
 from shared import config as cfg
 from shared.evaluation.evaluator import Evaluator
+from shared.protocol.layout import DEFAULT_SUITE, TrainDir
 from shared.protocol.ledger import read_records
 from shared.runtime import devices, seeding
 from shared.runtime.devices import place
@@ -286,8 +287,8 @@ def run_train_py(setup: Setup, eval_device: str | None, launcher: list[str] | No
         if eval_device:
             command = ["eval.py", "--train-dir", str(train_dir), "--device", eval_device, *args]
             threads = [] if setup.as_configured else ["--threads", setup.eval_threads]
-            for suite in ("eval", *setup.suites):
-                chosen = [] if suite == "eval" else ["--suite", suite]
+            for suite in (DEFAULT_SUITE, *setup.suites):
+                chosen = [] if suite == DEFAULT_SUITE else ["--suite", suite]
                 evaluators[suite] = spawn([*command, *threads, *chosen], logs, f"eval.py-{suite}", setup.eval_nice)
         device = "cuda" if launcher and setup.device.type == "cuda" else str(setup.device)  # torchrun: cuda:LOCAL_RANK
         command = [*(launcher or []), "train.py", "--train-dir", str(train_dir), "--device", device, *args]
@@ -309,10 +310,7 @@ def run_train_py(setup: Setup, eval_device: str | None, launcher: list[str] | No
         done = time.time() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the children waited for since: the eval.py's alone
         eval_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-        ledgers = {
-            suite: read_records(train_dir / ("eval" if suite == "eval" else f"eval-{suite}") / "results.jsonl")
-            for suite in evaluators
-        }
+        ledgers = {suite: read_records(TrainDir(train_dir).for_suite(suite).results) for suite in evaluators}
         note = "evaluated: " + ", ".join(f"{suite} {len(records)}" for suite, records in ledgers.items())
         lags = ", ".join(f"{suite} {record_lags(records, points)}" for suite, records in ledgers.items())
         return Result(rate, wall, done, note, eval_cpu, lags)
@@ -322,8 +320,9 @@ def record_lags(records: list[dict], points: dict[int, float]) -> str:
     """Seconds from each checkpoint's step (its time interpolated between train.py's logged steps) to the end
     of its evaluation, median / max: how far the suite's record trails training."""
     steps = sorted(points)
+    times = [points[s] for s in steps]
     lags = [
-        r["wall_time"] + r["seconds"] - float(np.interp(r["step"], steps, [points[s] for s in steps]))
+        r["wall_time"] + r["seconds"] - float(np.interp(r["step"], steps, times))
         for r in records
         if r["status"] == "ok"
     ]
